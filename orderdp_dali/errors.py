@@ -1,0 +1,13 @@
+"""Exceptions raised for bad input, so callers can catch ours apart from library bugs."""
+
+
+class DatasetError(ValueError):
+    """The dataset on disk is unusable: a missing split, an empty class folder, no images."""
+
+
+class DecodeError(RuntimeError):
+    """An image could not be read or decoded; the message names the file and sample index."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed here (other dataset, other policy, corrupt file)."""

@@ -1,0 +1,119 @@
+"""How each epoch's plan reaches DALI's external-source worker processes.
+
+DALI's parallel ``external_source`` runs the per-sample callback in spawned worker
+processes, each holding its own *copy* of the callback made when the pipeline started, so
+a plan chosen later cannot be handed to them as a Python object. Instead the iterator
+publishes every pass over the data as a file in a private folder (``/dev/shm`` when it
+exists, so nothing touches the disk), keyed by DALI's epoch counter:
+
+* ``samples.npz``: the dataset's relative paths (UTF-8 bytes) and labels, written once;
+* ``pass-000007.npz``: the rank's shard of the plan for DALI epoch 7 (indices, weights and
+  the padded length), written atomically before DALI is allowed to start that epoch.
+
+A worker sees ``SampleInfo.epoch_idx`` with every request; when it changes, the worker
+loads that pass file. DALI only starts epoch ``k + 1`` after the iterator calls
+``pipeline.reset()``, which it does only after publishing pass ``k + 1``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+__all__ = ["PlanFeeder", "PlanPublisher"]
+
+
+def _pass_file(folder: Path, dali_epoch: int) -> Path:
+    return folder / f"pass-{dali_epoch:06d}.npz"
+
+
+def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class PlanPublisher:
+    """Main-process side: owns the folder and writes one file per pass."""
+
+    def __init__(self, root: Path, paths: np.ndarray, labels: np.ndarray, folder: Optional[str] = None) -> None:
+        base = folder or ("/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None)
+        self.folder = Path(tempfile.mkdtemp(prefix="orderdp-dali-", dir=base))
+        encoded = np.char.encode(np.asarray(paths, dtype=np.str_), "utf-8")
+        _atomic_savez(self.folder / "samples.npz", paths=encoded, labels=np.asarray(labels, dtype=np.int64))
+        self.root = Path(root)
+
+    def feeder(self) -> "PlanFeeder":
+        return PlanFeeder(str(self.root), str(self.folder))
+
+    def publish(self, dali_epoch: int, indices: np.ndarray, weights: np.ndarray, padded_len: int) -> None:
+        """Make the shard for ``dali_epoch`` visible to the workers; drop passes they no longer need."""
+        _atomic_savez(
+            _pass_file(self.folder, dali_epoch),
+            indices=np.asarray(indices, dtype=np.int64),
+            weights=np.asarray(weights, dtype=np.float32),
+            padded_len=np.array(padded_len, dtype=np.int64),
+        )
+        stale = _pass_file(self.folder, dali_epoch - 2)
+        if stale.exists():
+            stale.unlink()
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class PlanFeeder:
+    """Worker side: the per-sample callback ``(SampleInfo) -> (bytes, label, index, weight)``.
+
+    Positions past the shard (up to ``padded_len``, a whole number of batches) repeat the
+    shard's last sample, because DALI's per-sample mode only emits full batches; the
+    iterator trims them off. At ``padded_len`` it raises ``StopIteration``: end of epoch.
+    """
+
+    def __init__(self, root: str, folder: str) -> None:
+        self.root = root
+        self.folder = folder
+        self._samples: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        self._epoch = -1
+        self._pass: Tuple[np.ndarray, np.ndarray, int] = (np.empty(0, np.int64), np.empty(0, np.float32), 0)
+
+    def _load_pass(self, dali_epoch: int) -> None:
+        path = _pass_file(Path(self.folder), dali_epoch)
+        try:
+            with np.load(path) as z:
+                self._pass = (z["indices"], z["weights"], int(z["padded_len"]))
+        except FileNotFoundError:
+            raise RuntimeError(
+                f"orderdp-dali: no plan published for DALI epoch {dali_epoch} ({path}); "
+                "the pipeline was reset without going through the iterator"
+            ) from None
+        self._epoch = dali_epoch
+
+    def __call__(self, info) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if self._samples is None:
+            with np.load(os.path.join(self.folder, "samples.npz")) as z:
+                self._samples = (z["paths"], z["labels"])
+        if info.epoch_idx != self._epoch:
+            self._load_pass(info.epoch_idx)
+        indices, weights, padded_len = self._pass
+        if info.idx_in_epoch >= padded_len:
+            raise StopIteration
+        pos = min(info.idx_in_epoch, len(indices) - 1)
+        i = int(indices[pos])
+        paths, labels = self._samples
+        path = os.path.join(self.root, paths[i].decode("utf-8"))
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError as e:
+            raise OSError(f"orderdp-dali: cannot read sample {i}: {path}: {e.strerror or e}") from e
+        return data, np.array(labels[i], dtype=np.int64), np.array(i, dtype=np.int64), np.array(weights[pos], dtype=np.float32)

@@ -1,0 +1,368 @@
+"""The iterator: a pruning policy's plan, decoded by DALI, as PyTorch batches.
+
+Each epoch the policy chooses its plan before the epoch starts; this rank's shard of it is
+published to DALI's external-source workers (see :mod:`orderdp_dali.feeder`), which read
+exactly those files. Batches are dicts in DALI's style::
+
+    {"data": images, "label": labels, "index": sample indices, "weight": loss weights}
+
+A training loop::
+
+    for batch in it:
+        losses = F.cross_entropy(model(batch["data"]), batch["label"], reduction="none")
+        (losses * batch["weight"]).mean().backward()
+        it.update(batch["index"], losses)
+
+``len(it)`` is the step count of the epoch about to run (or running), known before the
+epoch is iterated, so step-based LR schedules see the right length.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+
+from orderdp_dali.distributed import all_reduce_scores, dist_info
+from orderdp_dali.errors import DecodeError
+from orderdp_dali.feeder import PlanPublisher
+from orderdp_dali.plan import EpochPlan, num_steps
+from orderdp_dali.policies.base import Policy
+from orderdp_dali.sample_index import SampleIndex
+
+__all__ = ["DALIPlanIterator", "find_undecodable"]
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+def find_undecodable(index: SampleIndex, sample_ids: np.ndarray) -> Optional[Tuple[int, str, str]]:
+    """First of ``sample_ids`` whose file cannot be read and fully decoded: (index, path, reason)."""
+    from PIL import Image
+
+    for i in dict.fromkeys(int(s) for s in sample_ids):
+        path = index.path(i)
+        try:
+            if os.path.getsize(path) == 0:
+                return i, str(path), "empty file (0 bytes)"
+            with Image.open(path) as im:
+                im.load()
+        except Exception as e:  # PIL raises many types; any failure names this file
+            return i, str(path), f"{type(e).__name__}: {e}"
+    return None
+
+
+class DALIPlanIterator:
+    """Iterates one epoch per ``iter()``: this rank's shard of the policy's plan, through DALI.
+
+    Args:
+        index: the samples of the split (see :class:`~orderdp_dali.sample_index.SampleIndex`).
+        policy: chooses each epoch's plan; ``None`` means every sample once, in order
+            (evaluation).
+        batch_size: per-rank batch size.
+        train: random-resized-crop + flip pipeline (default: ``policy is not None``).
+        device: ``"gpu"``, ``"cpu"`` or ``"auto"`` (GPU when CUDA is available).
+        device_id: CUDA device; default ``LOCAL_RANK``.
+        rank, world_size: default from ``torch.distributed`` or torchrun's environment.
+        num_threads: DALI CPU threads (decoding and augmentation on the CPU backend).
+        py_workers: processes reading file bytes for the external source.
+        seed: augmentation seed (offset by rank).
+        drop_last: drop each rank's last partial batch instead of yielding it.
+        epoch: first epoch to run (use :meth:`load_state_dict` to resume instead).
+        sync_scores: merge score updates across ranks at every epoch end (needs an
+            initialised process group when ``world_size > 1``).
+        pipeline_config: crop size, normalisation, output dtype.
+
+    Sharding: training plans are padded by wrap-around to a multiple of ``world_size``
+    (see :meth:`EpochPlan.shard`), so every rank yields the same number of batches.
+    """
+
+    def __init__(
+        self,
+        index: SampleIndex,
+        policy: Optional[Policy],
+        batch_size: int,
+        *,
+        train: Optional[bool] = None,
+        device: str = "auto",
+        device_id: Optional[int] = None,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+        num_threads: Optional[int] = None,
+        py_workers: Optional[int] = None,
+        seed: int = 0,
+        drop_last: bool = False,
+        epoch: int = 0,
+        sync_scores: bool = True,
+        prefetch_queue_depth: int = 2,
+        pipeline_config: Optional[Any] = None,
+    ) -> None:
+        from orderdp_dali.pipelines import ImagePipelineConfig
+
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"Invalid batch_size: {batch_size!r} (need an int >= 1)")
+        if policy is not None and policy.num_samples != len(index):
+            raise ValueError(
+                f"policy was built for {policy.num_samples} samples but the index of {index.root} has {len(index)}"
+            )
+        if device == "auto":
+            device = "gpu" if torch.cuda.is_available() else "cpu"
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"Invalid device: {device!r} (choose 'gpu', 'cpu' or 'auto')")
+        if device == "gpu" and not torch.cuda.is_available():
+            raise RuntimeError("device='gpu' but CUDA is not available; use device='cpu'")
+        env_rank, env_world = dist_info()
+        self.rank = env_rank if rank is None else rank
+        self.world_size = env_world if world_size is None else world_size
+        EpochPlan(0, np.empty(0), np.empty(0)).shard(self.rank, self.world_size)  # validates both
+        cpus = os.cpu_count() or 1
+        self.index = index
+        self.policy = policy
+        self.batch_size = batch_size
+        self.train = policy is not None if train is None else bool(train)
+        self.device = device
+        self.device_id = int(os.environ.get("LOCAL_RANK", 0)) if device_id is None else device_id
+        self.num_threads = num_threads or max(1, min(4, cpus))
+        self.py_workers = py_workers or max(1, min(4, cpus // 2))
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.sync_scores = sync_scores
+        self.prefetch_queue_depth = prefetch_queue_depth
+        self.pipeline_config = pipeline_config or ImagePipelineConfig()
+        self._epoch = int(epoch)
+        self._plan: Optional[EpochPlan] = None
+        self._pipe = None
+        self._publisher: Optional[PlanPublisher] = None
+        self._dali_epoch = 0
+        self._unfinished = False  # a previous epoch was abandoned mid-way; drain before reuse
+        self._active = False
+        self._pending: List[Tuple[np.ndarray, torch.Tensor]] = []
+
+    # ------------------------------------------------------------------ plans
+    @property
+    def epoch(self) -> int:
+        """The epoch that the next (or current) iteration covers."""
+        return self._epoch
+
+    @property
+    def plan(self) -> EpochPlan:
+        """The global plan of :attr:`epoch`, chosen on first use (after pending score updates)."""
+        if self._plan is None:
+            self._flush_updates()
+            if self.policy is None:
+                n = len(self.index)
+                self._plan = EpochPlan(self._epoch, np.arange(n, dtype=np.int64), np.ones(n, np.float32))
+            else:
+                self._plan = self.policy.select(self._epoch)
+        return self._plan
+
+    @property
+    def shard(self) -> EpochPlan:
+        """This rank's part of :attr:`plan` (before dropping a partial batch)."""
+        return self.plan.shard(self.rank, self.world_size, pad=self.train)
+
+    def __len__(self) -> int:
+        n = len(self.shard)
+        return num_steps(n, self.batch_size, self.drop_last)
+
+    # ------------------------------------------------------------ score updates
+    def update(self, indices: Any, losses: Any) -> None:
+        """Record a batch's unweighted per-sample losses for the policy.
+
+        Losses are buffered as tensors and moved to the host once per epoch, so this does
+        not synchronise the GPU on every step.
+        """
+        if self.policy is None:
+            raise RuntimeError("update() needs a policy; this iterator has none (evaluation)")
+        idx = indices.numpy() if isinstance(indices, torch.Tensor) and indices.device.type == "cpu" else np.asarray(
+            indices.cpu() if isinstance(indices, torch.Tensor) else indices
+        )
+        loss = losses.detach() if isinstance(losses, torch.Tensor) else torch.as_tensor(np.asarray(losses))
+        if loss.numel() != idx.size:
+            raise ValueError(f"update() got {idx.size} indices but {loss.numel()} losses")
+        self._pending.append((idx.astype(np.int64, copy=True).reshape(-1), loss.reshape(-1)))
+
+    def _flush_updates(self) -> None:
+        if not self._pending or self.policy is None:
+            self._pending.clear()
+            return
+        idx = np.concatenate([i for i, _ in self._pending])
+        losses = torch.cat([l.float() for _, l in self._pending]).cpu().numpy()
+        self._pending.clear()
+        self.policy.update(idx, losses)
+
+    def end_epoch_sync(self) -> None:
+        """Flush buffered losses and merge score tables across ranks (called at each epoch end)."""
+        self._flush_updates()
+        if self.policy is not None and self.sync_scores:
+            all_reduce_scores(self.policy.scores)
+
+    # ---------------------------------------------------------------- iterate
+    def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
+        if self._active:
+            raise RuntimeError("this iterator is already iterating an epoch; finish or break out of it first")
+        return self._run_epoch()
+
+    def _start_pass(self, indices: np.ndarray, weights: np.ndarray, padded_len: int) -> None:
+        from orderdp_dali.pipelines import image_pipeline
+
+        if self._publisher is None:
+            self._publisher = PlanPublisher(self.index.root, self.index.paths, self.index.labels)
+        if self._pipe is not None and self._unfinished:
+            self._drain()
+        self._publisher.publish(self._dali_epoch, indices, weights, padded_len)
+        if self._pipe is None:
+            self._pipe = image_pipeline(
+                self._publisher.feeder(),
+                train=self.train,
+                batch_size=self.batch_size,
+                device=self.device,
+                device_id=self.device_id if self.device == "gpu" else None,
+                num_threads=self.num_threads,
+                py_workers=self.py_workers,
+                seed=self.seed + self.rank,
+                prefetch_queue_depth=self.prefetch_queue_depth,
+                config=self.pipeline_config,
+            )
+            self._pipe.build()
+        else:
+            self._pipe.reset()
+
+    def _drain(self) -> None:
+        """Run an abandoned pass to its end so DALI can start the next one."""
+        while True:
+            try:
+                self._pipe.run()
+            except StopIteration:
+                break
+        self._dali_epoch += 1
+        self._unfinished = False
+
+    def _run_epoch(self) -> Iterator[Dict[str, torch.Tensor]]:
+        shard = self.shard
+        steps = num_steps(len(shard), self.batch_size, self.drop_last)
+        if self.drop_last and steps == 0 and len(shard) > 0:
+            raise ValueError(
+                f"batch_size {self.batch_size} is larger than this rank's {len(shard)} planned samples "
+                f"in epoch {self._epoch} with drop_last=True: the epoch would have no step; "
+                "lower batch_size or set drop_last=False"
+            )
+        used = len(shard) if not self.drop_last else steps * self.batch_size
+        self._active = True
+        try:
+            if steps > 0:
+                self._start_pass(shard.indices[:used], shard.weights[:used], steps * self.batch_size)
+                self._unfinished = True
+                for step in range(steps):
+                    outputs = self._run_step(shard, step)
+                    valid = min(self.batch_size, used - step * self.batch_size)
+                    yield self._to_batch(outputs, valid)
+                try:
+                    self._pipe.run()
+                except StopIteration:
+                    pass
+                else:
+                    raise RuntimeError("DALI produced more batches than the plan holds")
+                self._unfinished = False
+                self._dali_epoch += 1
+            self.end_epoch_sync()
+            self._epoch += 1
+            self._plan = None
+        finally:
+            self._active = False
+
+    def _run_step(self, shard: EpochPlan, step: int):
+        try:
+            return self._pipe.run()
+        except StopIteration:
+            raise RuntimeError(f"DALI ended epoch {self._epoch} after {step} of its planned batches") from None
+        except Exception as e:
+            self.close()
+            # The failing sample is in this batch or one DALI prefetched after it.
+            lo = step * self.batch_size
+            hi = (step + 1 + self.prefetch_queue_depth) * self.batch_size
+            bad = find_undecodable(self.index, shard.indices[lo:hi])
+            if bad is not None:
+                i, path, reason = bad
+                raise DecodeError(
+                    f"cannot decode sample {i} ({path}) in epoch {self._epoch}: {reason}. "
+                    "List bad files with 'orderdp-dali check-data' and pass them as the exclusion list."
+                ) from e
+            raise RuntimeError(f"DALI pipeline failed in epoch {self._epoch}, step {step}: {e}") from e
+
+    def _to_batch(self, outputs, valid: int) -> Dict[str, torch.Tensor]:
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        images, labels, indices, weights = outputs
+        if self.device == "gpu":
+            target = torch.device("cuda", self.device_id)
+            stream = torch.cuda.current_stream(target)
+        else:
+            target, stream = torch.device("cpu"), None
+        img = images.as_tensor()
+        data = torch.empty(img.shape(), dtype=_TORCH_DTYPES[self.pipeline_config.dtype], device=target)
+        feed_ndarray(img, data, cuda_stream=stream)
+        host = {
+            name: torch.from_numpy(np.array(tl.as_tensor())).reshape(-1)
+            for name, tl in (("label", labels), ("index", indices), ("weight", weights))
+        }
+        batch = {"data": data[:valid], "index": host["index"][:valid]}
+        batch["label"] = host["label"][:valid].to(target, non_blocking=True)
+        batch["weight"] = host["weight"][:valid].to(target, non_blocking=True)
+        return batch
+
+    # ------------------------------------------------------------- lifecycle
+    def state_dict(self) -> Dict[str, Any]:
+        """Epoch counter and policy state; pending losses are flushed first. Call between epochs."""
+        if self._active:
+            raise RuntimeError("state_dict() mid-epoch would lose the epoch's position; call it between epochs")
+        self._flush_updates()
+        return {
+            "version": STATE_VERSION,
+            "epoch": self._epoch,
+            "dataset": self.index.fingerprint,
+            "policy": None if self.policy is None else self.policy.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state``: the next epoch and its plan equal the saved run's."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported iterator state version {state.get('version')!r}")
+        if state.get("dataset") != self.index.fingerprint:
+            raise ValueError(
+                f"iterator state was saved for another dataset (fingerprint {str(state.get('dataset'))[:12]}..., "
+                f"this one {self.index.fingerprint[:12]}... at {self.index.root})"
+            )
+        if (state.get("policy") is None) != (self.policy is None):
+            raise ValueError("iterator state and this iterator disagree on having a policy")
+        if self.policy is not None:
+            self.policy.load_state_dict(state["policy"])
+        self._epoch = int(state["epoch"])
+        self._plan = None
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Stop DALI's workers and remove the published plans."""
+        self._pipe = None
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+        self._dali_epoch = 0
+        self._unfinished = False
+
+    def __enter__(self) -> "DALIPlanIterator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}

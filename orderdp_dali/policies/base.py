@@ -1,0 +1,203 @@
+"""The policy interface: ``select(epoch) -> EpochPlan`` plus a per-sample score table.
+
+One small class per policy, chosen by name from :data:`POLICIES` (or passed as a custom
+subclass). Policies are pure numpy: no torch, no DALI. Randomness comes from
+``np.random.default_rng([seed, epoch, salt])``, so a plan depends only on (seed, epoch,
+scores): every rank computes the same plan, and a restored policy continues the same
+sequence of plans.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Dict, Mapping, Optional, Type
+
+import numpy as np
+
+from orderdp_dali.plan import EpochPlan
+
+__all__ = [
+    "Policy",
+    "ScoreTable",
+    "POLICIES",
+    "register_policy",
+    "make_policy",
+    "check_ratio",
+    "floor_times",
+    "first_full_epoch",
+]
+
+STATE_VERSION = 1
+
+
+def check_ratio(name: str, value: Any) -> float:
+    """``value`` as a float in (0, 1], else ``ValueError`` naming the parameter."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid {name}: {value!r} (need a number in (0, 1])") from None
+    if not 0.0 < f <= 1.0:
+        raise ValueError(f"Invalid {name}: {value!r} (need a number in (0, 1])")
+    return f
+
+
+def floor_times(ratio: float, count: int) -> int:
+    """``floor(ratio * count)``, where a product that is an integer up to float rounding counts as it.
+
+    ``0.29 * 100`` is ``28.999999999999996`` in floating point; the sample count a user
+    means by that is 29, so a relative slack of 1e-9 is added before flooring.
+    """
+    x = float(ratio) * int(count)
+    return int(math.floor(x + 1e-9 * max(1.0, abs(x))))
+
+
+def first_full_epoch(delta: float, num_epochs: int) -> int:
+    """The first annealing (full-data) epoch: the smallest epoch ``e`` with ``e >= delta * num_epochs``.
+
+    Epochs ``0 .. first_full_epoch - 1`` are pruned, the rest train on all samples. With
+    ``num_epochs=90`` and ``delta=0.875`` (78.75) epochs 0..78 are pruned and 79..89 are
+    full; ``delta=1`` never anneals within ``num_epochs``. Float rounding is forgiven as in
+    :func:`floor_times` (``0.7 * 10`` gives 7, not 8).
+    """
+    x = float(delta) * int(num_epochs)
+    return int(math.ceil(x - 1e-9 * max(1.0, abs(x))))
+
+
+class ScoreTable:
+    """Each sample's most recent per-sample loss, plus which samples were updated lately.
+
+    Unseen samples hold ``initial`` (a large value, so score-greedy policies prefer them).
+    ``updated`` marks samples written since the last :meth:`clear_updated`; distributed
+    training uses it to merge the tables of all ranks at epoch end.
+    """
+
+    def __init__(self, num_samples: int, initial: float = 1e4) -> None:
+        if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise ValueError(f"Invalid num_samples: {num_samples!r} (need an int >= 1)")
+        self.initial = float(initial)
+        self.values = np.full(int(num_samples), self.initial, dtype=np.float32)
+        self.seen = np.zeros(int(num_samples), dtype=bool)
+        self.updated = np.zeros(int(num_samples), dtype=bool)
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    def update(self, indices: Any, losses: Any) -> None:
+        """Record ``losses[k]`` as the score of sample ``indices[k]`` (the last write wins)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        val = np.asarray(losses, dtype=np.float32).reshape(-1)
+        if idx.shape != val.shape:
+            raise ValueError(f"update() got {idx.size} indices but {val.size} losses")
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"sample index out of range [0, {len(self)}): {idx.min()}..{idx.max()}")
+        if not np.all(np.isfinite(val)):
+            bad = idx[~np.isfinite(val)][:5].tolist()
+            raise ValueError(f"non-finite loss for samples {bad}: the score table takes finite losses")
+        self.values[idx] = val
+        self.seen[idx] = True
+        self.updated[idx] = True
+
+    def clear_updated(self) -> None:
+        self.updated[:] = False
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"initial": self.initial, "values": self.values.copy(), "seen": self.seen.copy()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        values = np.asarray(state["values"], dtype=np.float32)
+        if values.shape != self.values.shape:
+            raise ValueError(
+                f"score table holds {values.shape[0]} samples, this dataset has {len(self)}"
+            )
+        seen = np.asarray(state["seen"], dtype=bool)
+        if seen.shape != values.shape:
+            raise ValueError(f"score table 'seen' has shape {seen.shape}, 'values' {values.shape}")
+        self.initial = float(state["initial"])
+        self.values = values.copy()
+        self.seen = seen.copy()
+        self.updated = np.zeros_like(self.seen)
+
+
+class Policy(ABC):
+    """Chooses each epoch's samples before the epoch starts.
+
+    Subclasses set ``name``, implement :meth:`select`, and list their hyper-parameters in
+    :meth:`config` so ``state_dict`` can refuse a checkpoint made with other settings.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, num_samples: int, *, seed: int = 0, num_epochs: Optional[int] = None) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"Invalid seed: {seed!r} (need an int)")
+        if seed < 0:
+            # np.random.default_rng refuses negative entropy: fail here, not at the first epoch.
+            raise ValueError(f"Invalid seed: {seed!r} (need an int >= 0)")
+        if num_epochs is not None and (not isinstance(num_epochs, (int, np.integer)) or num_epochs < 1):
+            raise ValueError(f"Invalid num_epochs: {num_epochs!r} (need an int >= 1)")
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.num_epochs = None if num_epochs is None else int(num_epochs)
+        self.scores = ScoreTable(num_samples)
+
+    def rng(self, epoch: int, salt: int = 0) -> np.random.Generator:
+        """The generator for ``epoch``: a pure function of (seed, epoch, salt)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+            raise TypeError(f"Invalid epoch: {epoch!r} (need an int)")
+        if epoch < 0:
+            raise ValueError(f"Invalid epoch: {epoch!r} (need an int >= 0)")
+        return np.random.default_rng([self.seed, int(epoch), int(salt)])
+
+    @abstractmethod
+    def select(self, epoch: int) -> EpochPlan:
+        """The plan of ``epoch``, from the current scores. Deterministic; does not mutate state."""
+
+    def update(self, indices: Any, losses: Any) -> None:
+        """Record the unweighted per-sample losses of a batch."""
+        self.scores.update(indices, losses)
+
+    def config(self) -> Dict[str, Any]:
+        """The policy's hyper-parameters as plain data."""
+        return {"num_samples": self.num_samples, "seed": self.seed, "num_epochs": self.num_epochs}
+
+    def expected_size(self, epoch: int) -> int:
+        """Plan length of ``epoch`` when it does not depend on scores, else the current one."""
+        return len(self.select(epoch))
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "policy": self.name,
+            "config": self.config(),
+            "scores": self.scores.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("policy") != self.name:
+            raise ValueError(f"state_dict is for policy {state.get('policy')!r}, not {self.name!r}")
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported policy state version {state.get('version')!r}")
+        if dict(state["config"]) != self.config():
+            raise ValueError(
+                f"policy settings differ: checkpoint has {dict(state['config'])}, "
+                f"this run has {self.config()}"
+            )
+        self.scores.load_state_dict(state["scores"])
+
+
+POLICIES: Dict[str, Type[Policy]] = {}
+
+
+def register_policy(cls: Type[Policy]) -> Type[Policy]:
+    """Class decorator: make ``cls`` available to :func:`make_policy` under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a non-empty 'name'")
+    POLICIES[cls.name] = cls
+    return cls
+
+
+def make_policy(name: str, num_samples: int, **params: Any) -> Policy:
+    """Build the policy registered as ``name`` with its hyper-parameters ``params``."""
+    if name not in POLICIES:
+        raise ValueError(f"Unknown policy {name!r}; choose one of {sorted(POLICIES)}")
+    return POLICIES[name](num_samples, **params)

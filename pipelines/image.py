@@ -1,0 +1,132 @@
+"""Train and validation pipelines for JPEG image classification, on GPU or CPU.
+
+Both pipelines take their input from ``fn.external_source`` fed by a per-sample callback
+(returning file bytes, label, sample index and loss weight), so they decode exactly the
+samples the caller asks for. ``device="gpu"`` decodes with ``device="mixed"`` (nvJPEG,
+and the hardware JPEG decoder on A100/H100/H200) and augments on the GPU;
+``device="cpu"`` runs DALI's CPU-only mode (``device_id=None``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Tuple
+
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.pipeline import Pipeline
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagePipelineConfig", "image_pipeline"]
+
+# torchvision's ImageNet statistics, in the 0-255 range DALI decodes to.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
+
+
+@dataclass(frozen=True)
+class ImagePipelineConfig:
+    """Augmentation and output settings (ImageNet defaults: crop 224, val resize 256)."""
+
+    crop: int = 224
+    val_resize: int = 256
+    random_area: Tuple[float, float] = (0.08, 1.0)
+    random_aspect_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    mean: Tuple[float, ...] = IMAGENET_MEAN
+    std: Tuple[float, ...] = IMAGENET_STD
+    dtype: str = "float32"
+    flip_probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.crop, int) or self.crop < 1:
+            raise ValueError(f"Invalid crop: {self.crop!r} (need an int >= 1)")
+        if not isinstance(self.val_resize, int) or self.val_resize < self.crop:
+            raise ValueError(f"Invalid val_resize: {self.val_resize!r} (need an int >= crop={self.crop})")
+        lo, hi = self.random_area
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"Invalid random_area: {self.random_area!r} (need 0 < min <= max <= 1)")
+        lo, hi = self.random_aspect_ratio
+        if not 0 < lo <= hi:
+            raise ValueError(f"Invalid random_aspect_ratio: {self.random_aspect_ratio!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"Invalid dtype: {self.dtype!r} (choose one of {sorted(_DTYPES)})")
+        if not 0 <= self.flip_probability <= 1:
+            raise ValueError(f"Invalid flip_probability: {self.flip_probability!r}")
+
+
+def image_pipeline(
+    source: Callable,
+    *,
+    train: bool,
+    batch_size: int,
+    device: str = "cpu",
+    device_id: Optional[int] = None,
+    num_threads: int = 4,
+    py_workers: int = 2,
+    seed: int = 0,
+    prefetch_queue_depth: int = 2,
+    config: ImagePipelineConfig = ImagePipelineConfig(),
+) -> Pipeline:
+    """Build (not start) a classification pipeline whose outputs are (images, labels, indices, weights).
+
+    Args:
+        source: picklable per-sample callback ``source(SampleInfo) -> (jpeg_bytes, label,
+            index, weight)``; it runs in ``py_workers`` spawned processes.
+        train: random-resized crop + flip (True) or resize + center crop (False).
+        device: ``"gpu"`` (mixed decoding, needs ``device_id``) or ``"cpu"``.
+
+    Images come out normalised, CHW, ``config.dtype``; the other outputs stay on the CPU.
+    """
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"Invalid device: {device!r} (choose 'cpu' or 'gpu')")
+    if device == "gpu" and device_id is None:
+        raise ValueError("device='gpu' needs a device_id")
+    if py_workers < 1:
+        raise ValueError(f"Invalid py_workers: {py_workers!r} (need >= 1)")
+
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id if device == "gpu" else None,
+        seed=seed,
+        py_num_workers=py_workers,
+        py_start_method="spawn",
+        prefetch_queue_depth=prefetch_queue_depth,
+    )
+    def _pipeline():
+        jpegs, labels, indices, weights = fn.external_source(
+            source=source,
+            num_outputs=4,
+            batch=False,
+            parallel=True,
+            dtype=[types.UINT8, types.INT64, types.INT64, types.FLOAT],
+        )
+        decoder = "mixed" if device == "gpu" else "cpu"
+        if train:
+            images = fn.decoders.image_random_crop(
+                jpegs,
+                device=decoder,
+                output_type=types.RGB,
+                random_area=list(config.random_area),
+                random_aspect_ratio=list(config.random_aspect_ratio),
+                num_attempts=100,
+            )
+            images = fn.resize(images, resize_x=config.crop, resize_y=config.crop)
+            mirror = fn.random.coin_flip(probability=config.flip_probability)
+            crop = None
+        else:
+            images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+            images = fn.resize(images, resize_shorter=config.val_resize)
+            mirror = 0
+            crop = (config.crop, config.crop)
+        images = fn.crop_mirror_normalize(
+            images,
+            crop=crop,
+            mirror=mirror,
+            mean=list(config.mean),
+            std=list(config.std),
+            dtype=_DTYPES[config.dtype],
+            output_layout="CHW",
+        )
+        return images, labels, indices, weights
+
+    return _pipeline()
