@@ -1,0 +1,224 @@
+"""The iterator end to end on real JPEGs through DALI's CPU backend.
+
+Each epoch must yield exactly its plan's shard: no sample missing, none repeated, labels
+and weights belonging to their index, across epochs whose plans differ in size.
+"""
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from orderdp_dali import DALIPlanIterator, EpochPlan, Policy, SampleIndex
+from orderdp_dali.errors import DecodeError
+from orderdp_dali.pipelines import ImagePipelineConfig
+
+from conftest import HAS_CUDA, write_jpeg_folder
+
+SMALL = ImagePipelineConfig(crop=16, val_resize=20)
+
+
+class ScriptedPolicy(Policy):
+    """Plans of scripted sizes (smaller than a batch, not a multiple of it, everything), random weights."""
+
+    name = "scripted"
+    SIZES = (3, 30, 52, 17, 8)
+
+    def select(self, epoch):
+        rng = self.rng(epoch)
+        m = self.SIZES[epoch % len(self.SIZES)]
+        return EpochPlan(epoch, rng.permutation(self.num_samples)[:m], rng.uniform(0.5, 2, m))
+
+
+def make_iterator(index, policy, batch_size=8, **kw):
+    kw.setdefault("device", "cpu")
+    kw.setdefault("num_threads", 1)
+    kw.setdefault("py_workers", 1)
+    kw.setdefault("pipeline_config", SMALL)
+    return DALIPlanIterator(index, policy, batch_size, **kw)
+
+
+@pytest.fixture(scope="module")
+def index(jpeg_split, tmp_path_factory):
+    return SampleIndex.scan(jpeg_split, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def run_epoch(it, index, losses=True):
+    """Iterate one epoch, checking each batch; returns (indices seen, weights seen, batches)."""
+    seen, weights, batches = [], [], 0
+    for batch in it:
+        assert set(batch) == {"data", "label", "index", "weight"}
+        b = batch["data"]
+        assert b.dtype == torch.float32 and b.shape[1:] == (3, SMALL.crop, SMALL.crop)
+        idx = batch["index"].numpy()
+        assert len(idx) == len(batch["label"]) == len(batch["weight"]) == b.shape[0]
+        assert batch["label"].tolist() == index.labels[idx].tolist()
+        seen += idx.tolist()
+        weights += batch["weight"].tolist()
+        batches += 1
+        if losses:
+            it.update(batch["index"], b.mean(dim=(1, 2, 3)))
+    return seen, weights, batches
+
+
+def test_each_epoch_yields_exactly_its_plan(index):
+    policy = ScriptedPolicy(len(index), seed=7)
+    with make_iterator(index, policy) as it:
+        for epoch in range(len(ScriptedPolicy.SIZES)):
+            plan = it.plan
+            assert plan.epoch == epoch and len(plan) == ScriptedPolicy.SIZES[epoch]
+            steps = len(it)  # known before the epoch is iterated
+            seen, weights, batches = run_epoch(it, index)
+            assert batches == steps == -(-len(plan) // 8)
+            assert Counter(seen) == Counter(plan.indices.tolist()), f"epoch {epoch}"
+            expected_w = dict(zip(plan.indices.tolist(), plan.weights.tolist()))
+            assert weights == pytest.approx([expected_w[i] for i in seen])
+            assert it.epoch == epoch + 1
+    # every sample that was trained got its loss recorded
+    trained = policy.scores.seen
+    assert trained.sum() > 0 and np.all(policy.scores.values[trained] != policy.scores.initial)
+
+
+@pytest.mark.parametrize("policy_name,params", [
+    ("orderdp", {"random_len_ratio": 0.75, "top_q_ratio": 0.8}),
+    ("infobatch", {"prune_ratio": 0.5, "num_epochs": 4}),
+    ("uniform", {"keep_ratio": 0.6}),
+    ("full", {}),
+])
+def test_real_policies_through_dali(index, policy_name, params):
+    from orderdp_dali import make_policy
+
+    policy = make_policy(policy_name, len(index), seed=3, **params)
+    sizes = []
+    with make_iterator(index, policy, batch_size=16) as it:
+        for _ in range(2):
+            plan = it.plan
+            seen, _, _ = run_epoch(it, index)
+            assert Counter(seen) == Counter(plan.indices.tolist())
+            sizes.append(len(plan))
+    if policy_name != "full":
+        assert min(sizes) < len(index)
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_simulated_ranks_get_equal_disjoint_shards(index, world_size):
+    plans = []
+    per_rank = []
+    for rank in range(world_size):
+        policy = ScriptedPolicy(len(index), seed=11)
+        with make_iterator(index, policy, rank=rank, world_size=world_size, sync_scores=False) as it:
+            epochs = []
+            for _ in range(2):
+                plan = it.plan
+                steps = len(it)
+                seen, _, batches = run_epoch(it, index)
+                assert batches == steps
+                epochs.append((plan, seen, steps))
+            per_rank.append(epochs)
+    for e in range(2):
+        plan = per_rank[0][e][0]
+        assert all(np.array_equal(r[e][0].indices, plan.indices) for r in per_rank), "same plan on every rank"
+        steps = {r[e][2] for r in per_rank}
+        assert len(steps) == 1, "every rank runs the same number of steps"
+        lengths = {len(r[e][1]) for r in per_rank}
+        assert lengths == {-(-len(plan) // world_size)}
+        union = Counter()
+        for r in per_rank:
+            union.update(r[e][1])
+        padded = np.resize(plan.indices, sum(len(r[e][1]) for r in per_rank))
+        assert union == Counter(padded.tolist()), "shards cover the plan, padding by wrap-around only"
+
+
+def test_evaluation_yields_every_sample_once_in_order(index):
+    with make_iterator(index, None, batch_size=10) as it:
+        assert not it.train and len(it) == 6
+        seen, weights, _ = run_epoch(it, index, losses=False)
+    assert seen == list(range(len(index)))
+    assert set(weights) == {1.0}
+
+
+def test_drop_last(index):
+    policy = ScriptedPolicy(len(index), seed=1)
+    with make_iterator(index, policy, drop_last=True) as it:
+        it.load_state_dict({**it.state_dict(), "epoch": 1})  # 30-sample plan
+        plan = it.plan
+        assert len(it) == 3
+        seen, _, _ = run_epoch(it, index)
+        assert Counter(seen) == Counter(plan.indices[:24].tolist())
+        # epoch 2 holds 52 samples, epoch 3 17; epoch 0's 3-sample plan cannot fill a batch of 8
+        it.load_state_dict({**it.state_dict(), "epoch": 0})
+        with pytest.raises(ValueError, match="batch_size 8 is larger than this rank's 3 planned samples"):
+            run_epoch(it, index)
+
+
+def test_breaking_out_mid_epoch_then_continuing(index):
+    policy = ScriptedPolicy(len(index), seed=5)
+    with make_iterator(index, policy) as it:
+        it.load_state_dict({**it.state_dict(), "epoch": 2})  # 52 samples, 7 batches
+        for step, _ in enumerate(it):
+            if step == 1:
+                break
+        it.load_state_dict({**it.state_dict(), "epoch": 3})
+        plan = it.plan
+        seen, _, _ = run_epoch(it, index)
+        assert Counter(seen) == Counter(plan.indices.tolist())
+
+
+def test_state_dict_round_trip_gives_same_future_plans(index, tmp_path):
+    a = ScriptedPolicy(len(index), seed=9)
+    with make_iterator(index, a) as it:
+        run_epoch(it, index)
+        state = it.state_dict()
+        expected = [it.plan.indices.tolist()]
+    restored = make_iterator(index, ScriptedPolicy(len(index), seed=9))
+    restored.load_state_dict(state)
+    assert restored.epoch == 1 and restored.plan.indices.tolist() == expected[0]
+    np.testing.assert_array_equal(restored.policy.scores.values, a.scores.values)
+
+
+def test_state_from_another_dataset_is_refused(index, tmp_path):
+    other = SampleIndex.scan(write_jpeg_folder(tmp_path / "other", 2, 5), cache_dir=tmp_path)
+    state = make_iterator(other, None).state_dict()
+    with pytest.raises(ValueError, match="another dataset"):
+        make_iterator(index, None).load_state_dict(state)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "8", True])
+def test_bad_batch_size(index, bad):
+    with pytest.raises(ValueError, match="batch_size"):
+        make_iterator(index, None, batch_size=bad)
+
+
+def test_policy_for_another_dataset_size(index):
+    with pytest.raises(ValueError, match="samples"):
+        make_iterator(index, ScriptedPolicy(len(index) + 1))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_undecodable_jpeg_is_named(tmp_path, damage):
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=6)
+    victim = root / "class_01" / "img_003.JPEG"
+    data = victim.read_bytes()
+    victim.write_bytes({"truncated": data[: len(data) // 3], "garbage": b"\x00not a jpeg" * 40, "empty": b""}[damage])
+    index = SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    with make_iterator(index, None, batch_size=4) as it:
+        with pytest.raises(DecodeError) as err:
+            run_epoch(it, index, losses=False)
+    assert str(victim) in str(err.value) and "sample 9" in str(err.value)
+
+
+@pytest.mark.gpu
+def test_gpu_mixed_decoding(index):
+    with make_iterator(index, ScriptedPolicy(len(index)), device="gpu", device_id=0) as it:
+        plan = it.plan
+        seen = []
+        for batch in it:
+            assert batch["data"].is_cuda and batch["label"].is_cuda and batch["weight"].is_cuda
+            seen += batch["index"].tolist()
+        assert Counter(seen) == Counter(plan.indices.tolist())
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the error raised without CUDA")
+def test_gpu_without_cuda_is_a_clear_error(index):
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        make_iterator(index, None, device="gpu")
