@@ -13,6 +13,10 @@ exists, so nothing touches the disk), keyed by DALI's epoch counter:
 A worker sees ``SampleInfo.epoch_idx`` with every request; when it changes, the worker
 loads that pass file. DALI only starts epoch ``k + 1`` after the iterator calls
 ``pipeline.reset()``, which it does only after publishing pass ``k + 1``.
+
+:class:`PlanFeeder` returns file bytes (JPEGs for the image pipeline);
+:class:`ArrayPlanFeeder` returns rows of an in-memory uint8 array instead (CIFAR), which
+:class:`ArrayPlanPublisher` saves once as ``images.npy`` for the workers to memory-map.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["PlanFeeder", "PlanPublisher"]
+__all__ = ["ArrayPlanFeeder", "ArrayPlanPublisher", "PlanFeeder", "PlanPublisher"]
 
 
 def _pass_file(folder: Path, dali_epoch: int) -> Path:
@@ -110,10 +114,47 @@ class PlanFeeder:
             raise StopIteration
         pos = min(info.idx_in_epoch, len(indices) - 1)
         i = int(indices[pos])
-        paths, labels = self._samples
-        path = os.path.join(self.root, paths[i].decode("utf-8"))
+        labels = self._samples[1]
+        return self._read(i), np.array(labels[i], dtype=np.int64), np.array(i, dtype=np.int64), np.array(weights[pos], dtype=np.float32)
+
+    def _read(self, i: int) -> np.ndarray:
+        """The bytes of sample ``i``'s file."""
+        path = os.path.join(self.root, self._samples[0][i].decode("utf-8"))
         try:
-            data = np.fromfile(path, dtype=np.uint8)
+            return np.fromfile(path, dtype=np.uint8)
         except OSError as e:
             raise OSError(f"orderdp-dali: cannot read sample {i}: {path}: {e.strerror or e}") from e
-        return data, np.array(labels[i], dtype=np.int64), np.array(i, dtype=np.int64), np.array(weights[pos], dtype=np.float32)
+
+
+class ArrayPlanPublisher(PlanPublisher):
+    """A publisher whose samples are the rows of a uint8 array (e.g. CIFAR's ``(N, 32, 32, 3)``).
+
+    The array is written once to ``images.npy`` in the plan folder; workers memory-map it,
+    so each process holds no private copy and the callback stays cheap to pickle.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, folder: Optional[str] = None) -> None:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim < 2 or images.shape[0] != len(labels):
+            raise ValueError(
+                f"ArrayPlanPublisher needs uint8 images of shape (N, ...) with N = {len(labels)} labels, "
+                f"got {images.dtype} {images.shape}"
+            )
+        super().__init__(Path(), np.empty(0, dtype=np.str_), labels, folder=folder)
+        np.save(self.folder / "images.npy", np.ascontiguousarray(images))
+
+    def feeder(self) -> "ArrayPlanFeeder":
+        return ArrayPlanFeeder("", str(self.folder))
+
+
+class ArrayPlanFeeder(PlanFeeder):
+    """Worker side of :class:`ArrayPlanPublisher`: returns ``images[i]`` instead of file bytes."""
+
+    def __init__(self, root: str, folder: str) -> None:
+        super().__init__(root, folder)
+        self._images: Optional[np.ndarray] = None
+
+    def _read(self, i: int) -> np.ndarray:
+        if self._images is None:
+            self._images = np.load(os.path.join(self.folder, "images.npy"), mmap_mode="r")
+        return np.ascontiguousarray(self._images[i])

@@ -62,7 +62,10 @@ class DALIPlanIterator:
         policy: chooses each epoch's plan; ``None`` means every sample once, in order
             (evaluation).
         batch_size: per-rank batch size.
-        train: random-resized-crop + flip pipeline (default: ``policy is not None``).
+        train: training mode: plans are padded so all ranks run equal steps, and the
+            pipeline augments (default: ``policy is not None``).
+        augment: override the augmentation of the pipeline only (e.g. ``train=True,
+            augment=False`` for deterministic training inputs); default ``train``.
         device: ``"gpu"``, ``"cpu"`` or ``"auto"`` (GPU when CUDA is available).
         device_id: CUDA device; default ``LOCAL_RANK``.
         rank, world_size: default from ``torch.distributed`` or torchrun's environment.
@@ -77,6 +80,11 @@ class DALIPlanIterator:
 
     Sharding: training plans are padded by wrap-around to a multiple of ``world_size``
     (see :meth:`EpochPlan.shard`), so every rank yields the same number of batches.
+
+    Other sample sources: subclasses override :meth:`_make_publisher`,
+    :meth:`_make_pipeline` and :meth:`_diagnose` (and :meth:`_default_pipeline_config`);
+    the epoch, plan, update and state logic is shared (see
+    :class:`orderdp_dali.cifar.ArrayPlanIterator`).
     """
 
     def __init__(
@@ -86,6 +94,7 @@ class DALIPlanIterator:
         batch_size: int,
         *,
         train: Optional[bool] = None,
+        augment: Optional[bool] = None,
         device: str = "auto",
         device_id: Optional[int] = None,
         rank: Optional[int] = None,
@@ -99,8 +108,6 @@ class DALIPlanIterator:
         prefetch_queue_depth: int = 2,
         pipeline_config: Optional[Any] = None,
     ) -> None:
-        from orderdp_dali.pipelines import ImagePipelineConfig
-
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"Invalid batch_size: {batch_size!r} (need an int >= 1)")
         if policy is not None and policy.num_samples != len(index):
@@ -122,6 +129,7 @@ class DALIPlanIterator:
         self.policy = policy
         self.batch_size = batch_size
         self.train = policy is not None if train is None else bool(train)
+        self.augment = self.train if augment is None else bool(augment)
         self.device = device
         self.device_id = int(os.environ.get("LOCAL_RANK", 0)) if device_id is None else device_id
         self.num_threads = num_threads or max(1, min(4, cpus))
@@ -130,7 +138,7 @@ class DALIPlanIterator:
         self.drop_last = bool(drop_last)
         self.sync_scores = sync_scores
         self.prefetch_queue_depth = prefetch_queue_depth
-        self.pipeline_config = pipeline_config or ImagePipelineConfig()
+        self.pipeline_config = pipeline_config or self._default_pipeline_config()
         self._epoch = int(epoch)
         self._plan: Optional[EpochPlan] = None
         self._pipe = None
@@ -205,18 +213,43 @@ class DALIPlanIterator:
             raise RuntimeError("this iterator is already iterating an epoch; finish or break out of it first")
         return self._run_epoch()
 
-    def _start_pass(self, indices: np.ndarray, weights: np.ndarray, padded_len: int) -> None:
+    # ------------------------------------------------- sample-source hooks
+    def _default_pipeline_config(self) -> Any:
+        from orderdp_dali.pipelines import ImagePipelineConfig
+
+        return ImagePipelineConfig()
+
+    def _make_publisher(self) -> PlanPublisher:
+        """The publisher of this source's plans (JPEG files of :attr:`index`)."""
+        return PlanPublisher(self.index.root, self.index.paths, self.index.labels)
+
+    def _make_pipeline(self, feeder: Any, **kwargs: Any):
+        """The (unbuilt) DALI pipeline over ``feeder``; ``kwargs`` are :func:`image_pipeline`'s."""
         from orderdp_dali.pipelines import image_pipeline
 
+        return image_pipeline(feeder, **kwargs)
+
+    def _diagnose(self, sample_ids: np.ndarray) -> Optional[Exception]:
+        """An error naming the bad sample among ``sample_ids`` after a pipeline failure, if one is found."""
+        bad = find_undecodable(self.index, sample_ids)
+        if bad is None:
+            return None
+        i, path, reason = bad
+        return DecodeError(
+            f"cannot decode sample {i} ({path}) in epoch {self._epoch}: {reason}. "
+            "List bad files with 'orderdp-dali check-data' and pass them as the exclusion list."
+        )
+
+    def _start_pass(self, indices: np.ndarray, weights: np.ndarray, padded_len: int) -> None:
         if self._publisher is None:
-            self._publisher = PlanPublisher(self.index.root, self.index.paths, self.index.labels)
+            self._publisher = self._make_publisher()
         if self._pipe is not None and self._unfinished:
             self._drain()
         self._publisher.publish(self._dali_epoch, indices, weights, padded_len)
         if self._pipe is None:
-            self._pipe = image_pipeline(
+            self._pipe = self._make_pipeline(
                 self._publisher.feeder(),
-                train=self.train,
+                train=self.augment,
                 batch_size=self.batch_size,
                 device=self.device,
                 device_id=self.device_id if self.device == "gpu" else None,
@@ -283,13 +316,9 @@ class DALIPlanIterator:
             # The failing sample is in this batch or one DALI prefetched after it.
             lo = step * self.batch_size
             hi = (step + 1 + self.prefetch_queue_depth) * self.batch_size
-            bad = find_undecodable(self.index, shard.indices[lo:hi])
-            if bad is not None:
-                i, path, reason = bad
-                raise DecodeError(
-                    f"cannot decode sample {i} ({path}) in epoch {self._epoch}: {reason}. "
-                    "List bad files with 'orderdp-dali check-data' and pass them as the exclusion list."
-                ) from e
+            diagnosis = self._diagnose(shard.indices[lo:hi])
+            if diagnosis is not None:
+                raise diagnosis from e
             raise RuntimeError(f"DALI pipeline failed in epoch {self._epoch}, step {step}: {e}") from e
 
     def _to_batch(self, outputs, valid: int) -> Dict[str, torch.Tensor]:

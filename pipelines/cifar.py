@@ -1,0 +1,121 @@
+"""Train and validation pipelines for small in-memory images (CIFAR-10/100, 32x32 RGB).
+
+The per-sample callback returns an already-decoded ``HWC`` uint8 image (plus label, sample
+index and loss weight), so there is no decoder: training applies the CIFAR recipe's
+pad-by-4 random crop (a random window of the original size, anchored up to ``pad`` pixels
+outside the image, zero-filled) and a horizontal flip, then normalises to ``CHW``.
+Evaluation (and ``train=False``) only normalises. Both run on the CPU or the GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.pipeline import Pipeline
+
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CifarPipelineConfig", "cifar_pipeline"]
+
+# Per-channel statistics of the CIFAR-10 training set, in the 0-255 range of the uint8 images.
+CIFAR10_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
+CIFAR10_STD = (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)
+
+_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
+
+
+@dataclass(frozen=True)
+class CifarPipelineConfig:
+    """Augmentation and output settings (CIFAR defaults: 32x32, pad 4, flip 0.5)."""
+
+    size: int = 32
+    pad: int = 4
+    mean: Tuple[float, ...] = CIFAR10_MEAN
+    std: Tuple[float, ...] = CIFAR10_STD
+    dtype: str = "float32"
+    flip_probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"Invalid size: {self.size!r} (need an int >= 1)")
+        if not isinstance(self.pad, int) or self.pad < 0:
+            raise ValueError(f"Invalid pad: {self.pad!r} (need an int >= 0)")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"Invalid dtype: {self.dtype!r} (choose one of {sorted(_DTYPES)})")
+        if not 0 <= self.flip_probability <= 1:
+            raise ValueError(f"Invalid flip_probability: {self.flip_probability!r}")
+
+
+def cifar_pipeline(
+    source: Callable,
+    *,
+    train: bool,
+    batch_size: int,
+    device: str = "cpu",
+    device_id: Optional[int] = None,
+    num_threads: int = 2,
+    py_workers: int = 1,
+    seed: int = 0,
+    prefetch_queue_depth: int = 2,
+    config: CifarPipelineConfig = CifarPipelineConfig(),
+) -> Pipeline:
+    """Build (not start) a pipeline whose outputs are (images, labels, indices, weights).
+
+    Args:
+        source: picklable per-sample callback ``source(SampleInfo) -> (image_hwc_uint8,
+            label, index, weight)``; it runs in ``py_workers`` spawned processes.
+        train: random pad-and-crop + flip (True) or normalisation only (False).
+        device: ``"gpu"`` (augment on the GPU, needs ``device_id``) or ``"cpu"``.
+
+    Images come out normalised, CHW, ``config.dtype``; the other outputs stay on the CPU.
+    """
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"Invalid device: {device!r} (choose 'cpu' or 'gpu')")
+    if device == "gpu" and device_id is None:
+        raise ValueError("device='gpu' needs a device_id")
+    if py_workers < 1:
+        raise ValueError(f"Invalid py_workers: {py_workers!r} (need >= 1)")
+
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id if device == "gpu" else None,
+        seed=seed,
+        py_num_workers=py_workers,
+        py_start_method="spawn",
+        prefetch_queue_depth=prefetch_queue_depth,
+    )
+    def _pipeline():
+        images, labels, indices, weights = fn.external_source(
+            source=source,
+            num_outputs=4,
+            batch=False,
+            parallel=True,
+            dtype=[types.UINT8, types.INT64, types.INT64, types.FLOAT],
+            layout=["HWC", "", "", ""],
+        )
+        if device == "gpu":
+            images = images.gpu()
+        mirror = 0
+        if train:
+            if config.pad > 0:
+                # Integer anchors are absolute: a size x size window starting up to `pad`
+                # pixels before (or after) the image, the outside filled with zeros.
+                anchor = fn.random.uniform(values=list(range(-config.pad, config.pad + 1)), shape=[2])
+                anchor = fn.cast(anchor, dtype=types.INT32)
+                shape = np.array([config.size, config.size], dtype=np.int32)
+                images = fn.slice(
+                    images, anchor, types.Constant(shape), axis_names="WH", out_of_bounds_policy="pad"
+                )
+            mirror = fn.random.coin_flip(probability=config.flip_probability)
+        images = fn.crop_mirror_normalize(
+            images,
+            mirror=mirror,
+            mean=list(config.mean),
+            std=list(config.std),
+            dtype=_DTYPES[config.dtype],
+            output_layout="CHW",
+        )
+        return images, labels, indices, weights
+
+    return _pipeline()
