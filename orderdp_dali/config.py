@@ -1,0 +1,414 @@
+"""The training configuration: frozen dataclasses loaded from YAML plus ``key=value`` overrides.
+
+A config file has up to six sections (``data``, ``model``, ``optim``, ``schedule``,
+``policy``, ``train``) and may start from another file with ``base: other.yaml`` (a path
+relative to the file; a list of files is merged left to right, the file itself last)::
+
+    base: imagenet_r50_base.yaml
+    policy:
+      name: orderdp
+      params: {random_len_ratio: 0.75, top_q_ratio: 0.8}
+
+Overrides use dotted keys, values in YAML syntax: ``train.epochs=5``,
+``optim.lr=0.1``, ``policy.params.top_q_ratio=0.9``, ``schedule.milestones=[30,60]``.
+
+Everything is checked before anything starts: an unknown key, a value of the wrong type or
+out of range raises one :class:`~orderdp_dali.errors.ConfigError` naming the key.
+:meth:`Config.to_dict` gives plain JSON-able data for checkpoints and logs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import yaml
+
+from orderdp_dali.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PolicyConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "load_config",
+    "parse_override",
+]
+
+PathLike = Union[str, "Path"]
+
+
+def _opt(default: Any, *, choices: Sequence[Any] = (), lo: Optional[float] = None, hi: Optional[float] = None,
+         lo_open: bool = False, hi_open: bool = False) -> Any:
+    """A dataclass field with validation metadata: allowed ``choices`` or a range ``[lo, hi]``."""
+    meta = {"choices": tuple(choices), "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the samples come from and how DALI reads them.
+
+    ``dataset``: ``folder`` (ImageNet layout: ``root/<train_split>/<class>/*.JPEG`` and
+    ``root/<val_split>/...``), ``cifar10`` or ``cifar100`` (python pickle batches under
+    ``root``). ``augment=false`` trains on deterministic inputs (center crop / no
+    pad-crop or flip), which makes a resumed run bit-identical to an uninterrupted one.
+    """
+
+    dataset: str = _opt("folder", choices=("folder", "cifar10", "cifar100"))
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    crop: int = _opt(224, lo=1)
+    val_resize: int = _opt(256, lo=1)
+    augment: bool = True
+    num_threads: int = _opt(4, lo=1)
+    py_workers: int = _opt(2, lo=1)
+    prefetch: int = _opt(2, lo=1)
+    drop_last: bool = False
+    exclude_file: Optional[str] = None
+    cache_dir: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Any torchvision classification model by name, ``cifar_resnet{18,34,50,101}`` (3x3 stem,
+    no max-pool, for 32x32 inputs) or ``tiny`` (a small CNN for CPU tests).
+    ``num_classes=0`` takes the number of classes of the training data."""
+
+    name: str = "resnet50"
+    num_classes: int = _opt(0, lo=0)
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """``sgd`` (momentum, nesterov), ``lars`` or ``lamb`` (timm's). ``lr`` is the peak LR."""
+
+    name: str = _opt("sgd", choices=("sgd", "lars", "lamb"))
+    lr: float = _opt(0.1, lo=0.0, lo_open=True)
+    momentum: float = _opt(0.9, lo=0.0, hi=1.0, hi_open=True)
+    nesterov: bool = False
+    weight_decay: float = _opt(1e-4, lo=0.0)
+    decay_norm_and_bias: bool = True
+    trust_coeff: float = _opt(0.001, lo=0.0, lo_open=True)
+    eps: float = _opt(1e-8, lo=0.0, lo_open=True)
+    betas: Tuple[float, ...] = (0.9, 0.999)
+    max_grad_norm: Optional[float] = _opt(None, lo=0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """LR as a function of training progress ``p = epoch + step / steps_this_epoch``.
+
+    ``onecycle`` (``pct_start``, ``div_factor``, ``final_div_factor``), ``cosine`` (linear
+    warm-up over ``warmup_epochs``, then cosine to ``min_lr``), ``step`` (times ``gamma``
+    at each of ``milestones``, in epochs; optional warm-up) or ``constant``.
+    """
+
+    name: str = _opt("onecycle", choices=("onecycle", "cosine", "step", "constant"))
+    warmup_epochs: float = _opt(0.0, lo=0.0)
+    pct_start: float = _opt(0.25, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    div_factor: float = _opt(25.0, lo=1.0)
+    final_div_factor: float = _opt(1e4, lo=1.0)
+    min_lr: float = _opt(0.0, lo=0.0)
+    milestones: Tuple[float, ...] = (30.0, 60.0, 80.0)
+    gamma: float = _opt(0.1, lo=0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """A registered pruning policy (``full``, ``uniform``, ``infobatch``, ``orderdp``) and its
+    hyper-parameters, e.g. ``{random_len_ratio: 0.75, top_q_ratio: 0.8}`` for OrderDP.
+    The policy's seed is ``train.seed`` and its ``num_epochs`` is ``train.epochs``."""
+
+    name: str = "full"
+    params: Dict[str, Any] = _opt({})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop: ``batch_size`` is per rank (global batch = batch_size x world size).
+
+    ``amp``: ``none``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler).
+    ``eval_every``: validate every N epochs and after the last (0: never).
+    ``save_every``: besides ``last.pth`` (every epoch), keep ``epoch_NNNN.pth`` every N
+    epochs (0: none).
+    """
+
+    epochs: int = _opt(90, lo=1)
+    batch_size: int = _opt(128, lo=1)
+    seed: int = _opt(0, lo=0)
+    device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
+    amp: str = _opt("none", choices=("none", "bf16", "fp16"))
+    label_smoothing: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)
+    eval_every: int = _opt(1, lo=0)
+    print_freq: int = _opt(50, lo=1)
+    output_dir: str = "runs/default"
+    checkpoint: bool = True
+    save_every: int = _opt(0, lo=0)
+    progress: bool = True
+    deterministic: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run; build with :func:`load_config` or :meth:`from_dict` (both validate)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON-able data (dicts, lists, str, int, float, bool, None)."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Config":
+        """Build and validate from nested plain data (as :meth:`to_dict` gives)."""
+        cfg = _build(cls, data, "")
+        _check_cross_fields(cfg)
+        return cfg
+
+    def override(self, *items: str) -> "Config":
+        """A copy with ``key=value`` overrides applied (validated)."""
+        data = self.to_dict()
+        for item in items:
+            key, value = parse_override(item)
+            _set_path(data, key, value)
+        return Config.from_dict(data)
+
+
+# ----------------------------------------------------------------- loading
+def load_config(path: Optional[PathLike] = None, overrides: Iterable[str] = ()) -> Config:
+    """Read ``path`` (YAML, following ``base:``), apply ``overrides``, validate.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, unknown key, wrong type, value out of range.
+    """
+    data: Dict[str, Any] = {} if path is None else _read_yaml(Path(path), ())
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(data, key, value)
+    return Config.from_dict(data)
+
+
+def parse_override(item: str) -> Tuple[str, Any]:
+    """``"section.key=value"`` -> ``("section.key", value)``, the value parsed as YAML."""
+    if not isinstance(item, str) or "=" not in item:
+        raise ConfigError(f"Invalid override {item!r}: expected section.key=value, e.g. train.epochs=5")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"Invalid override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: cannot parse value {text!r}: {e}") from None
+    return key, value
+
+
+def _read_yaml(path: Path, chain: Tuple[Path, ...]) -> Dict[str, Any]:
+    path = path.expanduser().resolve()
+    if path in chain:
+        raise ConfigError(f"config 'base:' cycle: {' -> '.join(str(p) for p in chain + (path,))}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML in {path}: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    bases = data.pop("base", None)
+    if bases is None:
+        return data
+    merged: Dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: 'base' must be a file name or a list of them, got {base!r}")
+        _merge(merged, _read_yaml(path.parent / base, chain + (path,)))
+    _merge(merged, data)
+    return merged
+
+
+def _merge(into: Dict[str, Any], data: Mapping[str, Any]) -> None:
+    """Section-wise merge: a section's keys override the base's; leaf values (``params``) are replaced."""
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(into.get(section), dict):
+            into[section].update(values)
+        else:
+            into[section] = values
+
+
+def _set_path(data: Dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section (cannot set {key})")
+        node = child
+    node[parts[-1]] = value
+
+
+# -------------------------------------------------------------- validation
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(fields)}"
+            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key = prefix + name
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], data[name], key + ".")
+        else:
+            kwargs[name] = _check_value(key, data[name], hints[name], f.metadata)
+    return cls(**kwargs)
+
+
+def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    value = _coerce(key, value, hint)
+    if value is None:
+        return None
+    choices = meta.get("choices") or ()
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: invalid value {value!r}; choose one of {', '.join(map(str, choices))}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        raise ConfigError(f"{key}: {value!r} out of range (need {'>' if meta.get('lo_open') else '>='} {lo})")
+    if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
+        raise ConfigError(f"{key}: {value!r} out of range (need {'<' if meta.get('hi_open') else '<='} {hi})")
+    return value
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """``value`` as type ``hint`` (int, float, bool, str, Optional, Tuple[x, ...], Dict), or ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner)
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if origin in (dict, Dict):
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key}: expected a mapping with string keys, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"config field {key} has an unsupported type {hint!r}")  # a bug in this module
+
+
+CUSTOM_MODELS = ("tiny", "cifar_resnet18", "cifar_resnet34", "cifar_resnet50", "cifar_resnet101")
+
+
+def _check_cross_fields(cfg: Config) -> None:
+    if not cfg.data.root:
+        raise ConfigError("data.root: required (the dataset folder), e.g. data.root=/datasets/imagenet")
+    if cfg.data.dataset == "folder" and cfg.data.val_resize < cfg.data.crop:
+        raise ConfigError(f"data.val_resize: {cfg.data.val_resize} is smaller than data.crop={cfg.data.crop}")
+    _check_model_name(cfg.model.name)
+    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas: need two numbers in [0, 1), got {list(cfg.optim.betas)}")
+    if cfg.optim.nesterov and (cfg.optim.name != "sgd" or cfg.optim.momentum == 0):
+        raise ConfigError("optim.nesterov: needs optim.name=sgd with momentum > 0")
+    sched = cfg.schedule
+    if sched.warmup_epochs > cfg.train.epochs:
+        raise ConfigError(f"schedule.warmup_epochs: {sched.warmup_epochs} exceeds train.epochs={cfg.train.epochs}")
+    if list(sched.milestones) != sorted(sched.milestones) or any(m < 0 for m in sched.milestones):
+        raise ConfigError(f"schedule.milestones: need non-negative epochs in increasing order, got {list(sched.milestones)}")
+    _check_policy(cfg.policy, cfg.train)
+
+
+def _check_model_name(name: str) -> None:
+    if name in CUSTOM_MODELS:
+        return
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        close = difflib.get_close_matches(name, list(known) + list(CUSTOM_MODELS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"model.name: unknown model {name!r} (a torchvision classification model or one of {', '.join(CUSTOM_MODELS)}){hint}")
+
+
+def _check_policy(policy: PolicyConfig, train: TrainConfig) -> None:
+    from orderdp_dali.policies import POLICIES, make_policy
+
+    if policy.name not in POLICIES:
+        raise ConfigError(f"policy.name: unknown policy {policy.name!r}; choose one of {', '.join(sorted(POLICIES))}")
+    params = inspect.signature(POLICIES[policy.name].__init__).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    allowed = [k for k in params if k not in ("self", "num_samples", "seed", "num_epochs")]
+    for k in policy.params:
+        if k in ("seed", "num_epochs"):
+            raise ConfigError(f"policy.params.{k}: set by train.{'seed' if k == 'seed' else 'epochs'}, not here")
+        if not accepts_any and k not in allowed:
+            raise ConfigError(
+                f"policy.params.{k}: unknown parameter of policy {policy.name!r}; known: {', '.join(allowed) or 'none'}"
+            )
+    try:  # the policy validates its own values; 10^6 samples stands in for the dataset
+        make_policy(policy.name, 1_000_000, seed=train.seed, num_epochs=train.epochs, **policy.params)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"policy.params: {e}") from None
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
