@@ -1,0 +1,196 @@
+"""Training checkpoints: atomic writes, safe loads, and the checks that make a resume exact.
+
+A checkpoint is a dict of plain data and tensors (no pickled objects), so it loads with
+``torch.load(weights_only=True)``: model, optimizer and scaler states, the next epoch,
+the iterator's state (policy scores and settings; numpy arrays stored as tensors), the
+run's config as plain data, the training set's fingerprint and the per-epoch plan sizes.
+
+Writes go to a temporary file in the destination folder, are flushed and fsync'ed, then
+``os.replace``'d over the target: a crash mid-write leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from orderdp_dali.errors import CheckpointError
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "LAST",
+    "check_resumable",
+    "load_checkpoint",
+    "numpy_to_torch",
+    "resolve_resume",
+    "save_checkpoint",
+    "torch_to_numpy",
+    "trim_metrics",
+    "write_atomic",
+]
+
+log = logging.getLogger(__name__)
+CHECKPOINT_VERSION = 1
+LAST = "last.pth"
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def write_atomic(path: PathLike, write: Any, mode: str = "wb") -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable; not every filesystem lets a folder be fsync'ed
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> None:
+    """``torch.save(state)`` to ``path`` atomically."""
+    write_atomic(path, lambda f: torch.save(dict(state), f))
+
+
+def load_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU (tensors and plain data only).
+
+    Raises:
+        CheckpointError: missing, unreadable or not one of ours.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        found = state.get("version") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not an orderdp-dali checkpoint of version {CHECKPOINT_VERSION} (found {found!r})")
+    return state
+
+
+def resolve_resume(resume: Optional[str], output_dir: PathLike) -> Optional[Path]:
+    """The checkpoint to resume from: ``None``, a path, or ``"auto"`` (``output_dir/last.pth`` if it exists).
+
+    Raises:
+        CheckpointError: an explicit path that does not exist.
+    """
+    if not resume:
+        return None
+    if resume == "auto":
+        last = Path(output_dir) / LAST
+        return last if last.is_file() else None
+    path = Path(resume).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"--resume {resume}: no such checkpoint file")
+    return path
+
+
+def check_resumable(state: Mapping[str, Any], path: PathLike, fingerprint: str, policy_state: Mapping[str, Any]) -> None:
+    """Refuse to continue ``state`` on another dataset or with another policy (name or settings).
+
+    Args:
+        state: a loaded checkpoint.
+        path: where it came from (for messages).
+        fingerprint: this run's training-set fingerprint.
+        policy_state: this run's fresh ``policy.state_dict()`` (its name and config are compared).
+
+    Raises:
+        CheckpointError: naming what the checkpoint has and what this run has.
+    """
+    saved = state.get("dataset")
+    if saved != fingerprint:
+        saved_root = (state.get("config") or {}).get("data", {}).get("root", "?")
+        raise CheckpointError(
+            f"checkpoint {path} was made on another dataset: fingerprint {str(saved)[:16]}... (data.root {saved_root}), "
+            f"this run's is {fingerprint[:16]}...; resume on the same training set or start a fresh run"
+        )
+    saved_policy = ((state.get("iterator") or {}).get("policy")) or {}
+    then = (saved_policy.get("policy"), _plain(saved_policy.get("config")))
+    now = (policy_state.get("policy"), _plain(policy_state.get("config")))
+    if then != now:
+        raise CheckpointError(
+            f"checkpoint {path} was made with policy {then[0]!r} {then[1]}, this run asks for policy "
+            f"{now[0]!r} {now[1]}; resume with the same policy settings (and train.seed/train.epochs) "
+            "or start a fresh run"
+        )
+
+
+def numpy_to_torch(obj: Any) -> Any:
+    """``obj`` with numpy arrays as tensors and numpy scalars as Python numbers (for weights-only loading)."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: numpy_to_torch(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(numpy_to_torch(v) for v in obj)
+    return obj
+
+
+def torch_to_numpy(obj: Any) -> Any:
+    """Inverse of :func:`numpy_to_torch`: tensors back to numpy arrays."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    if isinstance(obj, dict):
+        return {k: torch_to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(torch_to_numpy(v) for v in obj)
+    return obj
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.generic, torch.Tensor)):
+        return obj.tolist()
+    return obj
+
+
+def trim_metrics(path: PathLike, first_epoch: int) -> List[Dict[str, Any]]:
+    """Drop the lines of a JSON-lines metrics log with ``epoch >= first_epoch`` (atomically); return the rest.
+
+    A resumed run re-runs from ``first_epoch``, so each epoch ends up in the log exactly once.
+    Unparseable lines (a crash mid-append) are dropped with a warning.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    kept: List[Dict[str, Any]] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("dropping unparseable line %d of %s", n, path)
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] < first_epoch:
+            kept.append(record)
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    write_atomic(path, lambda f: f.write(text), mode="w")
+    return kept

@@ -1,0 +1,536 @@
+"""Train an image classifier with a dynamic data-pruning policy on a DALI input pipeline.
+
+Single process::
+
+    orderdp-dali train --config configs/cpu_demo.yaml data.root=data/demo train.epochs=3
+
+Distributed (one process per GPU; rank and world size come from torchrun's environment)::
+
+    torchrun --nproc_per_node=8 -m orderdp_dali.train --config configs/imagenet_r50_orderdp.yaml \\
+        data.root=$IMAGENET_ROOT [--resume auto]
+
+Every rank computes the same plan (policies are deterministic) and trains on its shard;
+the iterator pads shards so all ranks run the same number of steps and merges the score
+tables with one all-reduce per epoch. Rank 0 appends one JSON line per epoch to
+``<output_dir>/metrics.jsonl`` and writes ``<output_dir>/last.pth`` atomically each epoch.
+
+The benchmark harness calls :func:`run_training` in-process, once per policy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from orderdp_dali.checkpoint import (
+    CHECKPOINT_VERSION,
+    LAST,
+    check_resumable,
+    load_checkpoint,
+    numpy_to_torch,
+    resolve_resume,
+    save_checkpoint,
+    torch_to_numpy,
+    trim_metrics,
+)
+from orderdp_dali.config import Config, load_config
+from orderdp_dali.errors import CheckpointError, ConfigError, DatasetError
+from orderdp_dali.lr_schedule import lr_at, progress, set_lr
+from orderdp_dali.models import build_model
+from orderdp_dali.policies import make_policy
+
+__all__ = ["evaluate", "get_args_parser", "main", "run_training", "train_one_epoch"]
+
+log = logging.getLogger(__name__)
+METRICS = "metrics.jsonl"
+PathLike = Union[str, "os.PathLike[str]"]
+_AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ------------------------------------------------------------------ set-up
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs: its rank, the world size and its torch device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_process_group: bool
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_runtime(cfg: Config) -> Runtime:
+    """Pick the device and join the process group described by torchrun's environment.
+
+    ``WORLD_SIZE > 1`` initialises ``torch.distributed`` (NCCL on GPUs, gloo on the CPU)
+    unless the caller already did.
+    """
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' requested but CUDA is not available; use train.device=cpu or auto")
+    use_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    owns = False
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        if world > 1:
+            if use_cuda:
+                torch.cuda.set_device(local_rank)
+            dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://")
+            owns = True
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    return Runtime(rank, world, local_rank, device, owns)
+
+
+def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
+    """Seed torch per rank (the model is initialised before this, identically on all ranks)."""
+    torch.manual_seed(seed + rank)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+@dataclass(frozen=True)
+class Data:
+    """The training and validation splits plus how to iterate them."""
+
+    train: Any  # SampleIndex or ArrayDataset
+    val: Any
+    num_classes: int
+    iterator_cls: type
+    pipeline_config: Any
+
+
+def _read_exclude(path: Optional[str]) -> Optional[List[str]]:
+    if not path:
+        return None
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise DatasetError(f"data.exclude_file: cannot read {path}: {e.strerror or e}") from None
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def build_data(cfg: Config) -> Data:
+    """Index (or load) the training and validation splits named by ``cfg.data``.
+
+    Raises:
+        DatasetError: missing root, split, class folder or CIFAR batch file.
+    """
+    d = cfg.data
+    root = Path(d.root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"data.root: {root} is not a directory")
+    if d.dataset in ("cifar10", "cifar100"):
+        from orderdp_dali.cifar import ArrayPlanIterator, load_cifar
+        from orderdp_dali.pipelines import CifarPipelineConfig
+
+        train, val = load_cifar(root, d.dataset, "train"), load_cifar(root, d.dataset, "val")
+        pipe = CifarPipelineConfig(size=int(train.images.shape[1]))
+        return Data(train, val, len(train.classes), ArrayPlanIterator, pipe)
+    from orderdp_dali.iterator import DALIPlanIterator
+    from orderdp_dali.pipelines import ImagePipelineConfig
+    from orderdp_dali.sample_index import SampleIndex
+
+    exclude = _read_exclude(d.exclude_file)
+    train = SampleIndex.scan(root / d.train_split, cache_dir=d.cache_dir, exclude=exclude)
+    val = SampleIndex.scan(root / d.val_split, cache_dir=d.cache_dir, exclude=exclude)
+    if val.classes != train.classes:
+        raise DatasetError(
+            f"class folders differ between {train.root} ({len(train.classes)} classes) and "
+            f"{val.root} ({len(val.classes)} classes): labels would not match"
+        )
+    pipe = ImagePipelineConfig(crop=d.crop, val_resize=d.val_resize)
+    return Data(train, val, len(train.classes), DALIPlanIterator, pipe)
+
+
+def build_iterators(cfg: Config, data: Data, policy: Any, rt: Runtime) -> Tuple[Any, Optional[Any]]:
+    """The training iterator (this rank's shard of each plan) and the validation iterator."""
+    common = dict(
+        device="gpu" if rt.device.type == "cuda" else "cpu",
+        device_id=rt.local_rank,
+        rank=rt.rank,
+        world_size=rt.world_size,
+        num_threads=cfg.data.num_threads,
+        py_workers=cfg.data.py_workers,
+        prefetch_queue_depth=cfg.data.prefetch,
+        pipeline_config=data.pipeline_config,
+    )
+    train_it = data.iterator_cls(
+        data.train,
+        policy,
+        cfg.train.batch_size,
+        train=True,
+        augment=cfg.data.augment,
+        seed=cfg.train.seed,
+        drop_last=cfg.data.drop_last,
+        **common,
+    )
+    val_it = None
+    if cfg.train.eval_every > 0:
+        val_it = data.iterator_cls(data.val, None, cfg.train.batch_size, train=False, seed=cfg.train.seed, **common)
+    return train_it, val_it
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD, LARS or LAMB over ``model``'s parameters; with ``decay_norm_and_bias=false``
+    1-D parameters (norm weights, biases) get no weight decay (and no LARS adaptation)."""
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.decay_norm_and_bias:
+        groups: List[Dict[str, Any]] = [{"params": params, "weight_decay": o.weight_decay}]
+    else:
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": o.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+    import timm.optim
+
+    if o.name == "lars":
+        return timm.optim.Lars(
+            groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coeff=o.trust_coeff, eps=o.eps
+        )
+    # LAMB: gradient clipping is the loop's job (optim.max_grad_norm), not done twice.
+    return timm.optim.Lamb(
+        groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, max_grad_norm=None
+    )
+
+
+def build_model_for(cfg: Config, num_classes: int, rt: Runtime) -> Tuple[nn.Module, nn.Module]:
+    """(model to train, possibly DDP-wrapped; the bare model for checkpoints and evaluation)."""
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    bare = build_model(cfg.model.name, cfg.model.num_classes or num_classes).to(rt.device)
+    if cfg.model.channels_last:
+        bare = bare.to(memory_format=torch.channels_last)
+    if not rt.distributed:
+        return bare, bare
+    ddp = nn.parallel.DistributedDataParallel(bare, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+    return ddp, bare
+
+
+def _autocast(cfg: Config, rt: Runtime):
+    dtype = _AMP_DTYPES[cfg.train.amp]
+    return torch.autocast(device_type=rt.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _all_reduce_sum(values: List[float], rt: Runtime) -> List[float]:
+    """Sum ``values`` over ranks with one collective (a no-op on one process)."""
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    if rt.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+# ------------------------------------------------------------------ epochs
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    it: Any,
+    epoch: int,
+    cfg: Config,
+    rt: Runtime,
+) -> Dict[str, Any]:
+    """One pass over this rank's shard of the epoch's plan; returns the epoch's training metrics.
+
+    Per-sample losses (``reduction="none"``) weighted by the plan's weights give the loss
+    to back-propagate; the unweighted losses go to the policy (``it.update``).
+    """
+    from tqdm import tqdm
+
+    model.train()
+    steps = len(it)  # known before the epoch runs: the schedule below uses it
+    planned = len(it.plan)
+    weighted_sum = torch.zeros((), device=rt.device)
+    raw_sum = torch.zeros((), device=rt.device)
+    count = 0
+    data_time = 0.0
+    lr = optimizer.param_groups[0]["lr"]
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not (rt.is_main and cfg.train.progress), leave=False)
+    start = time.perf_counter()
+    batches = iter(it)
+    step = 0
+    while True:
+        t = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        data_time += time.perf_counter() - t
+        lr = lr_at(cfg.schedule, cfg.optim.lr, cfg.train.epochs, progress(epoch, step, steps))
+        set_lr(optimizer, lr)
+        images = batch["data"]
+        if cfg.model.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(cfg, rt):
+            logits = model(images)
+        losses = F.cross_entropy(
+            logits.float(), batch["label"], reduction="none", label_smoothing=cfg.train.label_smoothing
+        )
+        loss = (losses * batch["weight"]).mean()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.optim.max_grad_norm:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        it.update(batch["index"], losses)
+        n = int(batch["index"].shape[0])  # host tensor: no device sync
+        weighted_sum += loss.detach() * n
+        raw_sum += losses.detach().sum()
+        count += n
+        step += 1
+        bar.update(1)
+        if bar.disable is False and (step % cfg.train.print_freq == 0 or step == steps):
+            # .item() waits for the device: only every print_freq steps, never per step.
+            bar.set_postfix(loss=f"{weighted_sum.item() / max(count, 1):.4f}", lr=f"{lr:.4g}")
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
+    elapsed = time.perf_counter() - start
+    bar.close()
+    w_sum, r_sum, total = _all_reduce_sum([weighted_sum.item(), raw_sum.item(), float(count)], rt)
+    return {
+        "planned": planned,
+        "steps": steps,
+        "samples": int(total),
+        "train_loss": w_sum / max(total, 1.0),
+        "train_loss_unweighted": r_sum / max(total, 1.0),
+        "lr": lr,
+        "epoch_time": elapsed,
+        "data_time": data_time,
+        "images_per_s": total / elapsed if elapsed > 0 else 0.0,
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, it: Any, cfg: Config, rt: Runtime) -> Dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean loss over the whole validation split, summed over ranks.
+
+    ``model`` is the bare (non-DDP) model: validation shards are unpadded, so ranks may run
+    different step counts, which a DDP forward (it broadcasts buffers) would not survive.
+    """
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=rt.device)  # top1, top5, loss, count
+    for batch in it:
+        images = batch["data"]
+        if cfg.model.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(cfg, rt):
+            logits = model(images)
+        logits = logits.float()
+        labels = batch["label"]
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == labels[:, None]
+        sums[0] += hits[:, 0].sum()
+        sums[1] += hits.any(dim=1).sum()
+        sums[2] += F.cross_entropy(logits, labels, reduction="sum")
+        sums[3] += labels.shape[0]
+    if rt.distributed:
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    top1, top5, loss, count = sums.tolist()
+    count = max(count, 1.0)
+    return {"val_top1": 100.0 * top1 / count, "val_top5": 100.0 * top5 / count, "val_loss": loss / count}
+
+
+def _sync_buffers(model: nn.Module, rt: Runtime) -> None:
+    """Give every rank rank 0's BatchNorm statistics before evaluating (each rank updated its own)."""
+    if rt.distributed:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+
+
+def _should_evaluate(cfg: Config, epoch: int) -> bool:
+    every = cfg.train.eval_every
+    return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs)
+
+
+# -------------------------------------------------------------- checkpoints
+def _checkpoint_state(epoch: int, model: nn.Module, optimizer: Any, scaler: Any, it: Any, cfg: Config,
+                      fingerprint: str, planned: List[int]) -> Dict[str, Any]:
+    return {
+        "version": CHECKPOINT_VERSION,
+        "epoch": epoch,  # the next epoch to run
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "iterator": numpy_to_torch(it.state_dict()),
+        "config": cfg.to_dict(),
+        "dataset": fingerprint,
+        "planned": list(planned),
+    }
+
+
+def _save(state: Dict[str, Any], out: Path, epoch_done: int, cfg: Config) -> None:
+    last = out / LAST
+    save_checkpoint(state, last)
+    every = cfg.train.save_every
+    if every and epoch_done % every == 0:
+        keep = out / f"epoch_{epoch_done:04d}.pth"
+        try:
+            if keep.exists():
+                keep.unlink()
+            os.link(last, keep)  # same bytes, no second write; last.pth is replaced, not modified
+        except OSError:
+            save_checkpoint(state, keep)
+
+
+def _resume(path: Path, model: nn.Module, optimizer: Any, scaler: Any, it: Any, fingerprint: str) -> Tuple[int, List[int]]:
+    """Load ``path`` into the training objects; return (next epoch, plan sizes so far)."""
+    state = load_checkpoint(path)
+    check_resumable(state, path, fingerprint, it.policy.state_dict())
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        it.load_state_dict(torch_to_numpy(state["iterator"]))
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"cannot resume from {path}: {e}") from e
+    epoch = int(state["epoch"])
+    if it.epoch != epoch:
+        raise CheckpointError(f"{path}: iterator is at epoch {it.epoch} but the checkpoint says {epoch}")
+    return epoch, [int(p) for p in state.get("planned", [])]
+
+
+# --------------------------------------------------------------------- run
+def run_training(
+    cfg: Config,
+    output_dir: Optional[PathLike] = None,
+    resume: Optional[str] = None,
+) -> List[Dict[str, Any]]:
+    """Train as ``cfg`` says; return the per-epoch records of the epochs this call ran.
+
+    Args:
+        cfg: a validated :class:`~orderdp_dali.config.Config`.
+        output_dir: where ``metrics.jsonl``, ``config.json`` and checkpoints go (default
+            ``cfg.train.output_dir``).
+        resume: a checkpoint path, ``"auto"`` (``output_dir/last.pth`` if present, else a
+            fresh start) or ``None``.
+
+    Returns:
+        One dict per epoch run (the JSON lines of the metrics log), on every rank.
+
+    Raises:
+        ConfigError, DatasetError, CheckpointError: bad settings, data or checkpoint,
+        raised before training starts.
+    """
+    out = Path(output_dir if output_dir is not None else cfg.train.output_dir).expanduser()
+    rt = init_runtime(cfg)
+    train_it = val_it = None
+    try:
+        data = build_data(cfg)
+        n = len(data.train)
+        policy = make_policy(cfg.policy.name, n, seed=cfg.train.seed, num_epochs=cfg.train.epochs, **cfg.policy.params)
+        train_it, val_it = build_iterators(cfg, data, policy, rt)
+        model, bare = build_model_for(cfg, data.num_classes, rt)
+        optimizer = build_optimizer(cfg, bare)
+        scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.train.amp == "fp16")
+        seed_everything(cfg.train.seed, rt.rank, cfg.train.deterministic)
+        fingerprint = data.train.fingerprint
+        start, planned = 0, []
+        ckpt = resolve_resume(resume, out)
+        if ckpt is not None:
+            start, planned = _resume(ckpt, bare, optimizer, scaler, train_it, fingerprint)
+            if rt.is_main:
+                print(f"resumed from {ckpt}: continuing at epoch {start}", flush=True)
+        if rt.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+            trim_metrics(out / METRICS, start)
+        records = []
+        for epoch in range(start, cfg.train.epochs):
+            record = {"epoch": epoch, "policy": cfg.policy.name, "world_size": rt.world_size}
+            record.update(train_one_epoch(model, optimizer, scaler, train_it, epoch, cfg, rt))
+            planned.append(record["planned"])
+            record["fraction_saved"] = 1.0 - sum(planned) / (n * len(planned))
+            if val_it is not None and _should_evaluate(cfg, epoch):
+                _sync_buffers(bare, rt)
+                t = time.perf_counter()
+                record.update(evaluate(bare, val_it, cfg, rt))
+                record["val_time"] = time.perf_counter() - t
+            if rt.is_main:
+                if cfg.train.checkpoint:
+                    state = _checkpoint_state(epoch + 1, bare, optimizer, scaler, train_it, cfg, fingerprint, planned)
+                    _save(state, out, epoch + 1, cfg)
+                _append_metrics(out / METRICS, record)
+            records.append(record)
+        return records
+    finally:
+        for it in (train_it, val_it):
+            if it is not None:
+                it.close()
+        if rt.owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _append_metrics(path: Path, record: Dict[str, Any]) -> None:
+    line = json.dumps(record)
+    print(line, flush=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------- CLI
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orderdp-dali train",
+        description="Train a classifier with a data-pruning policy on a DALI pipeline (DDP via torchrun).",
+    )
+    parser.add_argument("--config", help="YAML config file (see configs/)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5 policy.name=orderdp"
+    )
+    parser.add_argument("--resume", metavar="PATH|auto", help="checkpoint to continue, or 'auto' (output dir's last.pth)")
+    parser.add_argument("--output-dir", help="override train.output_dir")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(json.dumps(cfg.to_dict(), indent=2))
+            return 0
+        run_training(cfg, output_dir=args.output_dir, resume=args.resume)
+    except (ConfigError, DatasetError, CheckpointError) as e:
+        print(f"orderdp-dali train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
