@@ -26,11 +26,12 @@ import numpy as np
 import torch
 
 from orderdp_dali.distributed import all_reduce_scores, dist_info
-from orderdp_dali.errors import DecodeError
+from orderdp_dali.errors import DecodeError, WorkerError
 from orderdp_dali.feeder import PlanPublisher
 from orderdp_dali.plan import EpochPlan, num_steps
 from orderdp_dali.policies.base import Policy
 from orderdp_dali.sample_index import SampleIndex
+from orderdp_dali.watchdog import WorkerWatchdog, spawned_children
 
 __all__ = ["DALIPlanIterator", "find_undecodable"]
 
@@ -52,6 +53,17 @@ def find_undecodable(index: SampleIndex, sample_ids: np.ndarray) -> Optional[Tup
         except Exception as e:  # PIL raises many types; any failure names this file
             return i, str(path), f"{type(e).__name__}: {e}"
     return None
+
+
+def _is_worker_failure(error: BaseException) -> bool:
+    """Whether DALI's worker pool reported a lost worker (DALI raises plain RuntimeErrors)."""
+    messages = ("Worker data receiving interrupted", "Sending tasks to worker", "Workers initialization failed")
+    seen = error
+    while seen is not None:
+        if any(m in str(seen) for m in messages):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class DALIPlanIterator:
@@ -142,6 +154,7 @@ class DALIPlanIterator:
         self._epoch = int(epoch)
         self._plan: Optional[EpochPlan] = None
         self._pipe = None
+        self._watchdog: Optional[WorkerWatchdog] = None
         self._publisher: Optional[PlanPublisher] = None
         self._dali_epoch = 0
         self._unfinished = False  # a previous epoch was abandoned mid-way; drain before reuse
@@ -259,7 +272,9 @@ class DALIPlanIterator:
                 prefetch_queue_depth=self.prefetch_queue_depth,
                 config=self.pipeline_config,
             )
+            before = spawned_children()
             self._pipe.build()
+            self._watchdog = WorkerWatchdog(spawned_children() - before)
         else:
             self._pipe.reset()
 
@@ -267,7 +282,8 @@ class DALIPlanIterator:
         """Run an abandoned pass to its end so DALI can start the next one."""
         while True:
             try:
-                self._pipe.run()
+                with self._watchdog.guard():
+                    self._pipe.run()
             except StopIteration:
                 break
         self._dali_epoch += 1
@@ -293,7 +309,8 @@ class DALIPlanIterator:
                     valid = min(self.batch_size, used - step * self.batch_size)
                     yield self._to_batch(outputs, valid)
                 try:
-                    self._pipe.run()
+                    with self._watchdog.guard():
+                        self._pipe.run()
                 except StopIteration:
                     pass
                 else:
@@ -308,9 +325,13 @@ class DALIPlanIterator:
 
     def _run_step(self, shard: EpochPlan, step: int):
         try:
-            return self._pipe.run()
+            with self._watchdog.guard():
+                return self._pipe.run()
         except StopIteration:
             raise RuntimeError(f"DALI ended epoch {self._epoch} after {step} of its planned batches") from None
+        except WorkerError:
+            self.close()
+            raise
         except Exception as e:
             self.close()
             # The failing sample is in this batch or one DALI prefetched after it.
@@ -319,6 +340,11 @@ class DALIPlanIterator:
             diagnosis = self._diagnose(shard.indices[lo:hi])
             if diagnosis is not None:
                 raise diagnosis from e
+            if _is_worker_failure(e):
+                raise WorkerError(
+                    f"a DALI external-source worker process died in epoch {self._epoch}, step {step} "
+                    f"({e}); it was killed or ran out of memory: check dmesg, or lower py_workers"
+                ) from e
             raise RuntimeError(f"DALI pipeline failed in epoch {self._epoch}, step {step}: {e}") from e
 
     def _to_batch(self, outputs, valid: int) -> Dict[str, torch.Tensor]:
@@ -375,6 +401,9 @@ class DALIPlanIterator:
     def close(self) -> None:
         """Stop DALI's workers and remove the published plans."""
         self._pipe = None
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None

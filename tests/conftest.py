@@ -36,9 +36,6 @@ def jpeg_split(tmp_path_factory) -> Path:
     return write_jpeg_folder(tmp_path_factory.mktemp("data") / "train", classes=4, per_class=13)
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs CUDA; skipped without it")
-    config.addinivalue_line("markers", "slow: long-running")
 
 
 def pytest_collection_modifyitems(config, items):
