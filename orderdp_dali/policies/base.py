@@ -23,6 +23,7 @@ __all__ = [
     "register_policy",
     "make_policy",
     "check_ratio",
+    "check_epoch",
     "floor_times",
     "first_full_epoch",
 ]
@@ -39,6 +40,15 @@ def check_ratio(name: str, value: Any) -> float:
     if not 0.0 < f <= 1.0:
         raise ValueError(f"Invalid {name}: {value!r} (need a number in (0, 1])")
     return f
+
+
+def check_epoch(epoch: Any) -> int:
+    """``epoch`` as an int >= 0, else ``TypeError``/``ValueError`` with the bad value."""
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+        raise TypeError(f"Invalid epoch: {epoch!r} (need an int)")
+    if epoch < 0:
+        raise ValueError(f"Invalid epoch: {epoch!r} (need an int >= 0)")
+    return int(epoch)
 
 
 def floor_times(ratio: float, count: int) -> int:
@@ -142,11 +152,7 @@ class Policy(ABC):
 
     def rng(self, epoch: int, salt: int = 0) -> np.random.Generator:
         """The generator for ``epoch``: a pure function of (seed, epoch, salt)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
-            raise TypeError(f"Invalid epoch: {epoch!r} (need an int)")
-        if epoch < 0:
-            raise ValueError(f"Invalid epoch: {epoch!r} (need an int >= 0)")
-        return np.random.default_rng([self.seed, int(epoch), int(salt)])
+        return np.random.default_rng([self.seed, check_epoch(epoch), int(salt)])
 
     @abstractmethod
     def select(self, epoch: int) -> EpochPlan:
