@@ -1,0 +1,537 @@
+"""Tests of the pruning policies (pure numpy, CPU, a few seconds in all)."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict
+
+import numpy as np
+import pytest
+
+from orderdp_dali.plan import EpochPlan
+from orderdp_dali.policies import (
+    POLICIES,
+    FullData,
+    InfoBatch,
+    OrderDP,
+    Policy,
+    UniformRandom,
+    inclusion_probabilities,
+    make_policy,
+)
+from orderdp_dali.policies.base import first_full_epoch, floor_times
+from orderdp_dali.policies.infobatch import well_learned
+from orderdp_dali.policies.orderdp import per_sample_inclusion, subset_sizes, top_q_of_random_subset
+
+# A policy of each kind with small, distinct settings; every factory takes (n, seed).
+FACTORIES: Dict[str, Callable[..., Policy]] = {
+    "full": lambda n, seed=0: FullData(n, seed=seed, num_epochs=10),
+    "orderdp": lambda n, seed=0: OrderDP(n, 0.8, 0.5, seed=seed, num_epochs=10),
+    "orderdp_anneal": lambda n, seed=0: OrderDP(n, 0.8, 0.5, anneal_delta=0.5, seed=seed, num_epochs=10),
+    "infobatch": lambda n, seed=0: InfoBatch(n, 0.5, 0.875, seed=seed, num_epochs=10),
+    "uniform": lambda n, seed=0: UniformRandom(n, random_len_ratio=0.8, top_q_ratio=0.5, seed=seed),
+}
+
+
+def exact_pi(n: int, s: int, q: int) -> np.ndarray:
+    """SPEC.md's combinatorial formula, with exact integers (small n only)."""
+    total = math.comb(n, s)
+    out = []
+    for j in range(1, n + 1):
+        num = sum(
+            math.comb(j - 1, l - 1) * math.comb(n - j, s - l)
+            for l in range(max(1, s - n + j), min(q, j) + 1)
+        )
+        out.append(num / total)
+    return np.array(out)
+
+
+def train_epochs(policy: Policy, epochs: range, loss_seed: int = 123) -> None:
+    """Select each epoch's plan and feed it fake losses in batches, like a training loop."""
+    for epoch in epochs:
+        plan = policy.select(epoch)
+        rng = np.random.default_rng([loss_seed, epoch])
+        losses = rng.gamma(2.0, 1.0, len(plan)).astype(np.float32)
+        for start in range(0, len(plan), 64):
+            policy.update(plan.indices[start : start + 64], losses[start : start + 64])
+
+
+def assert_same_plan(a: EpochPlan, b: EpochPlan) -> None:
+    assert a.epoch == b.epoch
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.weights, b.weights)
+
+
+def test_registry_and_make_policy():
+    assert {"full", "orderdp", "infobatch", "uniform"} <= set(POLICIES)
+    assert isinstance(make_policy("orderdp", 100, random_len_ratio=0.5, top_q_ratio=0.5), OrderDP)
+    assert isinstance(make_policy("infobatch", 100, num_epochs=5), InfoBatch)
+    with pytest.raises(ValueError, match="Unknown policy"):
+        make_policy("topk", 100)
+
+
+# ---------------------------------------------------------------- OrderDP
+
+
+@pytest.mark.parametrize(
+    "n,r,t", [(100, 0.75, 0.8), (1000, 0.8, 0.375), (37, 1.0, 1.0), (50, 0.29, 1.0)]
+)
+def test_orderdp_plan_size_unique_weights(n, r, t):
+    policy = OrderDP(n, r, t, seed=3)
+    s, q = subset_sizes(n, r, t)
+    assert (s, q) == (floor_times(r, n), floor_times(t, floor_times(r, n)))
+    assert (policy.subset_size, policy.keep_size) == (s, q)
+    train_epochs(policy, range(2))
+    for epoch in range(2, 5):
+        plan = policy.select(epoch)
+        assert len(plan) == q == policy.expected_size(epoch)
+        assert np.unique(plan.indices).size == q
+        assert plan.indices.min() >= 0 and plan.indices.max() < n
+        assert plan.indices.dtype == np.int64 and plan.weights.dtype == np.float32
+        np.testing.assert_array_equal(plan.weights, 1.0)
+
+
+def test_subset_sizes_imagenet_reference():
+    assert subset_sizes(1_281_167, 0.75, 0.8) == (960_875, 768_700)
+    assert subset_sizes(1_281_167, 0.8, 0.9) == (1_024_933, 922_439)
+    assert subset_sizes(100, 0.29, 1.0) == (29, 29)  # 0.29 * 100 == 28.999999999999996 in floats
+
+
+def test_orderdp_ratios_that_keep_nothing():
+    with pytest.raises(ValueError, match="keep no sample"):
+        OrderDP(10, 0.1, 0.5)  # s = 1, q = 0
+    with pytest.raises(ValueError, match="Invalid random_len_ratio"):
+        OrderDP(10, None, 0.5)  # required, unlike UniformRandom's optional ratios
+
+
+def test_orderdp_keeps_exactly_the_top_q_of_its_subset():
+    """Re-derive the subset: with r=1 the plan must be exactly the q largest scores."""
+    n = 200
+    policy = OrderDP(n, 1.0, 0.25, seed=0)
+    scores = np.random.default_rng(0).permutation(n).astype(np.float32)
+    policy.update(np.arange(n), scores)
+    plan = policy.select(0)
+    assert set(plan.indices.tolist()) == set(np.argsort(scores)[-50:].tolist())
+    # the order is shuffled, not by score
+    assert not np.all(np.diff(scores[plan.indices]) < 0)
+
+
+def test_orderdp_prefers_unseen_samples():
+    n = 100
+    policy = OrderDP(n, 1.0, 0.5, seed=1)  # q = 50
+    policy.update(np.arange(50), np.full(50, 1e3, dtype=np.float32))  # high, but below the initial 1e4
+    plan = policy.select(0)
+    assert set(plan.indices.tolist()) == set(range(50, 100))
+    # With a random subset (s = 50, q = 25) and 20 unseen samples, every unseen sample that
+    # is drawn is kept (at most 20 < q of them), so each is kept with probability s/n = 0.5,
+    # while the 25 lowest-scored seen samples (ranks 76..100 > n - s + q) are never kept.
+    policy = OrderDP(n, 0.5, 0.5, seed=1)
+    scores = np.random.default_rng(2).permutation(80).astype(np.float32)
+    policy.update(np.arange(80), scores)
+    counts = np.zeros(n)
+    draws = 400
+    for epoch in range(draws):
+        counts[policy.select(epoch).indices] += 1
+    np.testing.assert_allclose(policy.inclusion_probabilities()[80:], 0.5)
+    assert np.all(np.abs(counts[80:] / draws - 0.5) <= 5 * np.sqrt(0.25 / draws) + 0.005)
+    assert np.all(counts[np.argsort(scores)[:25]] == 0)
+
+
+@pytest.mark.parametrize("s,q", [(s, q) for s in range(1, 13) for q in range(1, s + 1)])
+def test_inclusion_probabilities_match_exact_formula(s, q):
+    n = 12
+    pi = inclusion_probabilities(n, s, q)
+    assert pi.dtype == np.float64 and pi.shape == (n,)
+    np.testing.assert_allclose(pi, exact_pi(n, s, q), rtol=1e-10, atol=1e-13)
+    assert pi.sum() == pytest.approx(q, rel=1e-12)
+    assert np.all(np.diff(pi) <= 1e-15)  # never increases with rank
+
+
+def test_inclusion_probabilities_other_sizes_and_errors():
+    for n, s, q in [(1, 1, 1), (7, 7, 3), (40, 20, 10), (1000, 750, 600)]:
+        assert inclusion_probabilities(n, s, q).sum() == pytest.approx(q, rel=1e-9)
+    np.testing.assert_allclose(
+        inclusion_probabilities(30, 17, 5), exact_pi(30, 17, 5), rtol=1e-9, atol=1e-14
+    )
+    for bad in [(10, 5, 0), (10, 11, 2), (10, 4, 5)]:
+        with pytest.raises(ValueError, match="Invalid sizes"):
+            inclusion_probabilities(*bad)
+
+
+@pytest.mark.parametrize("r,t,s,q", [(0.5, 0.5, 20, 10), (0.3, 0.34, 12, 4)])  # subset >= / < n/2
+def test_orderdp_empirical_inclusion_matches_exact_pi(r, t, s, q):
+    """4000 seeded epochs at n=40 with distinct scores.
+
+    Each rank's kept count over N epochs is Binomial(N, pi_j) (epochs use independent
+    generators). Tolerance: 5 binomial standard errors plus 0.005 slack, per rank. A
+    correct sampler fails this with probability about 40 * 6e-7; a policy that broke ties
+    by index, kept the top q of all n, or drew a non-uniform subset fails it outright.
+    """
+    n, draws = 40, 4000
+    policy = OrderDP(n, r, t, seed=7)
+    assert (policy.subset_size, policy.keep_size) == (s, q)
+    scores = np.random.default_rng(5).permutation(n).astype(np.float32) + 1.0  # distinct
+    policy.update(np.arange(n), scores)
+    counts = np.zeros(n)
+    for epoch in range(draws):
+        counts[policy.select(epoch).indices] += 1
+    rank_of = np.empty(n, dtype=np.int64)
+    rank_of[np.argsort(-scores)] = np.arange(n)
+    freq = np.empty(n)
+    freq[rank_of] = counts / draws
+    pi = exact_pi(n, s, q)
+    tol = 5 * np.sqrt(pi * (1 - pi) / draws) + 0.005
+    assert np.all(np.abs(freq - pi) <= tol), np.max(np.abs(freq - pi) - tol)
+    # the per-sample method agrees with the per-rank vector
+    np.testing.assert_allclose(policy.inclusion_probabilities()[np.argsort(-scores)], pi, rtol=1e-9)
+
+
+def test_orderdp_ties_are_broken_at_random():
+    """Ten samples share the cut-off score: each must be kept equally often, not by index."""
+    n, draws = 30, 2000
+    policy = OrderDP(n, 1.0, 0.5, seed=11)  # s = 30, q = 15
+    scores = np.concatenate([np.full(10, 50.0), np.full(10, 5.0), np.full(10, 1.0)]).astype(np.float32)
+    policy.update(np.arange(n), scores)
+    counts = np.zeros(n)
+    for epoch in range(draws):
+        counts[policy.select(epoch).indices] += 1
+    freq = counts / draws
+    expected = policy.inclusion_probabilities()
+    np.testing.assert_allclose(expected, np.repeat([1.0, 0.5, 0.0], 10))
+    # Binomial(2000, 0.5): 5 standard errors = 0.056
+    assert np.all(np.abs(freq - expected) <= 5 * np.sqrt(0.25 / draws) + 0.005)
+
+
+def test_per_sample_inclusion_sums_to_q_with_ties():
+    scores = np.array([3, 3, 1, 2, 2, 2, 0, 5], dtype=np.float32)
+    pi = per_sample_inclusion(scores, 5, 3)
+    assert pi.sum() == pytest.approx(3)
+    exact = exact_pi(8, 5, 3)  # by rank: 5 -> 1; 3, 3 -> 2, 3; 2, 2, 2 -> 4..6; 1 -> 7; 0 -> 8
+    group = [exact[1:3].mean()] * 2 + [exact[6]] + [exact[3:6].mean()] * 3 + [exact[7], exact[0]]
+    np.testing.assert_allclose(pi, group, rtol=1e-12)
+    assert pi[7] == pi[0] > pi[3] > pi[2] == pi[6] == 0.0  # pi_j = s/n for j <= q; 0 past n - s + q
+
+
+def test_top_q_of_random_subset_all_tied_is_uniform():
+    n, s, q, draws = 20, 15, 5, 3000
+    counts = np.zeros(n)
+    scores = np.ones(n, dtype=np.float32)
+    for k in range(draws):
+        kept = top_q_of_random_subset(scores, s, q, np.random.default_rng([1, k]))
+        assert kept.size == q and np.unique(kept).size == q
+        counts[kept] += 1
+    p = q / n
+    assert np.all(np.abs(counts / draws - p) <= 5 * np.sqrt(p * (1 - p) / draws) + 0.005)
+
+
+def test_orderdp_anneal():
+    policy = OrderDP(100, 0.5, 0.5, anneal_delta=0.875, num_epochs=90)
+    assert first_full_epoch(0.875, 90) == 79
+    assert [policy.prunes(e) for e in (0, 78, 79, 89)] == [True, True, False, False]
+    assert len(policy.select(78)) == 25
+    plan = policy.select(79)
+    assert sorted(plan.indices.tolist()) == list(range(100)) and np.all(plan.weights == 1)
+    np.testing.assert_array_equal(policy.inclusion_probabilities(79), 1.0)
+    assert first_full_epoch(0.7, 10) == 7  # 0.7 * 10 is 7.000000000000001 in floats
+    with pytest.raises(ValueError, match="num_epochs"):
+        OrderDP(100, anneal_delta=0.5)
+
+
+def test_orderdp_select_is_fast_enough_at_moderate_n():
+    """Guards against an accidental O(n log n) or Python loop path (ImageNet: see bench/)."""
+    import time
+
+    n = 200_000
+    policy = OrderDP(n, 0.75, 0.8)
+    policy.update(np.arange(n), np.random.default_rng(0).random(n))
+    policy.select(0)
+    start = time.perf_counter()
+    policy.select(1)
+    assert time.perf_counter() - start < 1.0
+
+
+# ---------------------------------------------------------------- InfoBatch
+
+
+def _infobatch_with_scores(n: int, **kw) -> tuple:
+    policy = InfoBatch(n, num_epochs=kw.pop("num_epochs", 10), **kw)
+    scores = np.random.default_rng(4).gamma(2.0, 1.0, n).astype(np.float32)
+    policy.update(np.arange(n), scores)
+    return policy, scores
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 0.7])
+def test_infobatch_counts_and_weights(p):
+    n = 1000
+    policy, scores = _infobatch_with_scores(n, prune_ratio=p)
+    well = scores < scores.mean(dtype=np.float64)
+    count = int(well.sum())
+    assert 0 < count < n
+    for epoch in range(3):
+        plan = policy.select(epoch)
+        assert len(plan) == (n - count) + math.floor((1 - p) * count) == policy.expected_size(epoch)
+        assert np.unique(plan.indices).size == len(plan)
+        in_well = well[plan.indices]
+        assert np.sum(~in_well) == n - count  # every other sample is kept
+        np.testing.assert_array_equal(plan.weights[in_well], np.float32(1 / (1 - p)))
+        np.testing.assert_array_equal(plan.weights[~in_well], 1.0)
+    assert not np.array_equal(policy.select(0).indices, policy.select(1).indices)
+
+
+def test_infobatch_clamps_keep_ratio():
+    n = 1000
+    policy, scores = _infobatch_with_scores(n, prune_ratio=0.95)
+    assert policy.keep_ratio == 0.1
+    count = int((scores < scores.mean(dtype=np.float64)).sum())
+    plan = policy.select(0)
+    assert len(plan) == n - count + math.floor(0.1 * count)
+    assert set(np.unique(plan.weights).tolist()) == {1.0, 10.0}
+
+
+def test_infobatch_unseen_never_well_learned():
+    n = 100
+    policy = InfoBatch(n, 0.5, num_epochs=10)
+    assert len(policy.select(0)) == n  # nothing seen: nothing to prune
+    policy.update(np.arange(50), np.arange(50, dtype=np.float32))  # mean over seen = 24.5
+    mask = well_learned(policy.scores.values, policy.scores.seen)
+    np.testing.assert_array_equal(np.flatnonzero(mask), np.arange(25))
+    plan = policy.select(1)
+    assert set(range(25, 100)) <= set(plan.indices.tolist())
+    assert len(plan) == 75 + 12
+    # seen losses above the unseen placeholder (1e4): unseen samples still are not well learned
+    policy = InfoBatch(n, 0.5, num_epochs=10)
+    policy.update(np.arange(50), np.linspace(1.0, 1e5, 50, dtype=np.float32))
+    mask = well_learned(policy.scores.values, policy.scores.seen)
+    assert not mask[50:].any() and mask[:25].all()
+
+
+def test_infobatch_annealing():
+    policy, _ = _infobatch_with_scores(200, num_epochs=8)  # delta 0.875: epoch 7 is full
+    assert len(policy.select(6)) < 200
+    plan = policy.select(7)
+    assert sorted(plan.indices.tolist()) == list(range(200))
+    np.testing.assert_array_equal(plan.weights, 1.0)
+    policy = InfoBatch(200, delta=0.875, num_epochs=90)
+    assert [policy.prunes(e) for e in (78, 79)] == [True, False]
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(prune_ratio=1.0), "prune_ratio"),
+        (dict(prune_ratio=-0.1), "prune_ratio"),
+        (dict(prune_ratio="abc"), "prune_ratio"),
+        (dict(prune_ratio=float("nan")), "prune_ratio"),
+        (dict(delta=0.0), "delta"),
+        (dict(delta=1.5), "delta"),
+        (dict(delta="abc"), "delta"),
+    ],
+)
+def test_infobatch_bad_params(kwargs, name):
+    with pytest.raises(ValueError, match=f"Invalid {name}"):
+        InfoBatch(100, num_epochs=10, **kwargs)
+
+
+def test_infobatch_needs_num_epochs():
+    with pytest.raises(ValueError, match="num_epochs"):
+        InfoBatch(100)
+
+
+# ---------------------------------------------------------------- Uniform and Full
+
+
+@pytest.mark.parametrize(
+    "n,r,t", [(1_281_167, 0.75, 0.8), (1_281_167, 0.8, 0.9), (50_000, 0.8, 0.375), (97, 0.33, 0.7)]
+)
+def test_uniform_budget_matches_orderdp(n, r, t):
+    uniform = UniformRandom(n, random_len_ratio=r, top_q_ratio=t)
+    assert uniform.budget == OrderDP(n, r, t).keep_size
+    if n < 100_000:
+        plan = uniform.select(0)
+        assert len(plan) == uniform.budget and np.unique(plan.indices).size == uniform.budget
+        np.testing.assert_array_equal(plan.weights, 1.0)
+    assert UniformRandom(1000, keep_ratio=0.6).budget == 600
+
+
+def test_uniform_bad_budget_forms():
+    for kwargs in [dict(), dict(keep_ratio=0.5, random_len_ratio=0.5, top_q_ratio=0.5)]:
+        with pytest.raises(ValueError, match="either keep_ratio or"):
+            UniformRandom(100, **kwargs)
+    with pytest.raises(ValueError, match="top_q_ratio"):
+        UniformRandom(100, random_len_ratio=0.5)
+    with pytest.raises(ValueError, match="keeps no sample"):
+        UniformRandom(100, keep_ratio=0.001)
+
+
+def test_uniform_inclusion_is_uniform():
+    """n=50, budget 10, 3000 epochs: each sample's frequency is Binomial(3000, 0.2)/3000.
+
+    Tolerance per sample: 5 standard errors plus 0.005 slack; a chi-square test over all
+    samples (each sample's count as a cell) must not reject at 1e-4 either.
+    """
+    from scipy.stats import chisquare
+
+    n, draws = 50, 3000
+    policy = UniformRandom(n, keep_ratio=0.2, seed=2)
+    policy.update(np.arange(n), np.arange(n, dtype=np.float32))  # scores must not matter
+    counts = np.zeros(n)
+    for epoch in range(draws):
+        counts[policy.select(epoch).indices] += 1
+    p = 0.2
+    assert np.all(np.abs(counts / draws - p) <= 5 * np.sqrt(p * (1 - p) / draws) + 0.005)
+    assert chisquare(counts).pvalue > 1e-4
+
+
+def test_full_is_a_fresh_permutation():
+    n = 500
+    policy = FullData(n, seed=5)
+    plans = [policy.select(e) for e in range(3)]
+    for plan in plans:
+        assert len(plan) == n == policy.expected_size(0)
+        np.testing.assert_array_equal(np.sort(plan.indices), np.arange(n))
+        np.testing.assert_array_equal(plan.weights, 1.0)
+    assert not np.array_equal(plans[0].indices, plans[1].indices)
+    assert not np.array_equal(plans[1].indices, plans[2].indices)
+    assert not np.array_equal(plans[0].indices, np.arange(n))
+
+
+# ---------------------------------------------------------------- common contract
+
+
+@pytest.mark.parametrize("kind", sorted(FACTORIES))
+def test_state_dict_round_trip_mid_run(kind):
+    n = 300
+    policy = FACTORIES[kind](n, seed=9)
+    train_epochs(policy, range(3))
+    state = policy.state_dict()
+    restored = FACTORIES[kind](n, seed=9)
+    restored.load_state_dict(state)
+    fresh = FACTORIES[kind](n, seed=9)
+    for epoch in range(3, 8):
+        plan = policy.select(epoch)
+        assert_same_plan(plan, restored.select(epoch))
+        rng = np.random.default_rng(epoch)
+        losses = rng.random(len(plan)).astype(np.float32)
+        policy.update(plan.indices, losses)
+        restored.update(plan.indices, losses)
+    if kind in ("orderdp", "infobatch"):  # score-driven: without the restored scores, plans differ
+        assert not np.array_equal(policy.select(8).indices, fresh.select(8).indices)
+
+
+@pytest.mark.parametrize(
+    "kind,other",
+    [
+        ("orderdp", lambda n: OrderDP(n, 0.8, 0.6, seed=9, num_epochs=10)),
+        ("orderdp", lambda n: OrderDP(n, 0.8, 0.5, seed=10, num_epochs=10)),
+        ("orderdp_anneal", lambda n: OrderDP(n, 0.8, 0.5, anneal_delta=0.6, seed=9, num_epochs=10)),
+        ("infobatch", lambda n: InfoBatch(n, 0.4, 0.875, seed=9, num_epochs=10)),
+        ("infobatch", lambda n: InfoBatch(n, 0.5, 0.875, seed=9, num_epochs=20)),
+        ("uniform", lambda n: UniformRandom(n, keep_ratio=0.4, seed=9)),
+        ("full", lambda n: OrderDP(n, 0.8, 0.5, seed=9, num_epochs=10)),
+        (
+            "orderdp",
+            lambda n: UniformRandom(n, random_len_ratio=0.8, top_q_ratio=0.5, seed=9, num_epochs=10),
+        ),
+    ],
+)
+def test_load_state_dict_refuses_other_settings(kind, other):
+    n = 300
+    policy = FACTORIES[kind](n, seed=9)
+    train_epochs(policy, range(1))
+    target = other(n)
+    before = target.state_dict()
+    with pytest.raises(ValueError, match="settings differ|state_dict is for policy"):
+        target.load_state_dict(policy.state_dict())
+    np.testing.assert_array_equal(target.scores.values, before["scores"]["values"])
+
+
+def test_load_state_dict_refuses_other_dataset_size():
+    policy = FACTORIES["orderdp"](300)
+    with pytest.raises(ValueError):
+        FACTORIES["orderdp"](301).load_state_dict(policy.state_dict())
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, 1.5, "abc", float("nan"), float("inf")])
+@pytest.mark.parametrize(
+    "name,build",
+    [
+        ("random_len_ratio", lambda v: OrderDP(100, random_len_ratio=v, top_q_ratio=0.5)),
+        ("top_q_ratio", lambda v: OrderDP(100, random_len_ratio=0.5, top_q_ratio=v)),
+        ("anneal_delta", lambda v: OrderDP(100, anneal_delta=v, num_epochs=10)),
+        ("keep_ratio", lambda v: UniformRandom(100, keep_ratio=v)),
+        ("random_len_ratio", lambda v: UniformRandom(100, random_len_ratio=v, top_q_ratio=0.5)),
+        ("top_q_ratio", lambda v: UniformRandom(100, random_len_ratio=0.5, top_q_ratio=v)),
+        ("delta", lambda v: InfoBatch(100, delta=v, num_epochs=10)),
+    ],
+)
+def test_ratio_outside_unit_interval_names_parameter(name, build, bad):
+    with pytest.raises(ValueError, match=f"Invalid {name}"):
+        build(bad)
+
+
+@pytest.mark.parametrize("kind", sorted(FACTORIES))
+def test_determinism_and_seeds(kind):
+    n = 400
+    a, b, c = FACTORIES[kind](n, seed=1), FACTORIES[kind](n, seed=1), FACTORIES[kind](n, seed=2)
+    for policy in (a, b, c):
+        train_epochs(policy, range(2), loss_seed=5)  # same losses per position, so a and b match
+    for epoch in (2, 3):
+        assert_same_plan(a.select(epoch), b.select(epoch))
+        assert_same_plan(a.select(epoch), a.select(epoch))  # select() is repeatable
+        assert not np.array_equal(a.select(epoch).indices, c.select(epoch).indices)
+    assert not np.array_equal(a.select(2).indices, a.select(3).indices)
+
+
+@pytest.mark.parametrize("kind", sorted(FACTORIES))
+def test_plan_order_is_random(kind):
+    """The plan's order is a fresh shuffle: neither index order nor score order.
+
+    Over 400 epochs, plan[0] < plan[-1] is a fair coin for a uniformly random order; the
+    tolerance is 5 standard errors (5 * 0.025). Sorted or partially sorted output fails it.
+    """
+    n, draws = 200, 400
+    policy = FACTORIES[kind](n, seed=4)
+    policy.update(np.arange(n), np.random.default_rng(0).random(n).astype(np.float32))
+    first_smaller = 0
+    for epoch in range(draws):
+        idx = policy.select(epoch).indices
+        assert not np.all(np.diff(idx) > 0)
+        first_smaller += idx[0] < idx[-1]
+    assert abs(first_smaller / draws - 0.5) <= 5 * 0.025
+
+
+@pytest.mark.parametrize("kind", sorted(FACTORIES))
+def test_select_does_not_mutate_state(kind):
+    policy = FACTORIES[kind](300)
+    train_epochs(policy, range(2))
+    before = policy.state_dict()
+    updated = policy.scores.updated.copy()
+    policy.select(2)
+    policy.expected_size(2)
+    after = policy.state_dict()
+    np.testing.assert_array_equal(before["scores"]["values"], after["scores"]["values"])
+    np.testing.assert_array_equal(before["scores"]["seen"], after["scores"]["seen"])
+    np.testing.assert_array_equal(updated, policy.scores.updated)
+    assert before["config"] == after["config"]
+
+
+@pytest.mark.parametrize("kind", sorted(FACTORIES))
+def test_policies_do_not_touch_the_global_rng(kind):
+    np.random.seed(0)
+    expected = np.random.random()
+    np.random.seed(0)
+    policy = FACTORIES[kind](300)
+    train_epochs(policy, range(2))
+    assert np.random.random() == expected
+
+
+@pytest.mark.parametrize("bad,exc", [(-1, ValueError), (1.5, TypeError), ("3", TypeError)])
+def test_bad_epoch_is_refused(bad, exc):
+    with pytest.raises(exc, match="Invalid epoch"):
+        FACTORIES["orderdp"](100).select(bad)
+
+
+def test_bad_seed_is_refused():
+    with pytest.raises(ValueError, match="Invalid seed"):
+        FullData(10, seed=-1)
+    with pytest.raises(TypeError, match="Invalid seed"):
+        FullData(10, seed=1.5)
