@@ -1,0 +1,1 @@
+"""Benchmarks: policy overhead, loader throughput and end-to-end policy comparisons."""
