@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
-from scipy.stats import hypergeom
 
 from orderdp_dali.plan import EpochPlan
 from orderdp_dali.policies.base import (
@@ -135,6 +134,8 @@ def inclusion_probabilities(n: int, s: int, q: int) -> np.ndarray:
     if q == s:  # every drawn sample is kept, whatever its rank
         return np.full(int(n), s / n, dtype=np.float64)
     higher = np.arange(int(n), dtype=np.int64)  # j - 1 for j = 1..n
+    from scipy.stats import hypergeom  # imported here: scipy costs a second at start-up
+
     cdf = hypergeom.cdf(q - 1, n - 1, higher, s - 1)
     return np.clip(cdf, 0.0, 1.0) * (s / n)
 
