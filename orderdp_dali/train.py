@@ -357,8 +357,12 @@ def evaluate(model: nn.Module, it: Any, cfg: Config, rt: Runtime) -> Dict[str, f
     if rt.distributed:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     top1, top5, loss, count = sums.tolist()
-    count = max(count, 1.0)
-    return {"val_top1": 100.0 * top1 / count, "val_top5": 100.0 * top5 / count, "val_loss": loss / count}
+    return {
+        "val_top1": 100.0 * top1 / max(count, 1.0),
+        "val_top5": 100.0 * top5 / max(count, 1.0),
+        "val_loss": loss / max(count, 1.0),
+        "val_samples": int(count),
+    }
 
 
 def _sync_buffers(model: nn.Module, rt: Runtime) -> None:
@@ -477,10 +481,12 @@ def run_training(
                 record.update(evaluate(bare, val_it, cfg, rt))
                 record["val_time"] = time.perf_counter() - t
             if rt.is_main:
+                # Log first, then checkpoint: a crash in between re-runs this epoch on resume,
+                # which drops its line before logging it again (exactly once either way).
+                _append_metrics(out / METRICS, record)
                 if cfg.train.checkpoint:
                     state = _checkpoint_state(epoch + 1, bare, optimizer, scaler, train_it, cfg, fingerprint, planned)
                     _save(state, out, epoch + 1, cfg)
-                _append_metrics(out / METRICS, record)
             records.append(record)
         return records
     finally:

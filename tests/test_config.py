@@ -1,0 +1,122 @@
+"""The training config: YAML + base: includes + overrides, validated with errors that name the key."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from orderdp_dali.config import Config, ConfigError, load_config, parse_override
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path, ["data.root=/datasets/x"])
+    assert cfg.data.root == "/datasets/x"
+    json.dumps(cfg.to_dict())  # plain data
+
+
+def test_recipes_follow_the_reference():
+    r50 = load_config(CONFIGS / "imagenet_r50_orderdp.yaml", ["data.root=/d"])
+    assert (r50.model.name, r50.optim.name, r50.optim.lr, r50.optim.weight_decay) == ("resnet50", "lars", 6.4, 1e-5)
+    assert (r50.train.batch_size, r50.train.epochs, r50.train.label_smoothing) == (128, 90, 0.1)
+    assert r50.schedule.name == "onecycle"
+    assert r50.policy.params == {"random_len_ratio": 0.75, "top_q_ratio": 0.8}
+    r18 = load_config(CONFIGS / "imagenet_r18_orderdp.yaml", ["data.root=/d"])
+    assert (r18.model.name, r18.optim.lr, r18.train.batch_size) == ("resnet18", 1.98, 64)
+    assert r18.policy.params == {"random_len_ratio": 0.8, "top_q_ratio": 0.9}
+    ib = load_config(CONFIGS / "imagenet_r50_infobatch.yaml", ["data.root=/d"])
+    assert ib.policy.params == {"prune_ratio": 0.5, "delta": 0.875}
+    c100 = load_config(CONFIGS / "cifar100_r50_orderdp.yaml", ["data.root=/d"])
+    assert (c100.data.dataset, c100.model.name, c100.optim.name, c100.optim.lr) == ("cifar100", "cifar_resnet50", "sgd", 0.03)
+    assert (c100.train.batch_size, c100.train.epochs) == (128, 200)
+    assert c100.policy.params == {"random_len_ratio": 0.8, "top_q_ratio": 0.375}
+    assert load_config(CONFIGS / "cifar10_r50_full.yaml", ["data.root=/d"]).data.dataset == "cifar10"
+
+
+def test_base_chain_and_overrides(tmp_path):
+    write(tmp_path / "a.yaml", "train: {epochs: 7, seed: 3}\noptim: {lr: 0.2}\ndata: {root: /r}\n")
+    write(tmp_path / "b.yaml", "base: a.yaml\ntrain: {epochs: 9}\npolicy: {name: orderdp, params: {top_q_ratio: 0.5}}\n")
+    cfg = load_config(tmp_path / "b.yaml", ["optim.weight_decay=1e-5", "policy.params.random_len_ratio=0.9"])
+    assert (cfg.train.epochs, cfg.train.seed, cfg.optim.lr) == (9, 3, 0.2)
+    assert cfg.optim.weight_decay == 1e-5  # "1e-5" is a string to YAML 1.1; floats accept it
+    assert cfg.policy.params == {"top_q_ratio": 0.5, "random_len_ratio": 0.9}
+
+
+def test_round_trip_frozen_and_override():
+    cfg = load_config(None, ["data.root=/r", "schedule.milestones=[10, 20]"])
+    again = Config.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    assert again.schedule.milestones == (10.0, 20.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 3
+    other = cfg.override("train.epochs=3")
+    assert other.train.epochs == 3 and cfg.train.epochs == 90
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=5", "train.epoch: unknown key; did you mean train.epochs?"),
+        ("trian.epochs=5", "trian: unknown key"),
+        ("train.epochs=0", "train.epochs: 0 out of range"),
+        ("train.epochs=2.5", "train.epochs: expected an integer"),
+        ("train.epochs=true", "train.epochs: expected an integer"),
+        ("optim.lr=fast", "optim.lr: expected a finite number"),
+        ("optim.lr=0", "optim.lr: 0.0 out of range"),
+        ("optim.momentum=1", "optim.momentum: 1.0 out of range"),
+        ("optim.name=adam", "optim.name: invalid value 'adam'"),
+        ("train.amp=fp8", "train.amp: invalid value"),
+        ("data.augment=maybe", "data.augment: expected true or false"),
+        ("model.name=resnet5O", "model.name: unknown model 'resnet5O'"),
+        ("policy.name=topk", "policy.name: unknown policy 'topk'"),
+        ("policy.params.top_q=0.5", "policy.params.top_q: unknown parameter of policy 'full'"),
+        ("policy.params.seed=3", "policy.params.seed: set by train.seed"),
+        ("schedule.milestones=[60,30]", "schedule.milestones: need non-negative epochs in increasing order"),
+        ("data.val_resize=100", "data.val_resize: 100 is smaller than data.crop=224"),
+        ("data.root=", "data.root: required"),
+        ("optim.nesterov=true optim.name=lars", "optim.nesterov: needs optim.name=sgd"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    items = ["data.root=/r", *override.split()]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, items)
+    assert message in str(err.value)
+
+
+def test_policy_values_are_checked_by_the_policy():
+    with pytest.raises(ConfigError, match=r"policy.params: .*top_q_ratio"):
+        load_config(None, ["data.root=/r", "policy.name=orderdp", "policy.params.top_q_ratio=1.5"])
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(write(tmp_path / "bad.yaml", "train: {epochs: [\n"))
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(write(tmp_path / "list.yaml", "- 1\n- 2\n"))
+    write(tmp_path / "x.yaml", "base: y.yaml\n")
+    write(tmp_path / "y.yaml", "base: x.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "x.yaml")
+
+
+def test_parse_override():
+    assert parse_override("a.b=1") == ("a.b", 1)
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override("a.b=x=y") == ("a.b", "x=y")
+    for bad in ("novalue", "=3", "a..b=1"):
+        with pytest.raises(ConfigError, match="Invalid override"):
+            parse_override(bad)
+    with pytest.raises(ConfigError, match="train: is a value"):
+        load_config(None, ["data.root=/r", "train=1", "train.epochs=2"])
