@@ -1,0 +1,146 @@
+"""The benchmark's PNG plots (matplotlib, Agg backend: no display needed).
+
+Each function takes the plain per-epoch records of a run (see :mod:`orderdp_dali.bench.report`)
+and writes one PNG. With several seeds a policy's curve is the mean over seeds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "plot_cumulative_wall",
+    "plot_accuracy_vs_wall",
+    "plot_samples_per_epoch",
+    "plot_inclusion_probability",
+    "write_all",
+]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless; must precede the pyplot import
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _by_policy(runs: Sequence[Mapping[str, Any]]) -> Dict[str, List[Mapping[str, Any]]]:
+    out: Dict[str, List[Mapping[str, Any]]] = {}
+    for r in runs:
+        out.setdefault(r["policy"], []).append(r)
+    return out
+
+
+def _mean_curve(runs: Sequence[Mapping[str, Any]], key: str, cumulative: bool = False) -> np.ndarray:
+    """Mean over seeds of a per-epoch field (truncated to the shortest run)."""
+    length = min(len(r["epochs"]) for r in runs)
+    rows = []
+    for r in runs:
+        vals = np.array(
+            [np.nan if e.get(key) is None else float(e[key]) for e in r["epochs"][:length]], dtype=np.float64
+        )
+        rows.append(np.cumsum(vals) if cumulative else vals)
+    return np.nanmean(np.vstack(rows), axis=0) if rows else np.empty(0)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_cumulative_wall(runs: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Cumulative training wall-clock after each epoch, one line per policy."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for policy, rs in _by_policy(runs).items():
+        y = _mean_curve(rs, "epoch_time", cumulative=True)
+        ax.plot(np.arange(1, len(y) + 1), y, marker="o", label=policy)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cumulative training wall-clock (s)")
+    ax.set_title("Wall-clock per policy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_wall(runs: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Validation top-1 against cumulative training wall-clock, one line per policy."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for policy, rs in _by_policy(runs).items():
+        x = _mean_curve(rs, "epoch_time", cumulative=True)
+        y = _mean_curve(rs, "val_top1")
+        if np.all(np.isnan(y)):
+            continue
+        ax.plot(x, y, marker="o", label=policy)
+    ax.set_xlabel("cumulative training wall-clock (s)")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title("Accuracy vs wall-clock")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_samples_per_epoch(runs: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Training samples planned in each epoch, one line per policy."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for policy, rs in _by_policy(runs).items():
+        y = _mean_curve(rs, "samples")
+        ax.plot(np.arange(1, len(y) + 1), y, marker="o", label=policy)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("samples in the epoch's plan")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Samples per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_inclusion_probability(n: int, s: int, q: int, path: Path, title: Optional[str] = None) -> Path:
+    """OrderDP's exact inclusion probability pi_j against loss rank j (1 = largest loss)."""
+    from orderdp_dali.policies import inclusion_probabilities
+
+    pi = np.asarray(inclusion_probabilities(n, s, q), dtype=np.float64)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ranks = np.arange(1, n + 1)
+    ax.plot(ranks, pi, label=f"OrderDP (s={s}, q={q})")
+    ax.axhline(q / n, color="grey", ls="--", label=f"uniform, same budget ({q / n:.2f})")
+    ax.set_xlabel("loss rank j (1 = highest loss)")
+    ax.set_ylabel("inclusion probability")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title or f"OrderDP inclusion probability, n={n} (sum = {pi.sum():.1f} = q)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def write_all(
+    runs: Sequence[Mapping[str, Any]],
+    out_dir: Path,
+    orderdp_sizes: Optional[Sequence[int]] = None,
+) -> List[str]:
+    """All plots of a run into ``out_dir``; returns the file names written.
+
+    Args:
+        runs: ``[{"policy", "seed", "epochs": [records]}]``.
+        out_dir: the run folder.
+        orderdp_sizes: ``(n, s, q)`` of the OrderDP policy, for the inclusion plot.
+    """
+    out_dir = Path(out_dir)
+    written = [
+        plot_cumulative_wall(runs, out_dir / "wall_clock.png"),
+        plot_accuracy_vs_wall(runs, out_dir / "accuracy_vs_wall.png"),
+        plot_samples_per_epoch(runs, out_dir / "samples_per_epoch.png"),
+    ]
+    if orderdp_sizes is not None:
+        n, s, q = orderdp_sizes
+        written.append(plot_inclusion_probability(n, s, q, out_dir / "orderdp_inclusion.png"))
+    return [p.name for p in written]
