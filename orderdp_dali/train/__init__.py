@@ -15,6 +15,10 @@ tables with one all-reduce per epoch. Rank 0 appends one JSON line per epoch to
 ``<output_dir>/metrics.jsonl`` and writes ``<output_dir>/last.pth`` atomically each epoch.
 
 The benchmark harness calls :func:`run_training` in-process, once per policy.
+
+This is a package so that ``python -m orderdp_dali.train`` runs ``__main__.py``: DALI's
+spawned worker processes re-import a ``-m`` main module unless its name ends in
+``.__main__``, and this module would cost each worker a torch import.
 """
 from __future__ import annotations
 
@@ -537,6 +541,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
