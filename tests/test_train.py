@@ -206,6 +206,8 @@ def test_main_reports_errors_and_prints_config(data, cache, tmp_path, capsys):
     assert "train.epochs: 0 out of range" in capsys.readouterr().err
     assert main([*args, "data.root=/no/such/folder"]) == 2
     assert "/no/such/folder is not a directory" in capsys.readouterr().err
+    assert main([*args, "model.num_classes=2"]) == 2
+    assert "model.num_classes: 2 is fewer than the 3 classes" in capsys.readouterr().err
     assert main([*args, "--print-config", "train.epochs=3"]) == 0
     assert json.loads(capsys.readouterr().out)["train"]["epochs"] == 3
 

@@ -230,6 +230,8 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 def build_model_for(cfg: Config, num_classes: int, rt: Runtime) -> Tuple[nn.Module, nn.Module]:
     """(model to train, possibly DDP-wrapped; the bare model for checkpoints and evaluation)."""
+    if 0 < cfg.model.num_classes < num_classes:
+        raise ConfigError(f"model.num_classes: {cfg.model.num_classes} is fewer than the {num_classes} classes of the data")
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     bare = build_model(cfg.model.name, cfg.model.num_classes or num_classes).to(rt.device)
     if cfg.model.channels_last:
