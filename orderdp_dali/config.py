@@ -63,7 +63,9 @@ class DataConfig:
     ``dataset``: ``folder`` (ImageNet layout: ``root/<train_split>/<class>/*.JPEG`` and
     ``root/<val_split>/...``), ``cifar10`` or ``cifar100`` (python pickle batches under
     ``root``). ``augment=false`` trains on deterministic inputs (center crop / no
-    pad-crop or flip), which makes a resumed run bit-identical to an uninterrupted one.
+    pad-crop or flip). ``reseed_every_epoch=true`` starts the training pipeline afresh
+    each epoch with a seed derived from (train.seed, rank, epoch): a resumed run then
+    draws the same crops and flips as an uninterrupted one (one pipeline start per epoch).
     """
 
     dataset: str = _opt("folder", choices=("folder", "cifar10", "cifar100"))
@@ -73,6 +75,7 @@ class DataConfig:
     crop: int = _opt(224, lo=1)
     val_resize: int = _opt(256, lo=1)
     augment: bool = True
+    reseed_every_epoch: bool = False
     num_threads: int = _opt(4, lo=1)
     py_workers: int = _opt(2, lo=1)
     prefetch: int = _opt(2, lo=1)

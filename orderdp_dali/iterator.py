@@ -89,6 +89,11 @@ class DALIPlanIterator:
         sync_scores: merge score updates across ranks at every epoch end (needs an
             initialised process group when ``world_size > 1``).
         pipeline_config: crop size, normalisation, output dtype.
+        reseed_every_epoch: start a fresh DALI pipeline for every epoch, seeded from
+            (seed, rank, epoch), so an epoch's augmentation does not depend on the
+            epochs before it: a run resumed from a checkpoint then sees the same random
+            crops and flips as an uninterrupted one. Costs one pipeline start (worker
+            spawn) per epoch.
 
     Sharding: training plans are padded by wrap-around to a multiple of ``world_size``
     (see :meth:`EpochPlan.shard`), so every rank yields the same number of batches.
@@ -118,6 +123,7 @@ class DALIPlanIterator:
         epoch: int = 0,
         sync_scores: bool = True,
         prefetch_queue_depth: int = 2,
+        reseed_every_epoch: bool = False,
         pipeline_config: Optional[Any] = None,
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -150,6 +156,7 @@ class DALIPlanIterator:
         self.drop_last = bool(drop_last)
         self.sync_scores = sync_scores
         self.prefetch_queue_depth = prefetch_queue_depth
+        self.reseed_every_epoch = bool(reseed_every_epoch)
         self.pipeline_config = pipeline_config or self._default_pipeline_config()
         self._epoch = int(epoch)
         self._plan: Optional[EpochPlan] = None
@@ -256,6 +263,8 @@ class DALIPlanIterator:
     def _start_pass(self, indices: np.ndarray, weights: np.ndarray, padded_len: int) -> None:
         if self._publisher is None:
             self._publisher = self._make_publisher()
+        if self._pipe is not None and self.reseed_every_epoch:
+            self._stop_pipeline()
         if self._pipe is not None and self._unfinished:
             self._drain()
         self._publisher.publish(self._dali_epoch, indices, weights, padded_len)
@@ -268,7 +277,7 @@ class DALIPlanIterator:
                 device_id=self.device_id if self.device == "gpu" else None,
                 num_threads=self.num_threads,
                 py_workers=self.py_workers,
-                seed=self.seed + self.rank,
+                seed=self._pipeline_seed(),
                 prefetch_queue_depth=self.prefetch_queue_depth,
                 config=self.pipeline_config,
             )
@@ -398,17 +407,26 @@ class DALIPlanIterator:
         self._plan = None
         self._pending.clear()
 
-    def close(self) -> None:
-        """Stop DALI's workers and remove the published plans."""
+    def _pipeline_seed(self) -> int:
+        if not self.reseed_every_epoch:
+            return self.seed + self.rank
+        return int(np.random.SeedSequence([self.seed, self.rank, self._epoch]).generate_state(1)[0] >> 1)
+
+    def _stop_pipeline(self) -> None:
+        """Drop the DALI pipeline (its workers exit); the next pass starts a new one at DALI epoch 0."""
         self._pipe = None
         if self._watchdog is not None:
             self._watchdog.close()
             self._watchdog = None
+        self._dali_epoch = 0
+        self._unfinished = False
+
+    def close(self) -> None:
+        """Stop DALI's workers and remove the published plans."""
+        self._stop_pipeline()
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None
-        self._dali_epoch = 0
-        self._unfinished = False
 
     def __enter__(self) -> "DALIPlanIterator":
         return self

@@ -192,6 +192,7 @@ def build_iterators(cfg: Config, data: Data, policy: Any, rt: Runtime) -> Tuple[
         cfg.train.batch_size,
         train=True,
         augment=cfg.data.augment,
+        reseed_every_epoch=cfg.data.reseed_every_epoch,
         seed=cfg.train.seed,
         drop_last=cfg.data.drop_last,
         **common,
