@@ -132,13 +132,17 @@ class Data:
 
 
 def _read_exclude(path: Optional[str]) -> Optional[List[str]]:
+    """The files listed in ``path``: a ``check-data --output`` report (text or JSON) or one path a line."""
     if not path:
         return None
+    from orderdp_dali.check_data import load_exclusion_list
+
     try:
-        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+        return sorted(load_exclusion_list(Path(path).expanduser()))
     except OSError as e:
         raise DatasetError(f"data.exclude_file: cannot read {path}: {e.strerror or e}") from None
-    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    except ValueError as e:
+        raise DatasetError(f"data.exclude_file: {e}") from None
 
 
 def build_data(cfg: Config) -> Data:
