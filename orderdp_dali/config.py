@@ -148,6 +148,9 @@ class TrainConfig:
     ``eval_every``: validate every N epochs and after the last (0: never).
     ``save_every``: besides ``last.pth`` (every epoch), keep ``epoch_NNNN.pth`` every N
     epochs (0: none).
+    ``dist_timeout_s``: how long a collective (gradient all-reduce, score sync) waits for
+    the other ranks before this rank gives up with an error instead of hanging (a rank that
+    *died* is usually noticed at once, through its closed connection).
     """
 
     epochs: int = _opt(90, lo=1)
@@ -163,6 +166,7 @@ class TrainConfig:
     save_every: int = _opt(0, lo=0)
     progress: bool = True
     deterministic: bool = False
+    dist_timeout_s: int = _opt(1800, lo=1)
 
 
 @dataclass(frozen=True)

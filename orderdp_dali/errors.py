@@ -19,3 +19,7 @@ class WorkerError(RuntimeError):
 
 class ConfigError(ValueError):
     """A training config is invalid: the message names the key (``section.key``) and the problem."""
+
+
+class DistributedError(RuntimeError):
+    """Another rank of a distributed run died or stopped responding; this rank cannot go on."""

@@ -23,6 +23,7 @@ spawned worker processes re-import a ``-m`` main module unless its name ends in
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -48,9 +50,10 @@ from orderdp_dali.checkpoint import (
     save_checkpoint,
     torch_to_numpy,
     trim_metrics,
+    write_atomic,
 )
 from orderdp_dali.config import Config, load_config
-from orderdp_dali.errors import CheckpointError, ConfigError, DatasetError
+from orderdp_dali.errors import CheckpointError, ConfigError, DatasetError, DecodeError, DistributedError, WorkerError
 from orderdp_dali.lr_schedule import lr_at, progress, set_lr
 from orderdp_dali.models import build_model
 from orderdp_dali.policies import make_policy
@@ -102,7 +105,8 @@ def init_runtime(cfg: Config) -> Runtime:
         if world > 1:
             if use_cuda:
                 torch.cuda.set_device(local_rank)
-            dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://")
+            timeout = timedelta(seconds=cfg.train.dist_timeout_s)  # a silent peer: error, not a hang
+            dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://", timeout=timeout)
             owns = True
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
@@ -456,10 +460,13 @@ def run_training(
     Raises:
         ConfigError, DatasetError, CheckpointError: bad settings, data or checkpoint,
         raised before training starts.
+        DistributedError: another rank died or stopped responding (within
+            ``train.dist_timeout_s``); the message names the phase and the last checkpoint.
     """
     out = Path(output_dir if output_dir is not None else cfg.train.output_dir).expanduser()
     rt = init_runtime(cfg)
     train_it = val_it = None
+    phase = "start-up"  # named in the error if a peer rank dies
     try:
         data = build_data(cfg)
         n = len(data.train)
@@ -478,15 +485,18 @@ def run_training(
                 print(f"resumed from {ckpt}: continuing at epoch {start}", flush=True)
         if rt.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+            write_atomic(out / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=2) + "\n"), mode="w")
             trim_metrics(out / METRICS, start)
         records = []
         for epoch in range(start, cfg.train.epochs):
-            record = {"epoch": epoch, "policy": cfg.policy.name, "world_size": rt.world_size}
+            phase = f"epoch {epoch} (training)"
+            record = {"epoch": epoch, "policy": cfg.policy.name, "world_size": rt.world_size,
+                      "plan_sha1": _plan_sha1(train_it.plan)}
             record.update(train_one_epoch(model, optimizer, scaler, train_it, epoch, cfg, rt))
             planned.append(record["planned"])
             record["fraction_saved"] = 1.0 - sum(planned) / (n * len(planned))
             if val_it is not None and _should_evaluate(cfg, epoch):
+                phase = f"epoch {epoch} (validation)"
                 _sync_buffers(bare, rt)
                 t = time.perf_counter()
                 record.update(evaluate(bare, val_it, cfg, rt))
@@ -500,12 +510,44 @@ def run_training(
                     _save(state, out, epoch + 1, cfg)
             records.append(record)
         return records
+    except Exception as e:
+        if rt.distributed and _is_peer_failure(e):
+            raise DistributedError(_peer_failure_message(e, rt, out, phase)) from e
+        raise
     finally:
         for it in (train_it, val_it):
             if it is not None:
                 it.close()
         if rt.owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _plan_sha1(plan: Any) -> str:
+    """SHA-1 of a plan's indices and weights: the metrics log's fingerprint of what an epoch trained on."""
+    h = hashlib.sha1(plan.indices.astype("<i8", copy=False).tobytes())
+    h.update(plan.weights.astype("<f4", copy=False).tobytes())
+    return h.hexdigest()
+
+
+# What gloo and NCCL say when a peer's connection drops or a collective times out.
+_PEER_FAILURE_MARKERS = ("Connection reset", "Connection closed", "Broken pipe", "timed out", "Timed out", "gloo", "NCCL")
+
+
+def _is_peer_failure(error: BaseException) -> bool:
+    if isinstance(error, (DecodeError, WorkerError, ConfigError, DatasetError, CheckpointError)):
+        return False
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in _PEER_FAILURE_MARKERS)
+
+
+def _peer_failure_message(error: BaseException, rt: Runtime, out: Path, phase: str) -> str:
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    last = out / LAST
+    saved = (f"the last checkpoint {last} is intact: restart all ranks with --resume auto" if last.is_file()
+             else f"no checkpoint in {out} yet")
+    return (f"rank {rt.rank}: a peer rank died or stopped responding during {phase} "
+            f"({type(error).__name__}: {detail[:300]}); {saved}")
 
 
 def _append_metrics(path: Path, record: Dict[str, Any]) -> None:
@@ -546,5 +588,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, DatasetError, CheckpointError) as e:
         print(f"orderdp-dali train: error: {e}", file=sys.stderr)
         return 2
+    except DistributedError as e:
+        print(f"orderdp-dali train: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
