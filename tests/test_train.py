@@ -19,7 +19,7 @@ from orderdp_dali.cifar import load_cifar
 from orderdp_dali.config import load_config
 from orderdp_dali.errors import CheckpointError, DatasetError
 from orderdp_dali.models import build_model
-from orderdp_dali.train import build_optimizer, main, run_training
+from orderdp_dali.train import build_data, build_optimizer, main, run_training
 from train_helpers import overrides, write_colour_dataset
 
 N_TRAIN, N_VAL = 48, 12  # 3 classes x (16 train + 4 val)
@@ -48,7 +48,7 @@ def read_metrics(out: Path) -> List[Dict]:
 POLICY_RUNS = {
     # policy -> (extra overrides, planned samples per epoch); each also exercises an optimizer / precision
     "full": (["policy.name=full", "optim.name=lars", "train.amp=bf16", "model.channels_last=true",
-              "train.label_smoothing=0.1", "optim.decay_norm_and_bias=false"], 48),
+              "train.label_smoothing=0.1", "optim.decay_norm_and_bias=false", "train.save_every=1"], 48),
     "orderdp": (["policy.name=orderdp", ORDERDP, "optim.nesterov=true", "schedule.name=onecycle"], 19),
     "uniform": (["policy.name=uniform", "policy.params={keep_ratio: 0.5}", "optim.name=lamb", "optim.lr=0.01",
                  "train.amp=fp16", "optim.max_grad_norm=5.0"], 24),
@@ -82,6 +82,10 @@ def test_each_policy_trains_validates_logs_and_checkpoints(policy, data, cache, 
     assert state["planned"] == [r["planned"] for r in records]
     assert state["iterator"]["epoch"] == 2 and state["iterator"]["policy"]["policy"] == policy
     assert json.loads((tmp_path / "config.json").read_text()) == cfg.to_dict()
+    kept = sorted(p.name for p in tmp_path.glob("epoch_*.pth"))
+    assert kept == (["epoch_0001.pth", "epoch_0002.pth"] if policy == "full" else [])
+    if kept:  # each kept file is its epoch's state, not a link that follows last.pth
+        assert load_checkpoint(tmp_path / kept[0])["epoch"] == 1
 
 
 # ------------------------------------------------- loss, crash and resume
@@ -200,6 +204,17 @@ def test_missing_data_root(cache, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="dataset split not found: .*empty/train"):
         run_training(make_cfg(tmp_path / "empty", cache), output_dir=tmp_path)
+
+
+def test_exclude_file_from_check_data(data, cache, tmp_path):
+    bad = data / "train" / "class_1" / "003.JPEG"
+    listing = tmp_path / "bad.txt"
+    listing.write_text(f"# orderdp-dali check-data\ntruncated\t{bad}\n")
+    built = build_data(make_cfg(data, cache, f"data.exclude_file={listing}"))
+    assert len(built.train) == N_TRAIN - 1 and len(built.val) == N_VAL
+    assert "class_1/003.JPEG" not in built.train.paths.tolist()
+    with pytest.raises(DatasetError, match="data.exclude_file"):
+        build_data(make_cfg(data, cache, f"data.exclude_file={tmp_path / 'missing.txt'}"))
 
 
 def test_main_reports_errors_and_prints_config(data, cache, tmp_path, capsys):
