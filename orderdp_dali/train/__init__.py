@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -115,8 +117,12 @@ def init_runtime(cfg: Config) -> Runtime:
 
 
 def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
-    """Seed torch per rank (the model is initialised before this, identically on all ranks)."""
+    """Seed torch, numpy's and Python's global RNGs per rank (the model is initialised before
+    this, identically on all ranks). Our own randomness (plans, augmentation) never uses the
+    global RNGs; this is for third-party code that does."""
     torch.manual_seed(seed + rank)
+    np.random.seed(seed + rank)
+    random.seed(seed + rank)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
