@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 import numpy as np
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
+
+from orderdp_dali.pipelines.common import plan_pipeline_def, plan_source
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CifarPipelineConfig", "cifar_pipeline"]
 
@@ -69,31 +71,17 @@ def cifar_pipeline(
 
     Images come out normalised, CHW, ``config.dtype``; the other outputs stay on the CPU.
     """
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"Invalid device: {device!r} (choose 'cpu' or 'gpu')")
-    if device == "gpu" and device_id is None:
-        raise ValueError("device='gpu' needs a device_id")
-    if py_workers < 1:
-        raise ValueError(f"Invalid py_workers: {py_workers!r} (need >= 1)")
-
-    @pipeline_def(
+    @plan_pipeline_def(
         batch_size=batch_size,
+        device=device,
+        device_id=device_id,
         num_threads=num_threads,
-        device_id=device_id if device == "gpu" else None,
+        py_workers=py_workers,
         seed=seed,
-        py_num_workers=py_workers,
-        py_start_method="spawn",
         prefetch_queue_depth=prefetch_queue_depth,
     )
     def _pipeline():
-        images, labels, indices, weights = fn.external_source(
-            source=source,
-            num_outputs=4,
-            batch=False,
-            parallel=True,
-            dtype=[types.UINT8, types.INT64, types.INT64, types.FLOAT],
-            layout=["HWC", "", "", ""],
-        )
+        images, labels, indices, weights = plan_source(source, sample_layout="HWC")
         if device == "gpu":
             images = images.gpu()
         mirror = 0

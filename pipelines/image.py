@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple
 
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
+
+from orderdp_dali.pipelines.common import plan_pipeline_def, plan_source
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagePipelineConfig", "image_pipeline"]
 
@@ -76,30 +78,17 @@ def image_pipeline(
 
     Images come out normalised, CHW, ``config.dtype``; the other outputs stay on the CPU.
     """
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"Invalid device: {device!r} (choose 'cpu' or 'gpu')")
-    if device == "gpu" and device_id is None:
-        raise ValueError("device='gpu' needs a device_id")
-    if py_workers < 1:
-        raise ValueError(f"Invalid py_workers: {py_workers!r} (need >= 1)")
-
-    @pipeline_def(
+    @plan_pipeline_def(
         batch_size=batch_size,
+        device=device,
+        device_id=device_id,
         num_threads=num_threads,
-        device_id=device_id if device == "gpu" else None,
+        py_workers=py_workers,
         seed=seed,
-        py_num_workers=py_workers,
-        py_start_method="spawn",
         prefetch_queue_depth=prefetch_queue_depth,
     )
     def _pipeline():
-        jpegs, labels, indices, weights = fn.external_source(
-            source=source,
-            num_outputs=4,
-            batch=False,
-            parallel=True,
-            dtype=[types.UINT8, types.INT64, types.INT64, types.FLOAT],
-        )
+        jpegs, labels, indices, weights = plan_source(source)
         decoder = "mixed" if device == "gpu" else "cpu"
         if train:
             images = fn.decoders.image_random_crop(
