@@ -89,22 +89,9 @@ LOADER_KEYS = (
 # ----------------------------------------------------------------------------- config
 
 
-def _set_path(data: Dict[str, Any], key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section (cannot set {key})")
-        node = child
-    node[parts[-1]] = value
-
-
 def apply_override(bench: Dict[str, Any], item: str) -> None:
     """Apply one ``key=value`` override (value in YAML syntax) to a bench config dict."""
-    from orderdp_dali.config import parse_override
+    from orderdp_dali.config import parse_override, set_path
 
     key, value = parse_override(item)
     head = key.split(".", 1)[0]
@@ -121,7 +108,7 @@ def apply_override(bench: Dict[str, Any], item: str) -> None:
         current = bench.get("policies") or {}
         bench["policies"] = {str(n): dict(current.get(n) or {}) for n in names}
         return
-    _set_path(bench, key, value)
+    set_path(bench, key, value)
 
 
 def load_bench_config(path: Optional[str], overrides: Sequence[str] = ()) -> Dict[str, Any]:

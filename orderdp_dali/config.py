@@ -42,6 +42,7 @@ __all__ = [
     "TrainConfig",
     "load_config",
     "parse_override",
+    "set_path",
 ]
 
 PathLike = Union[str, "Path"]
@@ -196,7 +197,7 @@ class Config:
         data = self.to_dict()
         for item in items:
             key, value = parse_override(item)
-            _set_path(data, key, value)
+            set_path(data, key, value)
         return Config.from_dict(data)
 
 
@@ -210,7 +211,7 @@ def load_config(path: Optional[PathLike] = None, overrides: Iterable[str] = ()) 
     data: Dict[str, Any] = {} if path is None else _read_yaml(Path(path), ())
     for item in overrides:
         key, value = parse_override(item)
-        _set_path(data, key, value)
+        set_path(data, key, value)
     return Config.from_dict(data)
 
 
@@ -266,7 +267,8 @@ def _merge(into: Dict[str, Any], data: Mapping[str, Any]) -> None:
             into[section] = values
 
 
-def _set_path(data: Dict[str, Any], key: str, value: Any) -> None:
+def set_path(data: Dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating sections; ConfigError if one is a value."""
     node = data
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
