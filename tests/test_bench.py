@@ -1,0 +1,258 @@
+"""The benchmark harness on CPU: run folder contents, the report's arithmetic, loaders, GPU script."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orderdp_dali.bench import report
+from orderdp_dali.bench.run import load_bench_config
+from orderdp_dali.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+POLICIES = ["full", "infobatch", "orderdp", "uniform"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    from orderdp_dali.make_data import make_dataset
+
+    return make_dataset(
+        tmp_path_factory.mktemp("bench") / "data", mode="small", num_classes=3, train_per_class=16, val_per_class=4, workers=1
+    )
+
+
+def _tiny_config(tmp_path: Path, root: Path, **extra) -> Path:
+    cfg = {
+        "name": "tiny",
+        "dataset": {"root": str(root)},
+        "training": {
+            "data": {"crop": 32, "val_resize": 36, "num_threads": 1, "py_workers": 1},
+            "model": {"name": "tiny"},
+            "optim": {"name": "sgd", "lr": 0.05},
+            "schedule": {"name": "constant"},
+            "train": {"epochs": 2, "batch_size": 16, "device": "cpu", "eval_every": 1},
+        },
+        "policies": {
+            "full": {},
+            "infobatch": {"prune_ratio": 0.5, "delta": 0.875},
+            "orderdp": {"random_len_ratio": 0.75, "top_q_ratio": 0.8},
+            "uniform": {"random_len_ratio": 0.75, "top_q_ratio": 0.8},
+        },
+        "seeds": [0],
+        "warmup": False,
+        **extra,
+    }
+    path = tmp_path / "bench_tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def _table_rows(md: str, header_start: str):
+    """Rows (lists of cells) of the first markdown table whose header starts with ``header_start``."""
+    lines = md.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(header_start))
+    rows = []
+    for ln in lines[start + 2 :]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip().strip("|").split("|")])
+    return rows
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_harness_writes_run_folder_with_consistent_report(tmp_path, tiny_dataset, capsys):
+    from orderdp_dali.bench.run import main
+
+    cfg = _tiny_config(
+        tmp_path,
+        tiny_dataset,
+        mode="both",
+        loader={"batch_size": 8, "workers": 1, "crop": 32, "warmup": 1, "repeats": 1},
+    )
+    out = tmp_path / "run"
+    assert main(["--config", str(cfg), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "report:" in printed and "| orderdp |" in printed and "epoch 2/2" in printed
+
+    results = json.loads((out / "results.json").read_text())
+    md = (out / "report.md").read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["accuracy_vs_wall.png", "orderdp_inclusion.png", "samples_per_epoch.png", "wall_clock.png"]
+    assert all((out / p).stat().st_size > 1000 for p in pngs)
+
+    env = results["environment"]
+    for key in ("python", "torch", "torchvision", "dali", "numpy", "cpu_model", "cpu_count", "gpu"):
+        assert key in env
+    assert results["config"]["policies"].keys() == set(POLICIES)
+
+    # One run per policy, each with per-epoch wall time, data wait, samples, images/s, loss, accuracy.
+    assert [r["policy"] for r in results["runs"]] == POLICIES
+    for r in results["runs"]:
+        assert len(r["epochs"]) == 2
+        for e in r["epochs"]:
+            for key in ("epoch_time", "data_time", "samples", "images_per_s", "train_loss", "val_top1"):
+                assert e[key] is not None, key
+            assert e["epoch_time"] > 0
+
+    # The table: a row per policy, figures recomputed here from the per-epoch records.
+    rows = {r[0]: r for r in _table_rows(md, "| policy | seeds |")}
+    assert set(rows) == set(POLICIES)
+    totals = {
+        r["policy"]: (sum(e["samples"] for e in r["epochs"]), sum(e["epoch_time"] for e in r["epochs"]))
+        for r in results["runs"]
+    }
+    full_samples, full_wall = totals["full"]
+    summary = {s["policy"]: s for s in results["summary"]}
+    for policy, (samples, wall) in totals.items():
+        wall_saving = 1 - wall / full_wall
+        sample_saving = 1 - samples / full_samples
+        s = summary[policy]
+        assert s["samples"]["mean"] == samples
+        assert math.isclose(s["wall_s"]["mean"], wall, rel_tol=1e-9)
+        assert math.isclose(s["wall_saving"], wall_saving, rel_tol=1e-9, abs_tol=1e-12)
+        row = rows[policy]
+        assert int(row[2]) == samples
+        assert float(row[3]) == pytest.approx(wall, abs=0.051)
+        if policy == "full":
+            assert s["efficiency"] is None and row[6] == "n/a"
+        else:
+            assert sample_saving > 0  # 48 samples: every pruning policy skips some
+            assert math.isclose(s["efficiency"], wall_saving / sample_saving, rel_tol=1e-9)
+            assert float(row[6]) == pytest.approx(wall_saving / sample_saving, abs=0.0051)
+            assert float(row[4].rstrip("%")) == pytest.approx(100 * wall_saving, abs=0.051)
+            assert float(row[5].rstrip("%")) == pytest.approx(100 * sample_saving, abs=0.051)
+        best = max(e["val_top1"] for e in results["runs"][POLICIES.index(policy)]["epochs"])
+        assert float(row[7]) == pytest.approx(best, abs=0.006)
+
+    # The loader-only comparison ran on the same data, every loader over the same plan.
+    loader = results["loader"]
+    assert set(loader["loaders"]) == {"dali-plan", "dali-reader", "torchvision"}
+    for stats in loader["loaders"].values():
+        assert stats["images"] == loader["samples"] and stats["median"] > 0
+    assert set(loader["ratios"]) == {"dali-plan / torchvision", "dali-plan / dali-reader"}
+    assert "## Loader only" in md
+
+
+def test_iterator_bench_cli_writes_json_and_markdown(tmp_path, tiny_dataset):
+    from orderdp_dali.bench.iterator_bench import main
+
+    out = tmp_path / "results"
+    args = ["--data", str(tiny_dataset), "--no-generate", "--batch-size", "8", "--workers", "1"]
+    args += ["--crop", "32", "--warmup", "0", "--repeats", "1", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads((out / "iterator_bench_cpu.json").read_text())
+    assert result["dataset_size"] == 48 and result["pruned_samples"] == int(int(48 * 0.75) * 0.8)
+    assert set(result["figures"]) == {"a_pruned_time_ratio_over_kept", "b_plan_vs_dali_reader", "c_dali_vs_torchvision"}
+    stats = result["loaders"]
+    a = (stats["dali-plan pruned"]["seconds"][0] / stats["dali-plan full"]["seconds"][0]) / result["kept_fraction"]
+    assert result["figures"]["a_pruned_time_ratio_over_kept"] == pytest.approx(a)
+    md = (out / "iterator_bench_cpu.md").read_text()
+    assert "python -m orderdp_dali.bench.iterator_bench" in md and "(b) our iterator" in md
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def _run(policy, seed, samples, walls, top1):
+    epochs = [
+        {"samples": s, "epoch_time": w, "data_time": 0.1, "val_top1": a, "train_loss": 1.0}
+        for s, w, a in zip(samples, walls, top1)
+    ]
+    return {"policy": policy, "seed": seed, "epochs": epochs, "totals": report.run_totals(epochs)}
+
+
+def test_summary_savings_efficiency_and_seed_spread():
+    runs = [
+        _run("full", 0, [100, 100], [10.0, 10.0], [50.0, 60.0]),
+        _run("full", 1, [100, 100], [12.0, 8.0], [55.0, 65.0]),
+        _run("orderdp", 0, [60, 60], [7.0, 6.0], [52.0, 58.0]),
+        _run("orderdp", 1, [60, 60], [6.0, 7.0], [54.0, 62.0]),
+    ]
+    rows = {r["policy"]: r for r in report.summarize(runs)}
+    assert rows["full"]["efficiency"] is None
+    o = rows["orderdp"]
+    assert o["samples"]["mean"] == 120 and o["wall_s"]["mean"] == 13.0
+    assert o["sample_saving"] == pytest.approx(0.4)
+    assert o["wall_saving"] == pytest.approx(1 - 13 / 20)
+    assert o["efficiency"] == pytest.approx((1 - 13 / 20) / 0.4)
+    assert o["best_top1"]["mean"] == pytest.approx(60.0) and o["best_top1"]["std"] == pytest.approx(2 ** 0.5 * 2)
+    table = report.format_table(report.summarize(runs))
+    eff = f"{o['efficiency']:.2f}"
+    assert f"| orderdp | 2 | 120 | 13.0 ± 0.0 | 35.0% | 40.0% | {eff} | 60.00 ± 2.83 | 60.00 ± 2.83 |" in table
+
+
+def test_bench_config_overrides_route_to_recipe_and_policies(tmp_path):
+    path = _tiny_config(tmp_path, tmp_path)
+    b = load_bench_config(str(path), ["train.epochs=3", "seeds=[1,2]", "policies=[orderdp,full]", "data.crop=34"])
+    assert b["training"]["train"]["epochs"] == 3 and b["training"]["data"]["crop"] == 34
+    assert b["seeds"] == [1, 2]
+    assert list(b["policies"]) == ["orderdp", "full"]
+    assert b["policies"]["orderdp"] == {"random_len_ratio": 0.75, "top_q_ratio": 0.8}
+    b = load_bench_config(str(path), ["policies.orderdp.top_q_ratio=0.5"])
+    assert b["policies"]["orderdp"]["top_q_ratio"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("bogus=1", "bogus: unknown bench key"),
+        ("policy.name=orderdp", "policies.<name>"),
+        ("seeds=[0,0]", "seeds:"),
+        ("mode=fast", "mode: invalid value"),
+        ("policies.orderdp.top_q_ratio=2", "top_q_ratio"),
+        ("train.epochs=0", "train.epochs"),
+        ("loader.threads=2", "loader.threads: unknown key"),
+    ],
+)
+def test_bench_config_errors_name_the_key(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_bench_config(str(_tiny_config(tmp_path, tmp_path)), [override])
+
+
+def test_shipped_bench_configs_validate():
+    for name in ("bench_cpu_demo.yaml", "bench_digits.yaml", "bench_gpu_r50.yaml"):
+        b = load_bench_config(str(REPO / "configs" / name))
+        assert "full" in b["policies"] and "orderdp" in b["policies"]
+    digits = load_bench_config(str(REPO / "configs" / "bench_digits.yaml"))
+    assert len(digits["seeds"]) >= 3 and list(digits["policies"]) == POLICIES
+
+
+# ----------------------------------------------------------------------------- GPU script
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_dry_run_prints_every_step_and_runs_nothing(tmp_path):
+    out = tmp_path / "gpu_out"
+    script = REPO / "bench" / "gpu_check.sh"
+    proc = subprocess.run(
+        ["bash", str(script), "--dry-run", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "pytest -m gpu" in text
+    assert "orderdp_dali.bench.loader_compare" in text and "--device gpu" in text
+    assert "configs/bench_gpu_r50.yaml" in text and f"--out {out}/bench" in text
+    assert "dry run: nothing executed" in text
+    assert not out.exists()
+
+    cpu = subprocess.run(["bash", str(script), "--cpu", "--dry-run", "--skip-tests"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert cpu.returncode == 0 and "--device cpu" in cpu.stdout and "pytest" not in cpu.stdout
+
+    bad = subprocess.run(["bash", str(script), "--bogus"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown option '--bogus'" in bad.stderr
+
+
+def test_gpu_config_validates_with_the_training_config_loader():
+    b = load_bench_config(str(REPO / "configs" / "bench_gpu_r50.yaml"))
+    assert b["training"]["model"]["name"] == "resnet50" and b["training"]["train"]["amp"] in ("bf16", "fp16")
+    assert sys.executable  # the script's python defaults to the one on PATH ($PYTHON overrides)
