@@ -14,21 +14,35 @@ A worker sees ``SampleInfo.epoch_idx`` with every request; when it changes, the 
 loads that pass file. DALI only starts epoch ``k + 1`` after the iterator calls
 ``pipeline.reset()``, which it does only after publishing pass ``k + 1``.
 
+After a crash (``kill -9``, the OOM killer) nothing is left behind for long: a worker exits
+as soon as the training process that started it is gone (DALI's own workers wait on a
+shared-memory queue forever), and the next publisher removes the folders of publishers
+that died without closing (each holds an ``flock`` on its folder's ``owner.lock`` while it
+lives, so a live run's folder is never touched, whatever PID namespace it runs in).
+
 :class:`PlanFeeder` returns file bytes (JPEGs for the image pipeline);
 :class:`ArrayPlanFeeder` returns rows of an in-memory uint8 array instead (CIFAR), which
 :class:`ArrayPlanPublisher` saves once as ``images.npy`` for the workers to memory-map.
 """
 from __future__ import annotations
 
+import fcntl
+import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 
 __all__ = ["ArrayPlanFeeder", "ArrayPlanPublisher", "PlanFeeder", "PlanPublisher"]
+
+log = logging.getLogger(__name__)
+_PREFIX = "orderdp-dali-"
+_LOCK = "owner.lock"
 
 
 def _pass_file(folder: Path, dali_epoch: int) -> Path:
@@ -47,12 +61,39 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
         raise
 
 
+def _remove_abandoned(base: str) -> None:
+    """Remove the plan folders in ``base`` whose publisher died without closing them."""
+    try:
+        entries = [e for e in os.scandir(base) if e.name.startswith(_PREFIX) and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            fd = os.open(os.path.join(entry.path, _LOCK), os.O_RDWR)
+        except OSError:
+            continue  # no lock file (another user's, or being created): not ours to judge
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its publisher is alive
+        finally:
+            os.close(fd)
+        log.info("removing %s, left behind by a process that died", entry.path)
+        shutil.rmtree(entry.path, ignore_errors=True)
+
+
 class PlanPublisher:
     """Main-process side: owns the folder and writes one file per pass."""
 
     def __init__(self, root: Path, paths: np.ndarray, labels: np.ndarray, folder: Optional[str] = None) -> None:
         base = folder or ("/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None)
-        self.folder = Path(tempfile.mkdtemp(prefix="orderdp-dali-", dir=base))
+        _remove_abandoned(base or tempfile.gettempdir())
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base))
+        # Held until close() or this process's death; _remove_abandoned() of a later run tests it.
+        # Locked before it gets its name, so no other run ever sees it unlocked while we live.
+        self._lock_fd: Optional[int] = os.open(self.folder / f".{_LOCK}", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        os.rename(self.folder / f".{_LOCK}", self.folder / _LOCK)
         encoded = np.char.encode(np.asarray(paths, dtype=np.str_), "utf-8")
         _atomic_savez(self.folder / "samples.npz", paths=encoded, labels=np.asarray(labels, dtype=np.int64))
         self.root = Path(root)
@@ -74,6 +115,32 @@ class PlanPublisher:
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+_parent_watch: Optional[threading.Thread] = None
+
+
+def _exit_with_parent() -> None:
+    """In a spawned worker: exit as soon as the process that spawned it is gone.
+
+    DALI's workers block on a shared-memory task queue and never notice a parent killed
+    with SIGKILL; they would sleep forever, holding memory. ``multiprocessing`` gives every
+    spawned process a sentinel that becomes ready when its parent dies: wait on it.
+    """
+    global _parent_watch
+    parent = multiprocessing.parent_process()
+    if parent is None or _parent_watch is not None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(1)
+
+    _parent_watch = threading.Thread(target=watch, name="orderdp-dali-parent-watch", daemon=True)
+    _parent_watch.start()
 
 
 class PlanFeeder:
@@ -105,6 +172,7 @@ class PlanFeeder:
 
     def __call__(self, info) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if self._samples is None:
+            _exit_with_parent()
             with np.load(os.path.join(self.folder, "samples.npz")) as z:
                 self._samples = (z["paths"], z["labels"])
         if info.epoch_idx != self._epoch:

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import timedelta
@@ -290,6 +291,12 @@ def _mid_epoch(epoch: int) -> str:
     return rf"epoch {epoch}:\s+\d+%\|[^|\r\n]*\| *[1-9]\d*/\d+"
 
 
+def _plan_folders(pid: int) -> List[Path]:
+    """The plan folders (see orderdp_dali.feeder) that process ``pid`` created."""
+    bases = {Path("/dev/shm"), Path(tempfile.gettempdir())}
+    return [p for base in bases if base.is_dir() for p in base.glob(f"orderdp-dali-{pid}-*")]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -311,8 +318,13 @@ def test_sigkill_mid_epoch_then_resume_auto_equals_uninterrupted(colours, cache,
     run = Run([*cmd, "train.progress=true"])  # the progress bar tells where the run is
     try:
         assert run.wait_for(_mid_epoch(1), timeout=150), run.stderr[-3000:]
-        os.killpg(run.proc.pid, signal.SIGKILL)  # the trainer and its DALI worker, mid-epoch 1
+        (abandoned,) = _plan_folders(run.proc.pid)  # its plan folder in /dev/shm, which it will not close
+        os.kill(run.proc.pid, signal.SIGKILL)  # the trainer alone, mid-epoch 1, as the OOM killer would
         assert run.finish(timeout=30) == -signal.SIGKILL
+        deadline = time.monotonic() + 20
+        while _pids_in_sessions(run.sessions) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _pids_in_sessions(run.sessions), "a DALI worker outlived the killed trainer"
     finally:
         run.kill_all()
     assert [r["epoch"] for r in read_metrics(out)] == [0]  # killed inside epoch 1, before its log line
@@ -325,6 +337,7 @@ def test_sigkill_mid_epoch_then_resume_auto_equals_uninterrupted(colours, cache,
     finally:
         resumed.kill_all()
     assert f"resumed from {out / LAST}: continuing at epoch 1" in resumed.stdout
+    assert not abandoned.exists()  # removed by the next run's publisher
     logged = read_metrics(out)
     assert [r["epoch"] for r in logged] == [0, 1, 2]  # each epoch exactly once
     assert [r["plan_sha1"] for r in logged] == [r["plan_sha1"] for r in ref]  # the same plans as uninterrupted
@@ -334,6 +347,47 @@ def test_sigkill_mid_epoch_then_resume_auto_equals_uninterrupted(colours, cache,
     assert last["epoch"] == 3 and last["planned"] == ref_last["planned"]
     ours, theirs = last["iterator"]["policy"]["scores"], ref_last["iterator"]["policy"]["scores"]
     torch.testing.assert_close(ours["values"], theirs["values"])
+
+
+PUBLISHER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from orderdp_dali.feeder import PlanPublisher
+
+if __name__ == "__main__":
+    pub = PlanPublisher(Path("."), np.array(["a.JPEG"]), np.array([0]), folder=sys.argv[1])
+    print(pub.folder, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_plan_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    from orderdp_dali.feeder import PlanPublisher
+
+    base = tmp_path / "shm"
+    base.mkdir()
+    script = tmp_path / "publisher.py"
+    script.write_text(PUBLISHER)
+    proc = subprocess.Popen([sys.executable, str(script), str(base)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        dead = Path(proc.stdout.readline().strip())
+        assert dead.is_dir() and dead.name.startswith(f"orderdp-dali-{proc.pid}-")
+        live = PlanPublisher(Path("."), np.array(["b.JPEG"]), np.array([0]), folder=str(base))
+        assert dead.is_dir()  # its owner is alive: kept
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    other = PlanPublisher(Path("."), np.array(["c.JPEG"]), np.array([0]), folder=str(base))
+    try:
+        assert not dead.exists()  # killed without closing: removed by the next publisher
+        assert live.folder.is_dir() and (live.folder / "samples.npz").is_file()  # alive: kept
+        assert sorted(p.name for p in base.iterdir()) == sorted([live.folder.name, other.folder.name])
+    finally:
+        live.close()
+        other.close()
+    assert list(base.iterdir()) == []
 
 
 # ----------------------------------------------------- 3. a rank that dies
