@@ -484,6 +484,8 @@ def write_report(report: CheckReport, path: PathLike) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # training reads this list: it must survive a crash whole
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -172,18 +172,26 @@ def _load_cache(cache: Path, root: Path, classes: List[str], signature: List[int
             ):
                 return None
             return SampleIndex(root, tuple(classes), z["paths"], z["labels"].astype(np.int64))
-    except (OSError, ValueError, KeyError):
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # a torn or foreign file (EOFError, BadZipFile, ...): rescan, never fail
+        log.warning("ignoring the unreadable index cache %s (%s: %s)", cache, type(e).__name__, e)
         return None
 
 
 def _save_cache(cache: Path, index: SampleIndex, signature: List[int]) -> None:
     """Write the cache atomically; a read-only cache location only costs a rescan next time."""
     meta = {"version": CACHE_VERSION, "root": str(index.root), "classes": list(index.classes), "signature": signature}
+    tmp = None
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, meta=np.array(json.dumps(meta)), paths=index.paths, labels=index.labels)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, cache)
     except OSError as e:
         log.warning("could not write the index cache %s: %s", cache, e)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)

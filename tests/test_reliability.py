@@ -39,6 +39,7 @@ from orderdp_dali.iterator import DALIPlanIterator
 from orderdp_dali.pipelines import ImagePipelineConfig
 from orderdp_dali.sample_index import SampleIndex
 from orderdp_dali.train import run_training
+from conftest import write_jpeg_folder
 from train_helpers import overrides, write_colour_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,6 +188,24 @@ def test_unicode_symlinked_and_one_image_classes_decode_through_dali(odd, cache,
     assert sorted(seen) == list(range(len(index)))
     named = {index.classes[index.labels[i]] for i in seen}
     assert named == set(COLOURS)  # the unicode, the symlinked and the one-image class all decoded
+
+
+def test_a_torn_index_cache_means_a_rescan_and_lists_are_fsynced(tmp_path, monkeypatch):
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=2)
+    real_fsync, fsynced = os.fsync, []
+    monkeypatch.setattr(os, "fsync", lambda fd: fsynced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    first = SampleIndex.scan(root, cache_dir=tmp_path / "cache")
+    (cache,) = (tmp_path / "cache").iterdir()
+    assert any(name.startswith(str(tmp_path / "cache")) and name.endswith(".tmp") for name in fsynced)
+    good = cache.read_bytes()
+    for torn in (b"", good[: len(good) // 2], b"PK\x03\x04 not a zip"):  # power loss before the data hit the disk
+        cache.write_bytes(torn)
+        again = SampleIndex.scan(root, cache_dir=tmp_path / "cache")
+        assert again.fingerprint == first.fingerprint
+        assert cache.read_bytes() != torn  # rewritten
+    fsynced.clear()
+    write_report(check_dataset(root, workers=1, progress=False), tmp_path / "bad.txt")
+    assert any(os.path.basename(name).startswith("bad.txt") for name in fsynced)
 
 
 # ------------------------------------------------------- subprocess helpers
