@@ -30,7 +30,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -297,6 +297,43 @@ LOADER_CLASSES: Dict[str, Callable[..., Any]] = {
 }
 
 
+def _children_cpu() -> Dict[int, float]:
+    """CPU seconds (user + system) of every live process whose parent is this one (Linux /proc).
+
+    DALI's file-reading workers and torchvision's DataLoader workers are such children; an
+    empty dict where /proc is unavailable.
+    """
+    me = os.getpid()
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: Dict[int, float] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == me:
+            out[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _cpu_snapshot() -> Tuple[float, Dict[int, float]]:
+    t = os.times()
+    return t.user + t.system, _children_cpu()
+
+
+def _cpu_between(a: Tuple[float, Dict[int, float]], b: Tuple[float, Dict[int, float]]) -> float:
+    """CPU seconds used between two snapshots by this process (all threads) and its live children."""
+    kids = sum(b[1][pid] - a[1][pid] for pid in b[1].keys() & a[1].keys())
+    return (b[0] - a[0]) + kids
+
+
 def compare(
     loaders: Mapping[str, Any],
     *,
@@ -306,6 +343,11 @@ def compare(
 ) -> Dict[str, Dict[str, Any]]:
     """Time one epoch of every loader per round, rotating the order each round.
 
+    Besides wall time, each epoch's CPU time is measured (this process, all threads, plus
+    its worker processes). On a shared machine other jobs stretch wall time but barely
+    change the CPU seconds a loader spends per image, so ``cpu_ms_per_image`` is the
+    steadier figure there; on an idle machine wall-clock throughput is what counts.
+
     Args:
         loaders: name -> object with ``epoch() -> images`` (and ``samples``).
         warmup: untimed rounds first (worker spawn, page cache, allocator warm-up).
@@ -313,8 +355,9 @@ def compare(
         progress: called with a one-line status before each epoch.
 
     Returns:
-        name -> ``{"images_per_s": [...], "seconds": [...], "median", "min", "max",
-        "median_seconds", "images"}`` (rates per round, in round order).
+        name -> ``{"images_per_s": [...], "seconds": [...], "cpu_seconds": [...], "median",
+        "min", "max", "median_seconds", "cpu_ms_per_image", "images"}`` (per round, in
+        round order; ``median``/``min``/``max`` are of images/s).
     """
     if repeats < 1:
         raise ValueError(f"Invalid repeats: {repeats!r} (need >= 1)")
@@ -322,6 +365,7 @@ def compare(
         raise ValueError(f"Invalid warmup: {warmup!r} (need >= 0)")
     names = list(loaders)
     times: Dict[str, List[float]] = {k: [] for k in names}
+    cpus: Dict[str, List[float]] = {k: [] for k in names}
     images: Dict[str, int] = {}
     total = warmup + repeats
     for rnd in range(total):
@@ -330,25 +374,30 @@ def compare(
             tag = "warm-up" if rnd < warmup else f"round {rnd - warmup + 1}/{repeats}"
             if progress:
                 progress(f"{name}: {tag}")
+            c0 = _cpu_snapshot()
             t0 = time.perf_counter()
             n = loaders[name].epoch()
             dt = time.perf_counter() - t0
+            c1 = _cpu_snapshot()
             if n != loaders[name].samples:
                 raise RuntimeError(f"loader {name} produced {n} images, its plan holds {loaders[name].samples}")
             images[name] = n
             if rnd >= warmup:
                 times[name].append(dt)
+                cpus[name].append(_cpu_between(c0, c1))
     out: Dict[str, Dict[str, Any]] = {}
     for name in names:
         rates = [images[name] / t for t in times[name]]
         out[name] = {
             "images": images[name],
             "seconds": times[name],
+            "cpu_seconds": cpus[name],
             "images_per_s": rates,
             "median": statistics.median(rates),
             "min": min(rates),
             "max": max(rates),
             "median_seconds": statistics.median(times[name]),
+            "cpu_ms_per_image": 1000.0 * statistics.median(cpus[name]) / max(1, images[name]),
         }
     return out
 
@@ -356,6 +405,17 @@ def compare(
 def paired_ratio(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
     """Median over rounds of ``rate_a / rate_b`` (same round: same machine conditions)."""
     return statistics.median(x / y for x, y in zip(a["images_per_s"], b["images_per_s"]))
+
+
+def cpu_ratio(a: Mapping[str, Any], b: Mapping[str, Any]) -> Optional[float]:
+    """Images per CPU-second of ``a`` over those of ``b`` (median of per-round ratios).
+
+    None when no round measured CPU time for both (a clock tick is 10 ms: tiny epochs).
+    """
+    pairs = [
+        (a["images"] / ca) / (b["images"] / cb) for ca, cb in zip(a["cpu_seconds"], b["cpu_seconds"]) if ca > 0 and cb > 0
+    ]
+    return statistics.median(pairs) if pairs else None
 
 
 def build_loaders(
@@ -422,11 +482,11 @@ def run_loader_comparison(
     finally:
         for loader in built.values():
             loader.close()
-    ratios = {}
-    if "dali-plan" in stats and "torchvision" in stats:
-        ratios["dali-plan / torchvision"] = paired_ratio(stats["dali-plan"], stats["torchvision"])
-    if "dali-plan" in stats and "dali-reader" in stats:
-        ratios["dali-plan / dali-reader"] = paired_ratio(stats["dali-plan"], stats["dali-reader"])
+    ratios, cpu_ratios = {}, {}
+    for ref in ("torchvision", "dali-reader"):
+        if "dali-plan" in stats and ref in stats:
+            ratios[f"dali-plan / {ref}"] = paired_ratio(stats["dali-plan"], stats[ref])
+            cpu_ratios[f"dali-plan / {ref}"] = cpu_ratio(stats["dali-plan"], stats[ref])
     return {
         "train_root": str(index.root),
         "dataset_size": len(index),
@@ -441,6 +501,7 @@ def run_loader_comparison(
         "build_s": build_s,
         "loaders": stats,
         "ratios": ratios,
+        "cpu_ratios": cpu_ratios,
     }
 
 
@@ -485,9 +546,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         progress=lambda s: print(f"[loader] {s}", file=sys.stderr, flush=True),
     )
     for name, s in result["loaders"].items():
-        print(f"{name:12s} {s['median']:8.1f} img/s (min {s['min']:.1f}, max {s['max']:.1f})")
+        print(
+            f"{name:12s} {s['median']:8.1f} img/s (min {s['min']:.1f}, max {s['max']:.1f}); "
+            f"{s['cpu_ms_per_image']:.2f} CPU-ms/image"
+        )
     for k, v in result["ratios"].items():
-        print(f"{k}: {v:.3f}")
+        c = result["cpu_ratios"][k]
+        print(f"{k}: {v:.3f} (images/s), {'n/a' if c is None else f'{c:.3f}'} (images per CPU-second)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)

@@ -247,13 +247,28 @@ def ensure_dataset(dataset: Mapping[str, Any], out: Optional[TextIO] = None) -> 
     return root.resolve()
 
 
-def warm_page_cache(split_dir: Path) -> int:
-    """Read every file of a split once, so no policy's run is the one that pays for a cold cache."""
+def warm_page_cache(split_dir: Path, max_fraction_of_ram: float = 0.5) -> int:
+    """Read every file of a split once, so no policy's run is the one that pays for a cold cache.
+
+    Skipped (returns 0) when the split is larger than ``max_fraction_of_ram`` of physical
+    memory: it would not stay cached anyway (ImageNet), and every run then reads from disk alike.
+    """
+    files = [os.path.join(d, f) for d, _, names in os.walk(split_dir) for f in names]
+    size = sum(os.path.getsize(f) for f in files)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on every platform
+        ram = 0
+    if not ram or size > max_fraction_of_ram * ram:
+        return 0
     total = 0
-    for dirpath, _, files in os.walk(split_dir):
-        for f in files:
-            with open(os.path.join(dirpath, f), "rb") as fh:
-                total += len(fh.read())
+    for path in files:
+        with open(path, "rb") as fh:
+            while True:
+                chunk = fh.read(1 << 20)
+                if not chunk:
+                    break
+                total += len(chunk)
     return total
 
 
@@ -418,7 +433,8 @@ def run_policies(bench: Mapping[str, Any], root: Path, run_dir: Path, out: TextI
     split = root / first.data.train_split
     out_bytes = warm_page_cache(split) + warm_page_cache(root / first.data.val_split)
     progress = Progress(out, total_epochs=sum(c.train.epochs for c in cfgs.values()))
-    progress.say(f"page cache warmed ({out_bytes / 1e6:.0f} MB); {len(policies)} policies x {len(seeds)} seed(s)")
+    cache = f"page cache warmed ({out_bytes / 1e6:.0f} MB)" if out_bytes else "data larger than half the RAM: page cache not warmed"
+    progress.say(f"{cache}; {len(policies)} policies x {len(seeds)} seed(s)")
     runs: List[Dict[str, Any]] = []
     warm: Optional[Dict[str, Any]] = None
     try:
