@@ -37,7 +37,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
 import os
 import shlex
 import sys
