@@ -35,6 +35,7 @@ from orderdp_dali import train as train_mod
 from orderdp_dali.check_data import check_dataset, load_exclusion_list, write_report
 from orderdp_dali.checkpoint import LAST, load_checkpoint
 from orderdp_dali.config import load_config
+from orderdp_dali.errors import DecodeError
 from orderdp_dali.iterator import DALIPlanIterator
 from orderdp_dali.pipelines import ImagePipelineConfig
 from orderdp_dali.sample_index import SampleIndex
@@ -410,13 +411,17 @@ def test_plan_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
 
 
 # ----------------------------------------------------- 3. a rank that dies
-def test_a_rank_dying_mid_epoch_stops_the_other_with_a_clear_message(colours, cache, tmp_path):
-    """Two torchrun agents (two "nodes", one rank each): the agent of the survivor cannot see the
-    dead rank, so the survivor itself must notice (gloo's connection drops) and exit non-zero."""
+@pytest.mark.parametrize("failure", ["dies", "hangs"])
+def test_a_rank_failing_mid_epoch_stops_the_other_with_a_clear_message(failure, colours, cache, tmp_path):
+    """Two torchrun agents (two "nodes", one rank each): the survivor's agent cannot see the other
+    rank, so the survivor itself must notice and exit non-zero. A rank that dies (SIGKILL) drops
+    its gloo connections: noticed at once. A rank that hangs (SIGSTOP) is noticed when the
+    collective times out after train.dist_timeout_s."""
     out = tmp_path / "ddp out"
     port = _free_port()
+    timeout_s = 60 if failure == "dies" else 8
     train = ["-m", "orderdp_dali.train", *overrides(colours, cache, *SMALL), "train.batch_size=4", "train.epochs=4",
-             "train.eval_every=0", "train.dist_timeout_s=60", "--output-dir", str(out)]
+             "train.eval_every=0", f"train.dist_timeout_s={timeout_s}", "--output-dir", str(out)]
     agents = [
         Run([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}",
              "--master_addr=127.0.0.1", f"--master_port={port}", "--max_restarts=0", *train,
@@ -429,21 +434,39 @@ def test_a_rank_dying_mid_epoch_stops_the_other_with_a_clear_message(colours, ca
         agents[1].sessions.add(rank1)  # torchrun starts each worker in a session of its own
         for pid in _children(agents[0].proc.pid):
             agents[0].sessions.add(pid)
-        os.killpg(rank1, signal.SIGKILL)  # rank 1 and its DALI worker, mid-epoch 1
-        killed = time.monotonic()
+        if failure == "dies":
+            os.killpg(rank1, signal.SIGKILL)  # rank 1 and its DALI worker, mid-epoch 1
+        else:
+            os.kill(rank1, signal.SIGSTOP)  # rank 1 stops answering, its sockets stay open
+        failed = time.monotonic()
         rc0 = agents[0].finish(timeout=90)
-        noticed = time.monotonic() - killed
-        rc1 = agents[1].finish(timeout=30)
+        noticed = time.monotonic() - failed
+        rc1 = agents[1].finish(timeout=30) if failure == "dies" else None
     finally:
         for agent in agents:
             agent.kill_all()
     log0 = agents[0].stderr
-    assert rc0 != 0 and rc1 != 0, (rc0, rc1, log0[-3000:])
-    assert noticed < 60, noticed
+    assert rc0 != 0, (rc0, log0[-3000:])
+    if failure == "dies":
+        assert rc1 != 0 and noticed < 30, (rc1, noticed)  # well before the 60 s timeout
+    else:
+        assert timeout_s <= noticed < timeout_s + 30, noticed
     assert "rank 0: a peer rank died or stopped responding during epoch 1 (training)" in log0, log0[-3000:]
     assert f"the last checkpoint {out / LAST} is intact" in log0
     assert load_checkpoint(out / LAST)["epoch"] == 1
     assert [r["epoch"] for r in read_metrics(out)] == [0]
+
+
+@pytest.mark.parametrize("error, peer", [
+    (RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:1: Connection reset by peer"), True),
+    (RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 8000ms for recv operation"), True),
+    (RuntimeError("Application timeout caused pair closure"), True),
+    (torch.distributed.DistBackendError("NCCL communicator was aborted"), True),
+    (RuntimeError("CUDA out of memory"), False),
+    (DecodeError("cannot decode sample 3 (x.JPEG): timed out reading"), False),
+])
+def test_which_errors_mean_a_peer_failed(error, peer):
+    assert train_mod._is_peer_failure(error) is peer
 
 
 def test_process_group_gets_the_configured_timeout(colours, cache, monkeypatch):

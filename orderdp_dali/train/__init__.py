@@ -534,8 +534,9 @@ def _plan_sha1(plan: Any) -> str:
     return h.hexdigest()
 
 
-# What gloo and NCCL say when a peer's connection drops or a collective times out.
-_PEER_FAILURE_MARKERS = ("Connection reset", "Connection closed", "Broken pipe", "timed out", "Timed out", "gloo", "NCCL")
+# What gloo and NCCL say (lower-cased) when a peer's connection drops or a collective times out,
+# e.g. "Connection reset by peer", "Timed out waiting 8000ms for recv", "Application timeout caused pair closure".
+_PEER_FAILURE_MARKERS = ("connection reset", "connection closed", "broken pipe", "timed out", "timeout", "gloo", "nccl")
 
 
 def _is_peer_failure(error: BaseException) -> bool:
@@ -543,7 +544,7 @@ def _is_peer_failure(error: BaseException) -> bool:
         return False
     if isinstance(error, getattr(dist, "DistError", ())):
         return True
-    return isinstance(error, RuntimeError) and any(m in str(error) for m in _PEER_FAILURE_MARKERS)
+    return isinstance(error, RuntimeError) and any(m in str(error).lower() for m in _PEER_FAILURE_MARKERS)
 
 
 def _peer_failure_message(error: BaseException, rt: Runtime, out: Path, phase: str) -> str:
