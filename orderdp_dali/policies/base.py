@@ -154,6 +154,21 @@ class Policy(ABC):
         """The generator for ``epoch``: a pure function of (seed, epoch, salt)."""
         return np.random.default_rng([self.seed, check_epoch(epoch), int(salt)])
 
+    def _check_anneal_delta(self, anneal_delta: Optional[float]) -> Optional[float]:
+        """Validate an optional annealing fraction (full data from ``first_full_epoch`` on)."""
+        if anneal_delta is None:
+            return None
+        delta = check_ratio("anneal_delta", anneal_delta)
+        if self.num_epochs is None:
+            raise ValueError(f"anneal_delta={anneal_delta!r} needs num_epochs (got None)")
+        return delta
+
+    def prunes(self, epoch: int) -> bool:
+        """Whether ``epoch`` is pruned: always, unless ``anneal_delta`` makes the last epochs full."""
+        epoch = check_epoch(epoch)
+        delta = getattr(self, "anneal_delta", None)
+        return delta is None or epoch < first_full_epoch(delta, self.num_epochs)
+
     @abstractmethod
     def select(self, epoch: int) -> EpochPlan:
         """The plan of ``epoch``, from the current scores. Deterministic; does not mutate state."""

@@ -24,6 +24,11 @@ class FullData(Policy):
 
     name = "full"
 
+    def prunes(self, epoch: int) -> bool:
+        """Never: every epoch trains on all samples."""
+        check_epoch(epoch)
+        return False
+
     def select(self, epoch: int) -> EpochPlan:
         """All samples, shuffled by the epoch's generator; weights 1."""
         return full_plan(epoch, self.num_samples, self.rng(epoch))

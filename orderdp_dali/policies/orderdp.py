@@ -23,9 +23,7 @@ import numpy as np
 from orderdp_dali.plan import EpochPlan
 from orderdp_dali.policies.base import (
     Policy,
-    check_epoch,
     check_ratio,
-    first_full_epoch,
     floor_times,
     register_policy,
 )
@@ -205,16 +203,7 @@ class OrderDP(Policy):
         self.subset_size, self.keep_size = subset_sizes(
             self.num_samples, self.random_len_ratio, self.top_q_ratio
         )
-        self.anneal_delta = None if anneal_delta is None else check_ratio("anneal_delta", anneal_delta)
-        if self.anneal_delta is not None and self.num_epochs is None:
-            raise ValueError(f"anneal_delta={anneal_delta!r} needs num_epochs (got None)")
-
-    def prunes(self, epoch: int) -> bool:
-        """Whether ``epoch`` is pruned (False only in the optional annealing epochs)."""
-        epoch = check_epoch(epoch)
-        if self.anneal_delta is None:
-            return True
-        return epoch < first_full_epoch(self.anneal_delta, self.num_epochs)
+        self.anneal_delta = self._check_anneal_delta(anneal_delta)
 
     def select(self, epoch: int) -> EpochPlan:
         """Top-q of a random s-subset by current score, shuffled; all samples in annealing epochs."""

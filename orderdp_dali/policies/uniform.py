@@ -13,9 +13,7 @@ import numpy as np
 from orderdp_dali.plan import EpochPlan
 from orderdp_dali.policies.base import (
     Policy,
-    check_epoch,
     check_ratio,
-    first_full_epoch,
     floor_times,
     register_policy,
 )
@@ -84,16 +82,7 @@ class UniformRandom(Policy):
                 raise ValueError(
                     f"keep_ratio={keep_ratio!r} keeps no sample of num_samples={self.num_samples}"
                 )
-        self.anneal_delta = None if anneal_delta is None else check_ratio("anneal_delta", anneal_delta)
-        if self.anneal_delta is not None and self.num_epochs is None:
-            raise ValueError(f"anneal_delta={anneal_delta!r} needs num_epochs (got None)")
-
-    def prunes(self, epoch: int) -> bool:
-        """Whether ``epoch`` is pruned (False only in the optional annealing epochs)."""
-        epoch = check_epoch(epoch)
-        if self.anneal_delta is None:
-            return True
-        return epoch < first_full_epoch(self.anneal_delta, self.num_epochs)
+        self.anneal_delta = self._check_anneal_delta(anneal_delta)
 
     def select(self, epoch: int) -> EpochPlan:
         """``budget`` distinct samples drawn uniformly without replacement, in random order."""
