@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -115,13 +116,13 @@ def environment() -> Dict[str, Any]:
 
 
 def mean_std(values: Iterable[Optional[float]]) -> Dict[str, Optional[float]]:
-    """Mean, sample standard deviation (0 for one value), min, max and count; None values skipped."""
+    """Mean, sample standard deviation (0 for one value), median, min, max and count; None values skipped."""
     xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not xs:
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+        return {"mean": None, "std": None, "median": None, "min": None, "max": None, "n": 0}
     m = sum(xs) / len(xs)
     sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return {"mean": m, "std": sd, "min": min(xs), "max": max(xs), "n": len(xs)}
+    return {"mean": m, "std": sd, "median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
 def run_totals(epochs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
