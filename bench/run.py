@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import json
 import logging
 import os
@@ -396,6 +397,10 @@ def _run_one(cfg: Any, run_dir: Path, progress: Optional[Progress], label: str) 
     finally:
         if progress is not None:
             progress.end_run()
+        # Closed DALI pipelines stop their worker processes when collected; collect now, so
+        # no worker of this run is still exiting while the next run starts (and runs its
+        # worker watchdog over this process's children).
+        gc.collect()
     figures = {
         "run_wall_s": time.perf_counter() - t0,
         "cpu_s": _cpu_seconds() - cpu0,
