@@ -366,8 +366,14 @@ class DALIPlanIterator:
         else:
             target, stream = torch.device("cpu"), None
         img = images.as_tensor()
-        data = torch.empty(img.shape(), dtype=_TORCH_DTYPES[self.pipeline_config.dtype], device=target)
-        feed_ndarray(img, data, cuda_stream=stream)
+        if self._pipe.exec_dynamic:
+            # The dynamic executor's outputs own their memory (DALI's own iterator relies on
+            # this too), so torch can share it: no 38 MB copy per 64-image batch.
+            with target:
+                data = torch.from_dlpack(img)
+        else:
+            data = torch.empty(img.shape(), dtype=_TORCH_DTYPES[self.pipeline_config.dtype], device=target)
+            feed_ndarray(img, data, cuda_stream=stream)
         host = {
             name: torch.from_numpy(np.array(tl.as_tensor())).reshape(-1)
             for name, tl in (("label", labels), ("index", indices), ("weight", weights))
@@ -414,10 +420,10 @@ class DALIPlanIterator:
 
     def _stop_pipeline(self) -> None:
         """Drop the DALI pipeline (its workers exit); the next pass starts a new one at DALI epoch 0."""
-        self._pipe = None
-        if self._watchdog is not None:
+        if self._watchdog is not None:  # first, so the workers' planned exit is not reported as a death
             self._watchdog.close()
             self._watchdog = None
+        self._pipe = None
         self._dali_epoch = 0
         self._unfinished = False
 

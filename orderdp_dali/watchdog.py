@@ -74,14 +74,16 @@ class WorkerWatchdog:
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
             for pid in self.pids:
-                if not _alive(pid):
+                if not _alive(pid) and not self._stop.is_set():
+                    # Only recorded here: workers also vanish at interpreter exit, which is no
+                    # error. It is reported when someone waits on (or next asks for) a batch.
                     self.dead = pid
-                    log.error("DALI worker process %d died", pid)
                     if self._armed.is_set() and self._target is not None:
                         signal.pthread_kill(self._target, signal.SIGUSR1)
                     return
 
     def _raise(self, signum, frame) -> None:
+        log.error("DALI worker process %d died", self.dead)
         raise WorkerError(
             f"DALI external-source worker process {self.dead} died (killed, or out of memory: "
             "check dmesg, or lower py_workers); the input pipeline cannot continue"

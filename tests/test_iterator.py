@@ -222,3 +222,16 @@ def test_gpu_mixed_decoding(index):
 def test_gpu_without_cuda_is_a_clear_error(index):
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         make_iterator(index, None, device="gpu")
+
+
+def test_batches_stay_valid_after_later_steps(index):
+    """Batches may share DALI's output memory: a batch kept by the caller must not change."""
+    with make_iterator(index, ScriptedPolicy(len(index), seed=2)) as it:
+        it.load_state_dict({**it.state_dict(), "epoch": 2})  # 52 samples, 7 batches
+        kept, copies = [], []
+        for batch in it:
+            kept.append(batch["data"])
+            copies.append(batch["data"].clone())
+        for k, (held, copy) in enumerate(zip(kept, copies)):
+            assert torch.equal(held, copy), f"batch {k} was overwritten by a later step"
+        assert len({c.sum().item() for c in copies}) == len(copies), "batches differ from each other"
