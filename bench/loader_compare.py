@@ -205,10 +205,18 @@ class DaliReaderLoader:
             ["data", "label"],
             reader_name="Reader",
             last_batch_policy=LastBatchPolicy.PARTIAL,
-            auto_reset=True,
+            auto_reset=False,
         )
+        self._fresh = True
 
     def epoch(self) -> int:
+        # Reset at the start of the timed epoch, not at the end of the previous one: with
+        # auto_reset DALI would prefetch this epoch's first batches while the other loaders
+        # are being timed, a head start that the plan iterator (which resets only when its
+        # next epoch starts) and the DataLoader do not get.
+        if not self._fresh:
+            self.iterator.reset()
+        self._fresh = False
         n = 0
         for out in self.iterator:
             n += int(out[0]["data"].shape[0])
