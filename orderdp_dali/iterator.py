@@ -94,6 +94,9 @@ class DALIPlanIterator:
             epochs before it: a run resumed from a checkpoint then sees the same random
             crops and flips as an uninterrupted one. Costs one pipeline start (worker
             spawn) per epoch.
+        prefetch_next_epoch: when an epoch ends, choose the next plan at once and let
+            DALI start decoding it while the caller validates or checkpoints (default:
+            ``train``). Score updates must therefore be made inside the epoch's loop.
 
     Sharding: training plans are padded by wrap-around to a multiple of ``world_size``
     (see :meth:`EpochPlan.shard`), so every rank yields the same number of batches.
@@ -124,6 +127,7 @@ class DALIPlanIterator:
         sync_scores: bool = True,
         prefetch_queue_depth: int = 2,
         reseed_every_epoch: bool = False,
+        prefetch_next_epoch: Optional[bool] = None,
         pipeline_config: Optional[Any] = None,
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -157,6 +161,7 @@ class DALIPlanIterator:
         self.sync_scores = sync_scores
         self.prefetch_queue_depth = prefetch_queue_depth
         self.reseed_every_epoch = bool(reseed_every_epoch)
+        self.prefetch_next_epoch = self.train if prefetch_next_epoch is None else bool(prefetch_next_epoch)
         self.pipeline_config = pipeline_config or self._default_pipeline_config()
         self._epoch = int(epoch)
         self._plan: Optional[EpochPlan] = None
@@ -164,7 +169,8 @@ class DALIPlanIterator:
         self._watchdog: Optional[WorkerWatchdog] = None
         self._publisher: Optional[PlanPublisher] = None
         self._dali_epoch = 0
-        self._unfinished = False  # a previous epoch was abandoned mid-way; drain before reuse
+        self._unfinished = False  # a pass was started and not run to its end
+        self._prestarted: Optional[EpochPlan] = None  # the plan whose pass started early
         self._active = False
         self._pending: List[Tuple[np.ndarray, torch.Tensor]] = []
 
@@ -263,10 +269,11 @@ class DALIPlanIterator:
     def _start_pass(self, indices: np.ndarray, weights: np.ndarray, padded_len: int) -> None:
         if self._publisher is None:
             self._publisher = self._make_publisher()
-        if self._pipe is not None and self.reseed_every_epoch:
+        if self._pipe is not None and (self.reseed_every_epoch or self._unfinished):
+            # A pass that was abandoned mid-way (or started for a plan that was then
+            # replaced) cannot be rewound; a fresh pipeline costs a worker start-up, far
+            # less than decoding the rest of an ImageNet epoch just to throw it away.
             self._stop_pipeline()
-        if self._pipe is not None and self._unfinished:
-            self._drain()
         self._publisher.publish(self._dali_epoch, indices, weights, padded_len)
         if self._pipe is None:
             self._pipe = self._make_pipeline(
@@ -287,18 +294,8 @@ class DALIPlanIterator:
         else:
             self._pipe.reset()
 
-    def _drain(self) -> None:
-        """Run an abandoned pass to its end so DALI can start the next one."""
-        while True:
-            try:
-                with self._watchdog.guard():
-                    self._pipe.run()
-            except StopIteration:
-                break
-        self._dali_epoch += 1
-        self._unfinished = False
-
-    def _run_epoch(self) -> Iterator[Dict[str, torch.Tensor]]:
+    def _layout(self) -> Tuple[EpochPlan, int, int]:
+        """This rank's shard of the current plan, its step count and how many samples it uses."""
         shard = self.shard
         steps = num_steps(len(shard), self.batch_size, self.drop_last)
         if self.drop_last and steps == 0 and len(shard) > 0:
@@ -308,10 +305,36 @@ class DALIPlanIterator:
                 "lower batch_size or set drop_last=False"
             )
         used = len(shard) if not self.drop_last else steps * self.batch_size
+        return shard, steps, used
+
+    def _prefetch_next_epoch(self) -> None:
+        """Choose the next plan now and let DALI start decoding it.
+
+        Called when a training epoch ends (scores already merged), so the pipeline fills
+        its prefetch queue while the caller validates or checkpoints, as DALI's own
+        iterator does with ``auto_reset``. Replacing the plan afterwards (e.g. with
+        :meth:`load_state_dict`) only costs a pipeline restart.
+        """
+        if not self.prefetch_next_epoch or self._pipe is None or self.reseed_every_epoch:
+            return
+        try:
+            shard, steps, used = self._layout()
+        except ValueError:
+            return  # raised again, with its message, when the epoch is iterated
+        if steps == 0:
+            return
+        self._start_pass(shard.indices[:used], shard.weights[:used], steps * self.batch_size)
+        self._unfinished = True
+        self._prestarted = self._plan
+
+    def _run_epoch(self) -> Iterator[Dict[str, torch.Tensor]]:
+        shard, steps, used = self._layout()
         self._active = True
         try:
             if steps > 0:
-                self._start_pass(shard.indices[:used], shard.weights[:used], steps * self.batch_size)
+                if self._prestarted is None or self._prestarted is not self._plan:
+                    self._start_pass(shard.indices[:used], shard.weights[:used], steps * self.batch_size)
+                self._prestarted = None
                 self._unfinished = True
                 for step in range(steps):
                     outputs = self._run_step(shard, step)
@@ -329,6 +352,7 @@ class DALIPlanIterator:
             self.end_epoch_sync()
             self._epoch += 1
             self._plan = None
+            self._prefetch_next_epoch()
         finally:
             self._active = False
 
@@ -426,6 +450,7 @@ class DALIPlanIterator:
         self._pipe = None
         self._dali_epoch = 0
         self._unfinished = False
+        self._prestarted = None
 
     def close(self) -> None:
         """Stop DALI's workers and remove the published plans."""

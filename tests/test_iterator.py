@@ -235,3 +235,17 @@ def test_batches_stay_valid_after_later_steps(index):
         for k, (held, copy) in enumerate(zip(kept, copies)):
             assert torch.equal(held, copy), f"batch {k} was overwritten by a later step"
         assert len({c.sum().item() for c in copies}) == len(copies), "batches differ from each other"
+
+
+def test_plan_replaced_after_the_next_epoch_was_prefetched(index):
+    """The next pass starts when an epoch ends; replacing the plan then must not leak it."""
+    with make_iterator(index, ScriptedPolicy(len(index), seed=4)) as it:
+        run_epoch(it, index)  # epoch 0 ends: epoch 1's 30-sample pass starts decoding
+        it.load_state_dict({**it.state_dict(), "epoch": 3})  # 17 samples instead
+        plan = it.plan
+        seen, _, _ = run_epoch(it, index)
+        assert len(plan) == 17 and Counter(seen) == Counter(plan.indices.tolist())
+        # and the pass prefetched after epoch 3 is the one epoch 4 yields
+        plan = it.plan
+        seen, _, _ = run_epoch(it, index)
+        assert Counter(seen) == Counter(plan.indices.tolist())
