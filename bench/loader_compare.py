@@ -157,15 +157,14 @@ class DaliReaderLoader:
         seed: int = 0,
         pipeline_config: Any = None,
     ) -> None:
-        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali import fn, pipeline_def
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        from orderdp_dali.pipelines import ImagePipelineConfig
+        from orderdp_dali.pipelines.image import ImagePipelineConfig, decode_and_augment
 
         cfg = pipeline_config or ImagePipelineConfig()
         files = [str(index.path(int(i))) for i in plan.indices]
         labels = [int(index.labels[int(i)]) for i in plan.indices]
-        dtype = {"float32": types.FLOAT, "float16": types.FLOAT16}[cfg.dtype]
         self.device = device
         self.samples = len(plan)
 
@@ -179,23 +178,7 @@ class DaliReaderLoader:
             jpegs, label = fn.readers.file(
                 files=files, labels=labels, random_shuffle=False, pad_last_batch=True, name="Reader"
             )
-            images = fn.decoders.image_random_crop(
-                jpegs,
-                device="mixed" if device == "gpu" else "cpu",
-                output_type=types.RGB,
-                random_area=list(cfg.random_area),
-                random_aspect_ratio=list(cfg.random_aspect_ratio),
-                num_attempts=100,
-            )
-            images = fn.resize(images, resize_x=cfg.crop, resize_y=cfg.crop)
-            images = fn.crop_mirror_normalize(
-                images,
-                mirror=fn.random.coin_flip(probability=cfg.flip_probability),
-                mean=list(cfg.mean),
-                std=list(cfg.std),
-                dtype=dtype,
-                output_layout="CHW",
-            )
+            images = decode_and_augment(jpegs, train=True, device=device, config=cfg)
             return images, label
 
         pipe = reader_pipeline()

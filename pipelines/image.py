@@ -16,7 +16,7 @@ from nvidia.dali.pipeline import Pipeline
 
 from orderdp_dali.pipelines.common import plan_pipeline_def, plan_source
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagePipelineConfig", "image_pipeline"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagePipelineConfig", "decode_and_augment", "image_pipeline"]
 
 # torchvision's ImageNet statistics, in the 0-255 range DALI decodes to.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -55,6 +55,41 @@ class ImagePipelineConfig:
             raise ValueError(f"Invalid flip_probability: {self.flip_probability!r}")
 
 
+def decode_and_augment(jpegs, *, train: bool, device: str, config: ImagePipelineConfig):
+    """Decode encoded images and apply the train or val transform (inside a pipeline definition).
+
+    Shared by :func:`image_pipeline` and the benchmark's ``fn.readers.file`` pipeline, so
+    the loader comparison runs exactly the same operators.
+    """
+    decoder = "mixed" if device == "gpu" else "cpu"
+    if train:
+        images = fn.decoders.image_random_crop(
+            jpegs,
+            device=decoder,
+            output_type=types.RGB,
+            random_area=list(config.random_area),
+            random_aspect_ratio=list(config.random_aspect_ratio),
+            num_attempts=100,
+        )
+        images = fn.resize(images, resize_x=config.crop, resize_y=config.crop)
+        mirror = fn.random.coin_flip(probability=config.flip_probability)
+        crop = None
+    else:
+        images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+        images = fn.resize(images, resize_shorter=config.val_resize)
+        mirror = 0
+        crop = (config.crop, config.crop)
+    return fn.crop_mirror_normalize(
+        images,
+        crop=crop,
+        mirror=mirror,
+        mean=list(config.mean),
+        std=list(config.std),
+        dtype=_DTYPES[config.dtype],
+        output_layout="CHW",
+    )
+
+
 def image_pipeline(
     source: Callable,
     *,
@@ -89,33 +124,7 @@ def image_pipeline(
     )
     def _pipeline():
         jpegs, labels, indices, weights = plan_source(source)
-        decoder = "mixed" if device == "gpu" else "cpu"
-        if train:
-            images = fn.decoders.image_random_crop(
-                jpegs,
-                device=decoder,
-                output_type=types.RGB,
-                random_area=list(config.random_area),
-                random_aspect_ratio=list(config.random_aspect_ratio),
-                num_attempts=100,
-            )
-            images = fn.resize(images, resize_x=config.crop, resize_y=config.crop)
-            mirror = fn.random.coin_flip(probability=config.flip_probability)
-            crop = None
-        else:
-            images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
-            images = fn.resize(images, resize_shorter=config.val_resize)
-            mirror = 0
-            crop = (config.crop, config.crop)
-        images = fn.crop_mirror_normalize(
-            images,
-            crop=crop,
-            mirror=mirror,
-            mean=list(config.mean),
-            std=list(config.std),
-            dtype=_DTYPES[config.dtype],
-            output_layout="CHW",
-        )
+        images = decode_and_augment(jpegs, train=train, device=device, config=config)
         return images, labels, indices, weights
 
     return _pipeline()
