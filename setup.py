@@ -16,7 +16,6 @@ setup(
     packages=[
         "orderdp_dali",
         "orderdp_dali.policies",
-        "orderdp_dali.train",
         "orderdp_dali.pipelines",
         "orderdp_dali.bench",
     ],

@@ -3,11 +3,14 @@
 Three loaders read and augment the *same* planned samples (random-resized crop, flip,
 normalise, CHW float32) with the same batch size and number of CPU workers:
 
-* ``dali-plan``: :class:`~orderdp_dali.iterator.DALIPlanIterator` (plans through
-  ``fn.external_source``; this library).
+* ``dali-plan``: :class:`~orderdp_dali.iterator.DALIPlanIterator` (each planned batch's
+  paths from a main-process ``fn.external_source``, read by ``fn.io.file.read``; this library).
 * ``dali-reader``: DALI's own ``fn.readers.file`` over the plan's files in plan order, with
   the same decode and augmentation: what a static file list costs, hence "the price of
   dynamic plans" is ``dali-plan / dali-reader``.
+* ``per-sample-feed`` (feeding only, with ``feed_only`` variants of the two DALI loaders):
+  the path this library replaced, a per-sample ``external_source(parallel=True)`` callback
+  in spawned worker processes.
 * ``torchvision``: the research release's loader: ``ImageFolder`` + ``DataLoader`` with
   ``RandomResizedCrop`` + ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize``, the plan
   as its sampler.
@@ -43,6 +46,7 @@ __all__ = [
     "orderdp_plan",
     "DaliPlanLoader",
     "DaliReaderLoader",
+    "PerSampleWorkerLoader",
     "TorchvisionLoader",
     "compare",
     "run_loader_comparison",
@@ -98,7 +102,14 @@ def _sync(device: str) -> None:
 
 
 class DaliPlanLoader:
-    """This library's iterator over a fixed plan; one :meth:`epoch` = one pass over the plan."""
+    """This library's iterator over a fixed plan; one :meth:`epoch` = one pass over the plan.
+
+    ``feed_only`` swaps decoding and augmentation for the byte count of the file bytes, so
+    only the feeding path is timed: main-process batch source, ``fn.io.file.read``,
+    conversion to torch. The next epoch is not started early (``prefetch_next_epoch``
+    off): each timed epoch pays its own pipeline start, as a training epoch without a
+    validation pause would.
+    """
 
     name = "dali-plan"
 
@@ -111,38 +122,128 @@ class DaliPlanLoader:
         workers: int,
         device: str = "cpu",
         seed: int = 0,
-        py_workers: Optional[int] = None,
         pipeline_config: Any = None,
+        feed_only: bool = False,
     ) -> None:
         from orderdp_dali.iterator import DALIPlanIterator
 
+        cls = _feed_only_iterator_class() if feed_only else DALIPlanIterator
         self.device = device
         self.samples = len(plan)
-        self.iterator = DALIPlanIterator(
+        self.pass_timings: List[Dict[str, Any]] = []
+        self.iterator = cls(
             index,
             FixedPlan(len(index), plan),
             batch_size,
             device=device,
             num_threads=workers,
-            py_workers=py_workers or max(1, workers // 2),
             seed=seed,
             sync_scores=False,
+            prefetch_next_epoch=False,
             pipeline_config=pipeline_config,
         )
 
     def epoch(self) -> int:
         n = 0
         for batch in self.iterator:
-            n += int(batch["data"].shape[0])
+            n += int(batch["index"].shape[0])
         _sync(self.device)
+        self.pass_timings.append(dict(self.iterator.last_pass))
         return n
 
     def close(self) -> None:
         self.iterator.close()
 
 
+def _bytes_only(encoded_files):
+    """Feeding-only graphs end here: one cheap dense output per sample (its byte count) instead of decoding."""
+    return encoded_files.shape()
+
+
+def _feed_only_iterator_class() -> type:
+    """A plan iterator subclass (defined on demand: it imports DALI and torch)."""
+    from orderdp_dali.iterator import DALIPlanIterator
+
+    class FeedOnlyPlanIterator(DALIPlanIterator):
+        """The plan iterator with the byte count of the read bytes in place of decode + augment."""
+
+        def _make_pipeline(self, feed: Any, **kwargs: Any):
+            from nvidia.dali import fn
+
+            from orderdp_dali.pipelines.common import batch_source, plan_pipeline_def
+
+            kwargs.pop("train"), kwargs.pop("config")
+
+            @plan_pipeline_def(**kwargs)
+            def feed_pipeline():
+                paths, labels, indices, weights = batch_source(feed)
+                return _bytes_only(fn.io.file.read(paths)), labels, indices, weights
+
+            return feed_pipeline()
+
+    return FeedOnlyPlanIterator
+
+
+class PerSampleFiles:
+    """The feeding path this library replaced, for comparison: a per-sample callback in
+    DALI's spawned worker processes, reading one file per call (picklable).
+
+    Positions past the plan up to a whole batch repeat the last sample (per-sample mode
+    only emits whole batches); :class:`PerSampleWorkerLoader` does not count them.
+    """
+
+    def __init__(self, paths: Sequence[str], batch_size: int) -> None:
+        self.paths = list(paths)
+        self.padded = -(-len(self.paths) // batch_size) * batch_size
+
+    def __call__(self, info: Any) -> np.ndarray:
+        if info.idx_in_epoch >= self.padded:
+            raise StopIteration
+        return np.fromfile(self.paths[min(info.idx_in_epoch, len(self.paths) - 1)], dtype=np.uint8)
+
+
+class PerSampleWorkerLoader:
+    """Feeding only, the replaced way: ``external_source(parallel=True)`` per sample, ``workers`` processes."""
+
+    name = "per-sample-feed"
+
+    def __init__(self, index: SampleIndex, plan: EpochPlan, *, batch_size: int, workers: int, device: str = "cpu",
+                 seed: int = 0, pipeline_config: Any = None) -> None:
+        from nvidia.dali import fn, pipeline_def, types
+
+        self.samples = len(plan)
+        self.batch_size = batch_size
+        feed = PerSampleFiles([str(index.path(int(i))) for i in plan.indices], batch_size)
+
+        @pipeline_def(batch_size=batch_size, num_threads=workers, device_id=None, seed=seed,
+                      py_num_workers=workers, py_start_method="spawn")
+        def per_sample_pipeline():
+            data = fn.external_source(source=feed, batch=False, parallel=True, dtype=types.UINT8)
+            return _bytes_only(data)
+
+        self.pipe = per_sample_pipeline()
+        self.pipe.build()
+        self._fresh = True
+
+    def epoch(self) -> int:
+        if not self._fresh:
+            self.pipe.reset()
+        self._fresh = False
+        n = 0
+        while True:
+            try:
+                out = self.pipe.run()
+            except StopIteration:
+                return n
+            n += min(len(out[0]), self.samples - n)
+
+    def close(self) -> None:
+        self.pipe = None
+
+
 class DaliReaderLoader:
-    """DALI's ``fn.readers.file`` over the plan's files (plan order), same decode and augmentation."""
+    """DALI's ``fn.readers.file`` over the plan's files (plan order), same decode and augmentation
+    (or, with ``feed_only``, the same the byte count of the bytes as the feeding-only plan loader)."""
 
     name = "dali-reader"
 
@@ -156,6 +257,7 @@ class DaliReaderLoader:
         device: str = "cpu",
         seed: int = 0,
         pipeline_config: Any = None,
+        feed_only: bool = False,
     ) -> None:
         from nvidia.dali import fn, pipeline_def
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -178,6 +280,8 @@ class DaliReaderLoader:
             jpegs, label = fn.readers.file(
                 files=files, labels=labels, random_shuffle=False, pad_last_batch=True, name="Reader"
             )
+            if feed_only:
+                return _bytes_only(jpegs), label
             images = decode_and_augment(jpegs, train=True, device=device, config=cfg)
             return images, label
 

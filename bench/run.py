@@ -400,9 +400,8 @@ def _run_one(cfg: Any, run_dir: Path, progress: Optional[Progress], label: str) 
     finally:
         if progress is not None:
             progress.end_run()
-        # Closed DALI pipelines stop their worker processes when collected; collect now, so
-        # no worker of this run is still exiting while the next run starts (and runs its
-        # worker watchdog over this process's children).
+        # Closed DALI pipelines stop their threads when collected; collect now, so no thread
+        # of this run still holds a core while the next run is timed.
         gc.collect()
     figures = {
         "run_wall_s": time.perf_counter() - t0,
@@ -488,7 +487,6 @@ def _recipe_summary(cfg: Any) -> Dict[str, Any]:
         "amp": cfg.train.amp,
         "device": cfg.train.device,
         "dali_threads": cfg.data.num_threads,
-        "py_workers": cfg.data.py_workers,
     }
 
 

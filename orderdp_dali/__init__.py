@@ -4,7 +4,7 @@ Import the pieces a custom training loop needs from here::
 
     from orderdp_dali import SampleIndex, make_policy, DALIPlanIterator
 """
-from orderdp_dali.errors import CheckpointError, DatasetError, DecodeError, DistributedError, WorkerError
+from orderdp_dali.errors import CheckpointError, DatasetError, DecodeError, DistributedError
 from orderdp_dali.plan import EpochPlan, num_steps
 from orderdp_dali.policies import POLICIES, Policy, ScoreTable, make_policy, register_policy
 from orderdp_dali.sample_index import SampleIndex
@@ -20,7 +20,6 @@ __all__ = [
     "EpochPlan",
     "POLICIES",
     "Policy",
-    "WorkerError",
     "SampleIndex",
     "ScoreTable",
     "make_policy",

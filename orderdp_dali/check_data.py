@@ -54,6 +54,7 @@ __all__ = [
     "Finding",
     "CheckReport",
     "check_dataset",
+    "check_file",
     "load_exclusion_list",
     "write_report",
     "main",
@@ -224,8 +225,12 @@ def _decode(path: str) -> _Result:
     return None
 
 
-def _check_file(path: str, deep: bool) -> _Result:
-    """Check one image file; None if fine, else (reason, detail)."""
+def check_file(path: str, deep: bool = True) -> _Result:
+    """Check one image file; None if fine, else (reason, detail).
+
+    ``deep`` decodes it fully; without it only the header, size and end marker are read.
+    The one answer to "can this file be read and decoded?" (the iterator asks it too).
+    """
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -281,7 +286,7 @@ def _check_chunk(paths: Sequence[str], deep: bool) -> List[Tuple[int, str, str]]
     """Check a chunk of files; returns (position in chunk, reason, detail) for the bad ones only."""
     out = []
     for i, path in enumerate(paths):
-        result = _check_file(path, deep)
+        result = check_file(path, deep)
         if result is not None:
             out.append((i, result[0], result[1]))
     return out

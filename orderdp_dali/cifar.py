@@ -23,8 +23,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from orderdp_dali.errors import DatasetError
-from orderdp_dali.feeder import ArrayPlanPublisher
 from orderdp_dali.iterator import DALIPlanIterator
+from orderdp_dali.samples import ArraySamples
 
 __all__ = ["ArrayDataset", "ArrayPlanIterator", "CIFAR_LAYOUTS", "load_cifar"]
 
@@ -158,9 +158,8 @@ class ArrayPlanIterator(DALIPlanIterator):
     """:class:`~orderdp_dali.iterator.DALIPlanIterator` over an :class:`ArrayDataset`.
 
     Same arguments; ``pipeline_config`` is a
-    :class:`~orderdp_dali.pipelines.cifar.CifarPipelineConfig`. Samples reach DALI's workers
-    through a memory-mapped copy of the images (see
-    :class:`~orderdp_dali.feeder.ArrayPlanPublisher`).
+    :class:`~orderdp_dali.pipelines.cifar.CifarPipelineConfig`. Each batch's rows of the
+    image array are handed to DALI directly (see :class:`~orderdp_dali.samples.ArraySamples`).
     """
 
     def _default_pipeline_config(self) -> Any:
@@ -168,13 +167,10 @@ class ArrayPlanIterator(DALIPlanIterator):
 
         return CifarPipelineConfig()
 
-    def _make_publisher(self) -> ArrayPlanPublisher:
-        return ArrayPlanPublisher(self.index.images, self.index.labels)
+    def _make_samples(self) -> ArraySamples:
+        return ArraySamples(self.index.images, self.index.labels)
 
-    def _make_pipeline(self, feeder: Any, **kwargs: Any):
+    def _make_pipeline(self, feed: Any, **kwargs: Any):
         from orderdp_dali.pipelines.cifar import cifar_pipeline
 
-        return cifar_pipeline(feeder, **kwargs)
-
-    def _diagnose(self, sample_ids: np.ndarray) -> Optional[Exception]:
-        return None  # decoded arrays: nothing per-file to blame
+        return cifar_pipeline(feed, **kwargs)

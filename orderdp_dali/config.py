@@ -64,9 +64,10 @@ class DataConfig:
     ``dataset``: ``folder`` (ImageNet layout: ``root/<train_split>/<class>/*.JPEG`` and
     ``root/<val_split>/...``), ``cifar10`` or ``cifar100`` (python pickle batches under
     ``root``). ``augment=false`` trains on deterministic inputs (center crop / no
-    pad-crop or flip). ``reseed_every_epoch=true`` starts the training pipeline afresh
-    each epoch with a seed derived from (train.seed, rank, epoch): a resumed run then
-    draws the same crops and flips as an uninterrupted one (one pipeline start per epoch).
+    pad-crop or flip). Each training epoch's augmentation is seeded from (train.seed,
+    rank, epoch), so a resumed run draws the same crops and flips as an uninterrupted one.
+    ``num_threads``: DALI's CPU threads per rank (file reading, CPU decoding);
+    ``prefetch``: batches decoded ahead.
     """
 
     dataset: str = _opt("folder", choices=("folder", "cifar10", "cifar100"))
@@ -76,9 +77,7 @@ class DataConfig:
     crop: int = _opt(224, lo=1)
     val_resize: int = _opt(256, lo=1)
     augment: bool = True
-    reseed_every_epoch: bool = False
     num_threads: int = _opt(4, lo=1)
-    py_workers: int = _opt(2, lo=1)
     prefetch: int = _opt(2, lo=1)
     drop_last: bool = False
     exclude_file: Optional[str] = None
@@ -282,6 +281,13 @@ def set_path(data: Dict[str, Any], key: str, value: Any) -> None:
 
 
 # -------------------------------------------------------------- validation
+# Keys of earlier versions, with what replaced them (a clearer error than "unknown key").
+REMOVED_KEYS = {
+    "data.py_workers": "files are read by DALI's own threads (data.num_threads), not by worker processes",
+    "data.reseed_every_epoch": "every training epoch's augmentation is now seeded from (train.seed, rank, epoch)",
+}
+
+
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if data is None:
         data = {}
@@ -290,6 +296,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
+        if f"{prefix}{key}" in REMOVED_KEYS:
+            raise ConfigError(f"{prefix}{key}: no longer a setting: {REMOVED_KEYS[prefix + key]}; remove it")
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(fields)}"

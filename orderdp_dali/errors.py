@@ -13,10 +13,6 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be resumed here (other dataset, other policy, corrupt file)."""
 
 
-class WorkerError(RuntimeError):
-    """A DALI external-source worker process died (killed, out of memory) or could not start."""
-
-
 class ConfigError(ValueError):
     """A training config is invalid: the message names the key (``section.key``) and the problem."""
 

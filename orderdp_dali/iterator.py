@@ -1,8 +1,11 @@
 """The iterator: a pruning policy's plan, decoded by DALI, as PyTorch batches.
 
-Each epoch the policy chooses its plan before the epoch starts; this rank's shard of it is
-published to DALI's external-source workers (see :mod:`orderdp_dali.feeder`), which read
-exactly those files. Batches are dicts in DALI's style::
+Each epoch the policy chooses its plan before the epoch starts. This rank's batches of it
+(:class:`~orderdp_dali.plan_source.PlanSource`) feed a batch-mode ``fn.external_source``
+in the training process; DALI reads the planned files with ``fn.io.file.read`` in its own
+threads, decodes and augments them (:mod:`orderdp_dali.pipelines`), and
+:class:`~orderdp_dali.dali_runner.PipelinePass` hands the batches to torch. Batches are
+dicts in DALI's style::
 
     {"data": images, "label": labels, "index": sample indices, "weight": loss weights}
 
@@ -20,50 +23,27 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
 
-from orderdp_dali.distributed import all_reduce_scores, dist_info
-from orderdp_dali.errors import DecodeError, WorkerError
-from orderdp_dali.feeder import PlanPublisher
-from orderdp_dali.plan import EpochPlan, num_steps
+from orderdp_dali.checkpoint import numpy_to_torch, torch_to_numpy
+from orderdp_dali.dali_runner import PipelinePass
+from orderdp_dali.distributed import dist_info
+from orderdp_dali.errors import DecodeError
+from orderdp_dali.plan import EpochPlan
+from orderdp_dali.plan_source import BatchFeed, EpochBatches, PlanSource
 from orderdp_dali.policies.base import Policy
+from orderdp_dali.samples import FileSamples
 from orderdp_dali.sample_index import SampleIndex
-from orderdp_dali.watchdog import WorkerWatchdog, spawned_children
+from orderdp_dali.score_updates import ScoreUpdates
 
-__all__ = ["DALIPlanIterator", "find_undecodable"]
+__all__ = ["DALIPlanIterator"]
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
-
-
-def find_undecodable(index: SampleIndex, sample_ids: np.ndarray) -> Optional[Tuple[int, str, str]]:
-    """First of ``sample_ids`` whose file cannot be read and fully decoded: (index, path, reason)."""
-    from PIL import Image
-
-    for i in dict.fromkeys(int(s) for s in sample_ids):
-        path = index.path(i)
-        try:
-            if os.path.getsize(path) == 0:
-                return i, str(path), "empty file (0 bytes)"
-            with Image.open(path) as im:
-                im.load()
-        except Exception as e:  # PIL raises many types; any failure names this file
-            return i, str(path), f"{type(e).__name__}: {e}"
-    return None
-
-
-def _is_worker_failure(error: BaseException) -> bool:
-    """Whether DALI's worker pool reported a lost worker (DALI raises plain RuntimeErrors)."""
-    messages = ("Worker data receiving interrupted", "Sending tasks to worker", "Workers initialization failed")
-    seen = error
-    while seen is not None:
-        if any(m in str(seen) for m in messages):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+OUTPUTS = ("data", "label", "index", "weight")
 
 
 class DALIPlanIterator:
@@ -81,30 +61,27 @@ class DALIPlanIterator:
         device: ``"gpu"``, ``"cpu"`` or ``"auto"`` (GPU when CUDA is available).
         device_id: CUDA device; default ``LOCAL_RANK``.
         rank, world_size: default from ``torch.distributed`` or torchrun's environment.
-        num_threads: DALI CPU threads (decoding and augmentation on the CPU backend).
-        py_workers: processes reading file bytes for the external source.
-        seed: augmentation seed (offset by rank).
+        num_threads: DALI CPU threads (file reading, and decoding on the CPU backend).
+        seed: augmentation seed. Every epoch runs a fresh pipeline seeded from (seed,
+            rank, epoch), so an epoch's random crops and flips do not depend on the
+            epochs before it: a run resumed from a checkpoint sees the same ones as an
+            uninterrupted run.
         drop_last: drop each rank's last partial batch instead of yielding it.
         epoch: first epoch to run (use :meth:`load_state_dict` to resume instead).
         sync_scores: merge score updates across ranks at every epoch end (needs an
             initialised process group when ``world_size > 1``).
-        pipeline_config: crop size, normalisation, output dtype.
-        reseed_every_epoch: start a fresh DALI pipeline for every epoch, seeded from
-            (seed, rank, epoch), so an epoch's augmentation does not depend on the
-            epochs before it: a run resumed from a checkpoint then sees the same random
-            crops and flips as an uninterrupted one. Costs one pipeline start (worker
-            spawn) per epoch.
+        prefetch_queue_depth: batches DALI decodes ahead of the one being trained on.
         prefetch_next_epoch: when an epoch ends, choose the next plan at once and let
             DALI start decoding it while the caller validates or checkpoints (default:
             ``train``). Score updates must therefore be made inside the epoch's loop.
+        pipeline_config: crop size, normalisation, output dtype.
 
     Sharding: training plans are padded by wrap-around to a multiple of ``world_size``
     (see :meth:`EpochPlan.shard`), so every rank yields the same number of batches.
 
-    Other sample sources: subclasses override :meth:`_make_publisher`,
-    :meth:`_make_pipeline` and :meth:`_diagnose` (and :meth:`_default_pipeline_config`);
-    the epoch, plan, update and state logic is shared (see
-    :class:`orderdp_dali.cifar.ArrayPlanIterator`).
+    Other sample sources: subclasses override :meth:`_make_samples` and
+    :meth:`_make_pipeline` (and :meth:`_default_pipeline_config`); plans, feeding, score
+    updates and state are shared (see :class:`orderdp_dali.cifar.ArrayPlanIterator`).
     """
 
     def __init__(
@@ -120,304 +97,244 @@ class DALIPlanIterator:
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
         num_threads: Optional[int] = None,
-        py_workers: Optional[int] = None,
         seed: int = 0,
         drop_last: bool = False,
         epoch: int = 0,
         sync_scores: bool = True,
         prefetch_queue_depth: int = 2,
-        reseed_every_epoch: bool = False,
         prefetch_next_epoch: Optional[bool] = None,
         pipeline_config: Optional[Any] = None,
     ) -> None:
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"Invalid batch_size: {batch_size!r} (need an int >= 1)")
-        if policy is not None and policy.num_samples != len(index):
-            raise ValueError(
-                f"policy was built for {policy.num_samples} samples but the index of {index.root} has {len(index)}"
-            )
         if device == "auto":
             device = "gpu" if torch.cuda.is_available() else "cpu"
         if device not in ("cpu", "gpu"):
             raise ValueError(f"Invalid device: {device!r} (choose 'gpu', 'cpu' or 'auto')")
         if device == "gpu" and not torch.cuda.is_available():
             raise RuntimeError("device='gpu' but CUDA is not available; use device='cpu'")
+        if not isinstance(prefetch_queue_depth, int) or prefetch_queue_depth < 1:
+            raise ValueError(f"Invalid prefetch_queue_depth: {prefetch_queue_depth!r} (need an int >= 1)")
         env_rank, env_world = dist_info()
-        self.rank = env_rank if rank is None else rank
-        self.world_size = env_world if world_size is None else world_size
-        EpochPlan(0, np.empty(0), np.empty(0)).shard(self.rank, self.world_size)  # validates both
-        cpus = os.cpu_count() or 1
+        train = policy is not None if train is None else bool(train)
+        if policy is not None and policy.num_samples != len(index):
+            raise ValueError(
+                f"policy was built for {policy.num_samples} samples but the index of {index.root} has {len(index)}"
+            )
+        self.source = PlanSource(
+            len(index),
+            policy,
+            batch_size,
+            rank=env_rank if rank is None else rank,
+            world_size=env_world if world_size is None else world_size,
+            pad=train,
+            drop_last=drop_last,
+            epoch=epoch,
+        )
+        self.scores = ScoreUpdates(policy, sync=sync_scores)
         self.index = index
-        self.policy = policy
-        self.batch_size = batch_size
-        self.train = policy is not None if train is None else bool(train)
-        self.augment = self.train if augment is None else bool(augment)
+        self.train = train
+        self.augment = train if augment is None else bool(augment)
         self.device = device
         self.device_id = int(os.environ.get("LOCAL_RANK", 0)) if device_id is None else device_id
-        self.num_threads = num_threads or max(1, min(4, cpus))
-        self.py_workers = py_workers or max(1, min(4, cpus // 2))
+        self.num_threads = num_threads or max(1, min(4, os.cpu_count() or 1))
         self.seed = int(seed)
-        self.drop_last = bool(drop_last)
-        self.sync_scores = sync_scores
         self.prefetch_queue_depth = prefetch_queue_depth
-        self.reseed_every_epoch = bool(reseed_every_epoch)
-        self.prefetch_next_epoch = self.train if prefetch_next_epoch is None else bool(prefetch_next_epoch)
+        self.prefetch_next_epoch = train if prefetch_next_epoch is None else bool(prefetch_next_epoch)
         self.pipeline_config = pipeline_config or self._default_pipeline_config()
-        self._epoch = int(epoch)
-        self._plan: Optional[EpochPlan] = None
-        self._pipe = None
-        self._watchdog: Optional[WorkerWatchdog] = None
-        self._publisher: Optional[PlanPublisher] = None
-        self._dali_epoch = 0
-        self._unfinished = False  # a pass was started and not run to its end
-        self._prestarted: Optional[EpochPlan] = None  # the plan whose pass started early
+        self.last_pass: Dict[str, Any] = {}  # timing of the latest pass (see _finish_pass)
+        self._samples: Any = None
+        self._prestarted: Optional[PipelinePass] = None
+        self._prestarted_plan: Optional[EpochPlan] = None
         self._active = False
-        self._pending: List[Tuple[np.ndarray, torch.Tensor]] = []
 
     # ------------------------------------------------------------------ plans
     @property
+    def policy(self) -> Optional[Policy]:
+        return self.source.policy
+
+    @property
+    def batch_size(self) -> int:
+        return self.source.batch_size
+
+    @property
+    def rank(self) -> int:
+        return self.source.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.source.world_size
+
+    @property
     def epoch(self) -> int:
         """The epoch that the next (or current) iteration covers."""
-        return self._epoch
+        return self.source.epoch
 
     @property
     def plan(self) -> EpochPlan:
         """The global plan of :attr:`epoch`, chosen on first use (after pending score updates)."""
-        if self._plan is None:
-            self._flush_updates()
-            if self.policy is None:
-                n = len(self.index)
-                self._plan = EpochPlan(self._epoch, np.arange(n, dtype=np.int64), np.ones(n, np.float32))
-            else:
-                self._plan = self.policy.select(self._epoch)
-        return self._plan
+        if not self.source.has_plan:
+            self.scores.flush()
+        return self.source.plan
 
     @property
     def shard(self) -> EpochPlan:
         """This rank's part of :attr:`plan` (before dropping a partial batch)."""
-        return self.plan.shard(self.rank, self.world_size, pad=self.train)
+        self.plan  # noqa: B018 - choose it after flushing the pending updates
+        return self.source.shard
 
     def __len__(self) -> int:
-        n = len(self.shard)
-        return num_steps(n, self.batch_size, self.drop_last)
+        self.plan  # noqa: B018
+        return len(self.source)
 
-    # ------------------------------------------------------------ score updates
     def update(self, indices: Any, losses: Any) -> None:
         """Record a batch's unweighted per-sample losses for the policy.
 
         Losses are buffered as tensors and moved to the host once per epoch, so this does
         not synchronise the GPU on every step.
         """
-        if self.policy is None:
-            raise RuntimeError("update() needs a policy; this iterator has none (evaluation)")
-        idx = indices.numpy() if isinstance(indices, torch.Tensor) and indices.device.type == "cpu" else np.asarray(
-            indices.cpu() if isinstance(indices, torch.Tensor) else indices
-        )
-        loss = losses.detach() if isinstance(losses, torch.Tensor) else torch.as_tensor(np.asarray(losses))
-        if loss.numel() != idx.size:
-            raise ValueError(f"update() got {idx.size} indices but {loss.numel()} losses")
-        self._pending.append((idx.astype(np.int64, copy=True).reshape(-1), loss.reshape(-1)))
-
-    def _flush_updates(self) -> None:
-        if not self._pending or self.policy is None:
-            self._pending.clear()
-            return
-        idx = np.concatenate([i for i, _ in self._pending])
-        losses = torch.cat([l.float() for _, l in self._pending]).cpu().numpy()
-        self._pending.clear()
-        self.policy.update(idx, losses)
+        self.scores.update(indices, losses)
 
     def end_epoch_sync(self) -> None:
         """Flush buffered losses and merge score tables across ranks (called at each epoch end)."""
-        self._flush_updates()
-        if self.policy is not None and self.sync_scores:
-            all_reduce_scores(self.policy.scores)
+        self.scores.end_epoch()
 
     # ---------------------------------------------------------------- iterate
     def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
         if self._active:
             raise RuntimeError("this iterator is already iterating an epoch; finish or break out of it first")
-        return self._run_epoch()
+        self.plan  # noqa: B018 - chosen now, not when the generator first runs
+        batches = self.source.batches()  # a drop_last error is raised here, by iter()
+        return self._run_epoch(batches)
 
-    # ------------------------------------------------- sample-source hooks
+    def _run_epoch(self, batches: EpochBatches) -> Iterator[Dict[str, torch.Tensor]]:
+        self._active = True
+        try:
+            if batches.steps > 0:
+                early = self._take_prestarted()
+                run = early or self._start_pass(batches)
+                for step in range(batches.steps):
+                    yield self._next_batch(run, batches, step)
+                if not run.finished_cleanly():
+                    run.close()
+                    raise RuntimeError(f"DALI produced more batches than epoch {batches.epoch}'s plan holds")
+                self.last_pass = {"start_s": run.start_s, "first_batch_s": run.first_batch_s,
+                                  "prestarted": early is not None}
+                run.close()
+            self.scores.end_epoch()
+            self.source.advance()
+            if self.prefetch_next_epoch:
+                self._prestart_next_epoch()
+        finally:
+            self._active = False
+
+    def _next_batch(self, run: PipelinePass, batches: EpochBatches, step: int) -> Dict[str, torch.Tensor]:
+        try:
+            batch = run.next()
+        except StopIteration:
+            run.close()
+            raise RuntimeError(f"DALI ended epoch {batches.epoch} after {step} of its {batches.steps} batches") from None
+        except Exception as e:
+            run.close()
+            raise self._explain_failure(e, batches, step) from e
+        for key in ("label", "index", "weight"):
+            batch[key] = batch[key].reshape(-1)
+        return batch
+
+    def _explain_failure(self, error: Exception, batches: EpochBatches, step: int) -> Exception:
+        """DALI's error for batch ``step``, as one naming the sample that broke it when one is found."""
+        indices, _ = batches.batch(step)
+        broken = self._samples.find_broken(indices)
+        where = f"epoch {batches.epoch}, step {step}"
+        if broken is not None:
+            i, path, reason = broken
+            return DecodeError(
+                f"cannot read or decode sample {i} ({path}) in {where}: {reason}. "
+                "List every bad file with 'orderdp-dali check-data --deep' and pass the list as "
+                "data.exclude_file (or SampleIndex.scan(..., exclude=...))."
+            )
+        first = str(error).strip().splitlines()
+        return RuntimeError(
+            f"DALI pipeline failed in {where} (samples {indices[:8].tolist()}"
+            f"{'...' if len(indices) > 8 else ''}): {first[0] if first else type(error).__name__}"
+        )
+
+    # ------------------------------------------------------------- passes
     def _default_pipeline_config(self) -> Any:
         from orderdp_dali.pipelines import ImagePipelineConfig
 
         return ImagePipelineConfig()
 
-    def _make_publisher(self) -> PlanPublisher:
-        """The publisher of this source's plans (JPEG files of :attr:`index`)."""
-        return PlanPublisher(self.index.root, self.index.paths, self.index.labels)
+    def _make_samples(self) -> Any:
+        """What the source yields for a sample (see :mod:`orderdp_dali.samples`): its file path."""
+        return FileSamples(self.index.root, self.index.paths.tolist(), self.index.labels)
 
-    def _make_pipeline(self, feeder: Any, **kwargs: Any):
-        """The (unbuilt) DALI pipeline over ``feeder``; ``kwargs`` are :func:`image_pipeline`'s."""
+    def _make_pipeline(self, feed: BatchFeed, **kwargs: Any) -> Any:
+        """The (unbuilt) DALI pipeline over ``feed``; ``kwargs`` are :func:`image_pipeline`'s."""
         from orderdp_dali.pipelines import image_pipeline
 
-        return image_pipeline(feeder, **kwargs)
+        return image_pipeline(feed, **kwargs)
 
-    def _diagnose(self, sample_ids: np.ndarray) -> Optional[Exception]:
-        """An error naming the bad sample among ``sample_ids`` after a pipeline failure, if one is found."""
-        bad = find_undecodable(self.index, sample_ids)
-        if bad is None:
-            return None
-        i, path, reason = bad
-        return DecodeError(
-            f"cannot decode sample {i} ({path}) in epoch {self._epoch}: {reason}. "
-            "List bad files with 'orderdp-dali check-data' and pass them as the exclusion list."
+    def _pass_seed(self, epoch: int) -> int:
+        """The pipeline seed of ``epoch`` on this rank: a pure function of (seed, rank, epoch)."""
+        entropy = [self.seed, self.rank, epoch] if self.train else [self.seed, self.rank]
+        return int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
+
+    def _start_pass(self, batches: EpochBatches) -> PipelinePass:
+        """A fresh pipeline over ``batches``, already decoding its first batches."""
+        if self._samples is None:
+            self._samples = self._make_samples()
+        pipe = self._make_pipeline(
+            BatchFeed(batches, self._samples),
+            train=self.augment,
+            batch_size=self.batch_size,
+            device=self.device,
+            device_id=self.device_id if self.device == "gpu" else None,
+            num_threads=self.num_threads,
+            seed=self._pass_seed(batches.epoch),
+            prefetch_queue_depth=self.prefetch_queue_depth,
+            config=self.pipeline_config,
         )
+        return PipelinePass(pipe, OUTPUTS, batches.steps).start()
 
-    def _start_pass(self, indices: np.ndarray, weights: np.ndarray, padded_len: int) -> None:
-        if self._publisher is None:
-            self._publisher = self._make_publisher()
-        if self._pipe is not None and (self.reseed_every_epoch or self._unfinished):
-            # A pass that was abandoned mid-way (or started for a plan that was then
-            # replaced) cannot be rewound; a fresh pipeline costs a worker start-up, far
-            # less than decoding the rest of an ImageNet epoch just to throw it away.
-            self._stop_pipeline()
-        self._publisher.publish(self._dali_epoch, indices, weights, padded_len)
-        if self._pipe is None:
-            self._pipe = self._make_pipeline(
-                self._publisher.feeder(),
-                train=self.augment,
-                batch_size=self.batch_size,
-                device=self.device,
-                device_id=self.device_id if self.device == "gpu" else None,
-                num_threads=self.num_threads,
-                py_workers=self.py_workers,
-                seed=self._pipeline_seed(),
-                prefetch_queue_depth=self.prefetch_queue_depth,
-                config=self.pipeline_config,
-            )
-            before = spawned_children()
-            self._pipe.build()
-            self._watchdog = WorkerWatchdog(spawned_children() - before)
-        else:
-            self._pipe.reset()
+    def _take_prestarted(self) -> Optional[PipelinePass]:
+        """The pass started early for this epoch's plan, if the plan is still the same."""
+        run, plan = self._prestarted, self._prestarted_plan
+        self._prestarted = self._prestarted_plan = None
+        if run is not None and plan is self.source.plan:
+            return run
+        if run is not None:
+            run.close()  # started for a plan that was replaced (e.g. by load_state_dict)
+        return None
 
-    def _layout(self) -> Tuple[EpochPlan, int, int]:
-        """This rank's shard of the current plan, its step count and how many samples it uses."""
-        shard = self.shard
-        steps = num_steps(len(shard), self.batch_size, self.drop_last)
-        if self.drop_last and steps == 0 and len(shard) > 0:
-            raise ValueError(
-                f"batch_size {self.batch_size} is larger than this rank's {len(shard)} planned samples "
-                f"in epoch {self._epoch} with drop_last=True: the epoch would have no step; "
-                "lower batch_size or set drop_last=False"
-            )
-        used = len(shard) if not self.drop_last else steps * self.batch_size
-        return shard, steps, used
-
-    def _prefetch_next_epoch(self) -> None:
+    def _prestart_next_epoch(self) -> None:
         """Choose the next plan now and let DALI start decoding it.
 
         Called when a training epoch ends (scores already merged), so the pipeline fills
         its prefetch queue while the caller validates or checkpoints, as DALI's own
-        iterator does with ``auto_reset``. Replacing the plan afterwards (e.g. with
-        :meth:`load_state_dict`) only costs a pipeline restart.
+        iterator does with ``auto_reset``.
         """
-        if not self.prefetch_next_epoch or self._pipe is None or self.reseed_every_epoch:
-            return
         try:
-            shard, steps, used = self._layout()
+            batches = self.source.batches()
         except ValueError:
             return  # raised again, with its message, when the epoch is iterated
-        if steps == 0:
-            return
-        self._start_pass(shard.indices[:used], shard.weights[:used], steps * self.batch_size)
-        self._unfinished = True
-        self._prestarted = self._plan
-
-    def _run_epoch(self) -> Iterator[Dict[str, torch.Tensor]]:
-        shard, steps, used = self._layout()
-        self._active = True
-        try:
-            if steps > 0:
-                if self._prestarted is None or self._prestarted is not self._plan:
-                    self._start_pass(shard.indices[:used], shard.weights[:used], steps * self.batch_size)
-                self._prestarted = None
-                self._unfinished = True
-                for step in range(steps):
-                    outputs = self._run_step(shard, step)
-                    valid = min(self.batch_size, used - step * self.batch_size)
-                    yield self._to_batch(outputs, valid)
-                try:
-                    with self._watchdog.guard():
-                        self._pipe.run()
-                except StopIteration:
-                    pass
-                else:
-                    raise RuntimeError("DALI produced more batches than the plan holds")
-                self._unfinished = False
-                self._dali_epoch += 1
-            self.end_epoch_sync()
-            self._epoch += 1
-            self._plan = None
-            self._prefetch_next_epoch()
-        finally:
-            self._active = False
-
-    def _run_step(self, shard: EpochPlan, step: int):
-        try:
-            with self._watchdog.guard():
-                return self._pipe.run()
-        except StopIteration:
-            raise RuntimeError(f"DALI ended epoch {self._epoch} after {step} of its planned batches") from None
-        except WorkerError:
-            self.close()
-            raise
-        except Exception as e:
-            self.close()
-            # The failing sample is in this batch or one DALI prefetched after it.
-            lo = step * self.batch_size
-            hi = (step + 1 + self.prefetch_queue_depth) * self.batch_size
-            diagnosis = self._diagnose(shard.indices[lo:hi])
-            if diagnosis is not None:
-                raise diagnosis from e
-            if _is_worker_failure(e):
-                raise WorkerError(
-                    f"a DALI external-source worker process died in epoch {self._epoch}, step {step} "
-                    f"({e}); it was killed or ran out of memory: check dmesg, or lower py_workers"
-                ) from e
-            raise RuntimeError(f"DALI pipeline failed in epoch {self._epoch}, step {step}: {e}") from e
-
-    def _to_batch(self, outputs, valid: int) -> Dict[str, torch.Tensor]:
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
-        images, labels, indices, weights = outputs
-        if self.device == "gpu":
-            target = torch.device("cuda", self.device_id)
-            stream = torch.cuda.current_stream(target)
-        else:
-            target, stream = torch.device("cpu"), None
-        img = images.as_tensor()
-        if self._pipe.exec_dynamic:
-            # The dynamic executor's outputs own their memory (DALI's own iterator relies on
-            # this too), so torch can share it: no 38 MB copy per 64-image batch.
-            with target:
-                data = torch.from_dlpack(img)
-        else:
-            data = torch.empty(img.shape(), dtype=_TORCH_DTYPES[self.pipeline_config.dtype], device=target)
-            feed_ndarray(img, data, cuda_stream=stream)
-        host = {
-            name: torch.from_numpy(np.array(tl.as_tensor())).reshape(-1)
-            for name, tl in (("label", labels), ("index", indices), ("weight", weights))
-        }
-        batch = {"data": data[:valid], "index": host["index"][:valid]}
-        batch["label"] = host["label"][:valid].to(target, non_blocking=True)
-        batch["weight"] = host["weight"][:valid].to(target, non_blocking=True)
-        return batch
+        if batches.steps > 0:
+            self._prestarted = self._start_pass(batches)
+            self._prestarted_plan = self.source.plan
 
     # ------------------------------------------------------------- lifecycle
     def state_dict(self) -> Dict[str, Any]:
-        """Epoch counter and policy state; pending losses are flushed first. Call between epochs."""
+        """Epoch counter, dataset fingerprint and policy state; pending losses are flushed first.
+
+        Plain data and tensors only, so ``torch.load(path, weights_only=True)`` reads it
+        back. Call between epochs.
+        """
         if self._active:
             raise RuntimeError("state_dict() mid-epoch would lose the epoch's position; call it between epochs")
-        self._flush_updates()
+        self.scores.flush()
         return {
             "version": STATE_VERSION,
-            "epoch": self._epoch,
+            "epoch": self.epoch,
             "dataset": self.index.fingerprint,
-            "policy": None if self.policy is None else self.policy.state_dict(),
+            "policy": None if self.policy is None else numpy_to_torch(self.policy.state_dict()),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -432,44 +349,18 @@ class DALIPlanIterator:
         if (state.get("policy") is None) != (self.policy is None):
             raise ValueError("iterator state and this iterator disagree on having a policy")
         if self.policy is not None:
-            self.policy.load_state_dict(state["policy"])
-        self._epoch = int(state["epoch"])
-        self._plan = None
-        self._pending.clear()
-
-    def _pipeline_seed(self) -> int:
-        if not self.reseed_every_epoch:
-            return self.seed + self.rank
-        return int(np.random.SeedSequence([self.seed, self.rank, self._epoch]).generate_state(1)[0] >> 1)
-
-    def _stop_pipeline(self) -> None:
-        """Drop the DALI pipeline (its workers exit); the next pass starts a new one at DALI epoch 0."""
-        if self._watchdog is not None:  # first, so the workers' planned exit is not reported as a death
-            self._watchdog.close()
-            self._watchdog = None
-        self._pipe = None
-        self._dali_epoch = 0
-        self._unfinished = False
-        self._prestarted = None
+            self.policy.load_state_dict(torch_to_numpy(state["policy"]))
+        self.scores.clear()
+        self.source.set_epoch(int(state["epoch"]))
 
     def close(self) -> None:
-        """Stop DALI's workers and remove the published plans."""
-        self._stop_pipeline()
-        if self._publisher is not None:
-            self._publisher.close()
-            self._publisher = None
+        """Stop a pass that was started early; DALI's threads end with their pipeline."""
+        if self._prestarted is not None:
+            self._prestarted.close()
+        self._prestarted = self._prestarted_plan = None
 
     def __enter__(self) -> "DALIPlanIterator":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}

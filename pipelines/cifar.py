@@ -1,7 +1,7 @@
 """Train and validation pipelines for small in-memory images (CIFAR-10/100, 32x32 RGB).
 
-The per-sample callback returns an already-decoded ``HWC`` uint8 image (plus label, sample
-index and loss weight), so there is no decoder: training applies the CIFAR recipe's
+The batch source yields already-decoded ``HWC`` uint8 images (plus labels, sample indices
+and loss weights), so there is no decoder: training applies the CIFAR recipe's
 pad-by-4 random crop (a random window of the original size, anchored up to ``pad`` pixels
 outside the image, zero-filled) and a horizontal flip, then normalises to ``CHW``.
 Evaluation (and ``train=False``) only normalises. Both run on the CPU or the GPU.
@@ -15,16 +15,13 @@ import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
-from orderdp_dali.pipelines.common import plan_pipeline_def, plan_source
+from orderdp_dali.pipelines.common import DTYPES, batch_source, plan_pipeline_def, to_device
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CifarPipelineConfig", "cifar_pipeline"]
 
 # Per-channel statistics of the CIFAR-10 training set, in the 0-255 range of the uint8 images.
 CIFAR10_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
 CIFAR10_STD = (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)
-
-_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
-
 
 @dataclass(frozen=True)
 class CifarPipelineConfig:
@@ -42,8 +39,8 @@ class CifarPipelineConfig:
             raise ValueError(f"Invalid size: {self.size!r} (need an int >= 1)")
         if not isinstance(self.pad, int) or self.pad < 0:
             raise ValueError(f"Invalid pad: {self.pad!r} (need an int >= 0)")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"Invalid dtype: {self.dtype!r} (choose one of {sorted(_DTYPES)})")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Invalid dtype: {self.dtype!r} (choose one of {sorted(DTYPES)})")
         if not 0 <= self.flip_probability <= 1:
             raise ValueError(f"Invalid flip_probability: {self.flip_probability!r}")
 
@@ -56,7 +53,6 @@ def cifar_pipeline(
     device: str = "cpu",
     device_id: Optional[int] = None,
     num_threads: int = 2,
-    py_workers: int = 1,
     seed: int = 0,
     prefetch_queue_depth: int = 2,
     config: CifarPipelineConfig = CifarPipelineConfig(),
@@ -64,24 +60,25 @@ def cifar_pipeline(
     """Build (not start) a pipeline whose outputs are (images, labels, indices, weights).
 
     Args:
-        source: picklable per-sample callback ``source(SampleInfo) -> (image_hwc_uint8,
-            label, index, weight)``; it runs in ``py_workers`` spawned processes.
+        source: batch callback ``source(BatchInfo) -> (images NHWC uint8, labels, indices,
+            weights)`` (see :class:`~orderdp_dali.plan_source.BatchFeed`), run in the
+            training process.
         train: random pad-and-crop + flip (True) or normalisation only (False).
         device: ``"gpu"`` (augment on the GPU, needs ``device_id``) or ``"cpu"``.
 
-    Images come out normalised, CHW, ``config.dtype``; the other outputs stay on the CPU.
+    Images come out normalised, CHW, ``config.dtype``; labels and weights on the images'
+    device, sample indices on the CPU.
     """
     @plan_pipeline_def(
         batch_size=batch_size,
         device=device,
         device_id=device_id,
         num_threads=num_threads,
-        py_workers=py_workers,
         seed=seed,
         prefetch_queue_depth=prefetch_queue_depth,
     )
     def _pipeline():
-        images, labels, indices, weights = plan_source(source, sample_layout="HWC")
+        images, labels, indices, weights = batch_source(source, sample_layout="HWC")
         if device == "gpu":
             images = images.gpu()
         mirror = 0
@@ -101,9 +98,10 @@ def cifar_pipeline(
             mirror=mirror,
             mean=list(config.mean),
             std=list(config.std),
-            dtype=_DTYPES[config.dtype],
+            dtype=DTYPES[config.dtype],
             output_layout="CHW",
         )
+        labels, weights = to_device(device, labels, weights)
         return images, labels, indices, weights
 
     return _pipeline()

@@ -1,8 +1,9 @@
 """What every plan-fed pipeline shares: backend checks, the ``pipeline_def`` settings, the source.
 
-The image (JPEG) and CIFAR (array) pipelines differ only in their augmentation graphs; both
-are fed per sample by a plan feeder (see :mod:`orderdp_dali.feeder`) running in spawned
-worker processes, and both emit (images, labels, indices, weights).
+The image (JPEG files) and CIFAR (array rows) pipelines differ only in their graphs; both
+take each planned batch from a batch-mode ``fn.external_source`` whose callback
+(:class:`~orderdp_dali.plan_source.BatchFeed`) runs in the training process, and both
+emit (images, labels, indices, weights), labels and weights on the images' device.
 """
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Callable, Optional
 
 from nvidia.dali import fn, pipeline_def, types
 
-__all__ = ["plan_pipeline_def", "plan_source"]
+__all__ = ["DTYPES", "batch_source", "plan_pipeline_def", "to_device"]
+
+DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
 
 
 def plan_pipeline_def(
@@ -19,41 +22,45 @@ def plan_pipeline_def(
     device: str,
     device_id: Optional[int],
     num_threads: int,
-    py_workers: int,
     seed: int,
     prefetch_queue_depth: int,
 ) -> Callable:
     """Check the backend arguments and return the ``pipeline_def`` decorator for them.
 
     Raises:
-        ValueError: ``device`` not ``"cpu"``/``"gpu"``, ``"gpu"`` without ``device_id``, or
-            ``py_workers < 1``.
+        ValueError: ``device`` not ``"cpu"``/``"gpu"``, or ``"gpu"`` without ``device_id``.
     """
     if device not in ("cpu", "gpu"):
         raise ValueError(f"Invalid device: {device!r} (choose 'cpu' or 'gpu')")
     if device == "gpu" and device_id is None:
         raise ValueError("device='gpu' needs a device_id")
-    if py_workers < 1:
-        raise ValueError(f"Invalid py_workers: {py_workers!r} (need >= 1)")
     return pipeline_def(
         batch_size=batch_size,
         num_threads=num_threads,
         device_id=device_id if device == "gpu" else None,
         seed=seed,
-        py_num_workers=py_workers,
-        py_start_method="spawn",
         prefetch_queue_depth=prefetch_queue_depth,
     )
 
 
-def plan_source(source: Callable, sample_layout: Optional[str] = None):
-    """The feeder's four per-sample outputs: (uint8 sample, int64 label, int64 index, float weight)."""
+def batch_source(feed: Callable, sample_layout: Optional[str] = None):
+    """The feed's four batch outputs: (uint8 samples, int64 labels, int64 indices, float weights).
+
+    ``feed(batch_info)`` runs in the training process (no worker processes) and returns
+    whole batches; the last one of a pass may be smaller than the batch size.
+    """
     kwargs = {} if sample_layout is None else {"layout": [sample_layout, "", "", ""]}
     return fn.external_source(
-        source=source,
+        source=feed,
         num_outputs=4,
-        batch=False,
-        parallel=True,
+        batch=True,
+        batch_info=True,
+        parallel=False,
         dtype=[types.UINT8, types.INT64, types.INT64, types.FLOAT],
         **kwargs,
     )
+
+
+def to_device(device: str, *outputs):
+    """``outputs`` on the GPU for ``device="gpu"`` (DALI copies them), else unchanged."""
+    return tuple(o.gpu() for o in outputs) if device == "gpu" else outputs

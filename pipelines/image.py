@@ -1,8 +1,8 @@
 """Train and validation pipelines for JPEG image classification, on GPU or CPU.
 
-Both pipelines take their input from ``fn.external_source`` fed by a per-sample callback
-(returning file bytes, label, sample index and loss weight), so they decode exactly the
-samples the caller asks for. ``device="gpu"`` decodes with ``device="mixed"`` (nvJPEG,
+Both pipelines take each batch's file paths (with labels, sample indices and loss weights)
+from a batch-mode ``fn.external_source`` fed in the training process; ``fn.io.file.read``
+reads the files in DALI's threads, so they decode exactly the samples the caller asks for. ``device="gpu"`` decodes with ``device="mixed"`` (nvJPEG,
 and the hardware JPEG decoder on A100/H100/H200) and augments on the GPU;
 ``device="cpu"`` runs DALI's CPU-only mode (``device_id=None``).
 """
@@ -14,16 +14,13 @@ from typing import Callable, Optional, Tuple
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
-from orderdp_dali.pipelines.common import plan_pipeline_def, plan_source
+from orderdp_dali.pipelines.common import DTYPES, batch_source, plan_pipeline_def, to_device
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagePipelineConfig", "decode_and_augment", "image_pipeline"]
 
 # torchvision's ImageNet statistics, in the 0-255 range DALI decodes to.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
-
 
 @dataclass(frozen=True)
 class ImagePipelineConfig:
@@ -49,8 +46,8 @@ class ImagePipelineConfig:
         lo, hi = self.random_aspect_ratio
         if not 0 < lo <= hi:
             raise ValueError(f"Invalid random_aspect_ratio: {self.random_aspect_ratio!r}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"Invalid dtype: {self.dtype!r} (choose one of {sorted(_DTYPES)})")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Invalid dtype: {self.dtype!r} (choose one of {sorted(DTYPES)})")
         if not 0 <= self.flip_probability <= 1:
             raise ValueError(f"Invalid flip_probability: {self.flip_probability!r}")
 
@@ -85,7 +82,7 @@ def decode_and_augment(jpegs, *, train: bool, device: str, config: ImagePipeline
         mirror=mirror,
         mean=list(config.mean),
         std=list(config.std),
-        dtype=_DTYPES[config.dtype],
+        dtype=DTYPES[config.dtype],
         output_layout="CHW",
     )
 
@@ -98,7 +95,6 @@ def image_pipeline(
     device: str = "cpu",
     device_id: Optional[int] = None,
     num_threads: int = 4,
-    py_workers: int = 2,
     seed: int = 0,
     prefetch_queue_depth: int = 2,
     config: ImagePipelineConfig = ImagePipelineConfig(),
@@ -106,25 +102,28 @@ def image_pipeline(
     """Build (not start) a classification pipeline whose outputs are (images, labels, indices, weights).
 
     Args:
-        source: picklable per-sample callback ``source(SampleInfo) -> (jpeg_bytes, label,
-            index, weight)``; it runs in ``py_workers`` spawned processes.
+        source: batch callback ``source(BatchInfo) -> (encoded file paths, labels,
+            indices, weights)`` (see :class:`~orderdp_dali.plan_source.BatchFeed`); it runs
+            in the training process, and ``fn.io.file.read`` reads the files in DALI's threads.
         train: random-resized crop + flip (True) or resize + center crop (False).
         device: ``"gpu"`` (mixed decoding, needs ``device_id``) or ``"cpu"``.
 
-    Images come out normalised, CHW, ``config.dtype``; the other outputs stay on the CPU.
+    Images come out normalised, CHW, ``config.dtype``; labels and weights on the images'
+    device, sample indices on the CPU.
     """
     @plan_pipeline_def(
         batch_size=batch_size,
         device=device,
         device_id=device_id,
         num_threads=num_threads,
-        py_workers=py_workers,
         seed=seed,
         prefetch_queue_depth=prefetch_queue_depth,
     )
     def _pipeline():
-        jpegs, labels, indices, weights = plan_source(source)
+        paths, labels, indices, weights = batch_source(source)
+        jpegs = fn.io.file.read(paths)
         images = decode_and_augment(jpegs, train=train, device=device, config=config)
+        labels, weights = to_device(device, labels, weights)
         return images, labels, indices, weights
 
     return _pipeline()

@@ -34,7 +34,7 @@ def _tiny_config(tmp_path: Path, root: Path, **extra) -> Path:
         "name": "tiny",
         "dataset": {"root": str(root)},
         "training": {
-            "data": {"crop": 32, "val_resize": 36, "num_threads": 1, "py_workers": 1},
+            "data": {"crop": 32, "val_resize": 36, "num_threads": 1},
             "model": {"name": "tiny"},
             "optim": {"name": "sgd", "lr": 0.05},
             "schedule": {"name": "constant"},
@@ -152,12 +152,19 @@ def test_iterator_bench_cli_writes_json_and_markdown(tmp_path, tiny_dataset):
     assert main(args) == 0
     result = json.loads((out / "iterator_bench_cpu.json").read_text())
     assert result["dataset_size"] == 48 and result["pruned_samples"] == int(int(48 * 0.75) * 0.8)
-    assert set(result["figures"]) == {"a_pruned_time_ratio_over_kept", "b_plan_vs_dali_reader", "c_dali_vs_torchvision"}
+    assert set(result["figures"]) == {"a_pruned_time_ratio_over_kept", "b_plan_vs_dali_reader", "c_dali_vs_torchvision",
+                                      "d_feed_plan_vs_dali_reader", "d_feed_plan_vs_per_sample"}
     stats = result["loaders"]
+    assert {s["images"] for name, s in stats.items() if name.endswith("pruned")} == {result["pruned_samples"]}
+    feed = stats["dali-plan-feed pruned"]["images_per_s"][0] / stats["per-sample-feed pruned"]["images_per_s"][0]
+    assert result["figures"]["d_feed_plan_vs_per_sample"] == pytest.approx(feed)
+    start = result["pipeline_start"]
+    assert start["epochs"] == 2 and 0 < start["build_and_schedule_s"] <= start["start_to_first_batch_s"]
     a = (stats["dali-plan pruned"]["seconds"][0] / stats["dali-plan full"]["seconds"][0]) / result["kept_fraction"]
     assert result["figures"]["a_pruned_time_ratio_over_kept"] == pytest.approx(a)
     md = (out / "iterator_bench_cpu.md").read_text()
     assert "python -m orderdp_dali.bench.iterator_bench" in md and "(b) our iterator" in md
+    assert "(d) feeding only: our iterator / per-sample worker processes" in md and "Pipeline start per epoch" in md
 
 
 # ----------------------------------------------------------------------------- pure parts

@@ -49,7 +49,7 @@ def _rank_main(rank: int, world: int, port: int, root: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     index = SampleIndex.scan(Path(root) / "train", cache_dir=Path(out) / f"cache{rank}")
     policy = make_policy("orderdp", len(index), random_len_ratio=0.9, top_q_ratio=0.825, seed=5, num_epochs=EPOCHS)
-    it = DALIPlanIterator(index, policy, BATCH, device="cpu", num_threads=1, py_workers=1)
+    it = DALIPlanIterator(index, policy, BATCH, device="cpu", num_threads=1)
     report = []
     try:
         for _ in range(EPOCHS):

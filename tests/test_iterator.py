@@ -3,6 +3,7 @@
 Each epoch must yield exactly its plan's shard: no sample missing, none repeated, labels
 and weights belonging to their index, across epochs whose plans differ in size.
 """
+import os
 from collections import Counter
 
 import numpy as np
@@ -33,7 +34,6 @@ class ScriptedPolicy(Policy):
 def make_iterator(index, policy, batch_size=8, **kw):
     kw.setdefault("device", "cpu")
     kw.setdefault("num_threads", 1)
-    kw.setdefault("py_workers", 1)
     kw.setdefault("pipeline_config", SMALL)
     return DALIPlanIterator(index, policy, batch_size, **kw)
 
@@ -249,3 +249,109 @@ def test_plan_replaced_after_the_next_epoch_was_prefetched(index):
         plan = it.plan
         seen, _, _ = run_epoch(it, index)
         assert Counter(seen) == Counter(plan.indices.tolist())
+
+
+def test_state_dict_loads_with_weights_only(index, tmp_path):
+    """The README's snippet: torch.save the state, torch.load it with PyTorch's default weights_only=True."""
+    policy = ScriptedPolicy(len(index), seed=6)
+    with make_iterator(index, policy) as it:
+        run_epoch(it, index)
+        torch.save({"data": it.state_dict()}, tmp_path / "ckpt.pth")
+        expected = it.plan.indices.copy()
+    state = torch.load(tmp_path / "ckpt.pth", weights_only=True)["data"]
+    restored = make_iterator(index, ScriptedPolicy(len(index), seed=6))
+    restored.load_state_dict(state)
+    assert restored.epoch == 1
+    np.testing.assert_array_equal(restored.plan.indices, expected)
+    np.testing.assert_array_equal(restored.policy.scores.values, policy.scores.values)
+
+
+def _epoch_pixels(it):
+    batches = {}
+    for batch in it:
+        for i, img in zip(batch["index"].tolist(), batch["data"]):
+            batches[i] = img.clone()
+    return batches
+
+
+def test_augmentation_depends_on_seed_rank_and_epoch_only(index):
+    """Epoch 1's random crops are the same whether or not epoch 0 ran first: resume is exact."""
+    full = lambda: make_policy_full(len(index))  # noqa: E731
+    with make_iterator(index, full(), train=True) as it:
+        first = _epoch_pixels(it)
+        second = _epoch_pixels(it)
+    with make_iterator(index, full(), train=True, epoch=1) as jumped:
+        again = _epoch_pixels(jumped)
+    assert set(second) == set(again) == set(range(len(index)))
+    assert all(torch.equal(second[i], again[i]) for i in second)
+    assert sum(not torch.equal(first[i], second[i]) for i in first) > len(first) // 2, "epochs draw new crops"
+    with make_iterator(index, full(), train=True, epoch=1, rank=1, world_size=2, sync_scores=False) as other:
+        other_rank = _epoch_pixels(other)
+    assert any(not torch.equal(other_rank[i], again[i]) for i in other_rank)
+
+
+def make_policy_full(n):
+    from orderdp_dali import make_policy
+
+    return make_policy("full", n, seed=0)
+
+
+def _children():
+    me = str(os.getpid())
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[1] == me:
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def test_no_worker_process_is_started(index):
+    before = _children()
+    with make_iterator(index, ScriptedPolicy(len(index), seed=3), num_threads=2) as it:
+        for _ in it:
+            assert _children() == before
+        run_epoch(it, index)
+        assert _children() == before
+
+
+def test_the_file_that_failed_is_named_when_several_bad_files_are_prefetched(tmp_path):
+    """Bad files in batches 2 and 3 of an in-order pass (DALI has both in flight): the error
+    names batch 2's file and step, and the next pass runs (no hang, no leftover state)."""
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=12)
+    index = SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    first, second = index.path(9), index.path(13)  # batch size 4: batches 2 and 3
+    good = first.read_bytes()
+    first.write_bytes(good[: len(good) // 3])
+    second.write_bytes(b"\x00not a jpeg" * 40)
+    with make_iterator(index, None, batch_size=4, prefetch_queue_depth=3) as it:
+        with pytest.raises(DecodeError) as err:
+            run_epoch(it, index, losses=False)
+        assert f"sample 9 ({first})" in str(err.value) and "step 2" in str(err.value)
+        assert "truncated" in str(err.value)
+        first.write_bytes(good)
+        with pytest.raises(DecodeError, match=r"sample 13 .*step 3"):
+            run_epoch(it, index, losses=False)
+        second.write_bytes(good)
+        seen, _, _ = run_epoch(it, index, losses=False)
+    assert seen == list(range(len(index)))
+
+
+def test_a_file_removed_after_indexing_is_named(tmp_path):
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=5)
+    index = SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    index.path(6).unlink()
+    with make_iterator(index, None, batch_size=4) as it:
+        with pytest.raises(DecodeError, match=rf"sample 6 \({index.path(6)}\) in epoch 0, step 1: unreadable"):
+            run_epoch(it, index, losses=False)
+
+
+def test_iterating_twice_at_once_is_refused(index):
+    with make_iterator(index, ScriptedPolicy(len(index))) as it:
+        batches = iter(it)
+        next(batches)
+        with pytest.raises(RuntimeError, match="already iterating"):
+            iter(it)

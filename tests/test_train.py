@@ -104,7 +104,7 @@ def record_plans(monkeypatch, plans: Dict[int, np.ndarray], crash_at: int = -1) 
 
 # Random crops and flips stay on: a fresh pipeline per epoch, seeded from (seed, rank, epoch),
 # makes the resumed run's inputs, and so its weights, bit-identical.
-RESUME = ("train.epochs=4", "policy.name=orderdp", ORDERDP, "data.reseed_every_epoch=true", "train.eval_every=0")
+RESUME = ("train.epochs=4", "policy.name=orderdp", ORDERDP, "train.eval_every=0")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ FAST = [
     "data.crop=32",
     "data.val_resize=32",
     "data.num_threads=1",
-    "data.py_workers=1",
     "model.name=tiny",
     "train.device=cpu",
     "train.batch_size=8",

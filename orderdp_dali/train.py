@@ -15,10 +15,6 @@ tables with one all-reduce per epoch. Rank 0 appends one JSON line per epoch to
 ``<output_dir>/metrics.jsonl`` and writes ``<output_dir>/last.pth`` atomically each epoch.
 
 The benchmark harness calls :func:`run_training` in-process, once per policy.
-
-This is a package so that ``python -m orderdp_dali.train`` runs ``__main__.py``: DALI's
-spawned worker processes re-import a ``-m`` main module unless its name ends in
-``.__main__``, and this module would cost each worker a torch import.
 """
 from __future__ import annotations
 
@@ -46,15 +42,13 @@ from orderdp_dali.checkpoint import (
     LAST,
     check_resumable,
     load_checkpoint,
-    numpy_to_torch,
     resolve_resume,
     save_checkpoint,
-    torch_to_numpy,
     trim_metrics,
     write_atomic,
 )
 from orderdp_dali.config import Config, load_config
-from orderdp_dali.errors import CheckpointError, ConfigError, DatasetError, DecodeError, DistributedError, WorkerError
+from orderdp_dali.errors import CheckpointError, ConfigError, DatasetError, DecodeError, DistributedError
 from orderdp_dali.lr_schedule import lr_at, progress, set_lr
 from orderdp_dali.models import build_model
 from orderdp_dali.policies import make_policy
@@ -195,7 +189,6 @@ def build_iterators(cfg: Config, data: Data, policy: Any, rt: Runtime) -> Tuple[
         rank=rt.rank,
         world_size=rt.world_size,
         num_threads=cfg.data.num_threads,
-        py_workers=cfg.data.py_workers,
         prefetch_queue_depth=cfg.data.prefetch,
         pipeline_config=data.pipeline_config,
     )
@@ -205,7 +198,6 @@ def build_iterators(cfg: Config, data: Data, policy: Any, rt: Runtime) -> Tuple[
         cfg.train.batch_size,
         train=True,
         augment=cfg.data.augment,
-        reseed_every_epoch=cfg.data.reseed_every_epoch,
         seed=cfg.train.seed,
         drop_last=cfg.data.drop_last,
         **common,
@@ -406,7 +398,7 @@ def _checkpoint_state(epoch: int, model: nn.Module, optimizer: Any, scaler: Any,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "iterator": numpy_to_torch(it.state_dict()),
+        "iterator": it.state_dict(),  # plain data and tensors: loads with weights_only=True
         "config": cfg.to_dict(),
         "dataset": fingerprint,
         "planned": list(planned),
@@ -435,7 +427,7 @@ def _resume(path: Path, model: nn.Module, optimizer: Any, scaler: Any, it: Any, 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        it.load_state_dict(torch_to_numpy(state["iterator"]))
+        it.load_state_dict(state["iterator"])
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"cannot resume from {path}: {e}") from e
     epoch = int(state["epoch"])
@@ -540,7 +532,7 @@ _PEER_FAILURE_MARKERS = ("connection reset", "connection closed", "broken pipe",
 
 
 def _is_peer_failure(error: BaseException) -> bool:
-    if isinstance(error, (DecodeError, WorkerError, ConfigError, DatasetError, CheckpointError)):
+    if isinstance(error, (DecodeError, ConfigError, DatasetError, CheckpointError)):
         return False
     if isinstance(error, getattr(dist, "DistError", ())):
         return True
@@ -599,3 +591,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     return 0
 
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""This rank's batches of each epoch's plan, one batch at a time (numpy only, no DALI or torch).
+
+:class:`PlanSource` keeps the epoch counter, asks the policy for each epoch's plan (or
+yields every sample once for evaluation), shards it and cuts this rank's shard into
+batches (:class:`EpochBatches`). :class:`BatchFeed` is the callable handed to DALI's
+``fn.external_source(batch=True, batch_info=True)``: DALI calls it in the training
+process for batch ``k`` of the pass and it answers with that batch's samples (encoded file
+paths or array rows, see :mod:`orderdp_dali.samples`), labels, sample indices and loss
+weights. No worker processes, no files to publish: a new plan is just a new feed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Tuple
+
+import numpy as np
+
+from orderdp_dali.plan import EpochPlan, num_steps
+from orderdp_dali.policies.base import Policy, check_epoch
+
+__all__ = ["BatchFeed", "EpochBatches", "PlanSource", "Samples"]
+
+
+@dataclass(frozen=True)
+class EpochBatches:
+    """This rank's samples of one epoch, cut into ``steps`` batches of ``batch_size``.
+
+    Attributes:
+        epoch: the epoch.
+        indices, weights: the shard's samples in training order (a dropped last partial
+            batch already removed).
+        batch_size: samples per batch; only the last batch may be smaller.
+    """
+
+    epoch: int
+    indices: np.ndarray
+    weights: np.ndarray
+    batch_size: int
+
+    @property
+    def steps(self) -> int:
+        return num_steps(len(self.indices), self.batch_size)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def batch(self, step: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(indices, weights) of batch ``step``."""
+        if not 0 <= step < self.steps:
+            raise IndexError(f"step {step} outside epoch {self.epoch}'s {self.steps} batches")
+        lo = step * self.batch_size
+        return self.indices[lo : lo + self.batch_size], self.weights[lo : lo + self.batch_size]
+
+
+class PlanSource:
+    """Each epoch's plan, this rank's shard of it, and the shard's batches.
+
+    Args:
+        num_samples: samples in the split.
+        policy: chooses each epoch's plan; ``None`` means every sample once, in order.
+        batch_size: per-rank batch size.
+        rank, world_size: this rank and the number of ranks.
+        pad: pad plans by wrap-around so every rank gets the same number of samples
+            (training; see :meth:`EpochPlan.shard`).
+        drop_last: drop each rank's last partial batch.
+        epoch: the first epoch.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        policy: Optional[Policy],
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+        drop_last: bool = False,
+        epoch: int = 0,
+    ) -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"Invalid batch_size: {batch_size!r} (need an int >= 1)")
+        if policy is not None and policy.num_samples != num_samples:
+            raise ValueError(f"policy was built for {policy.num_samples} samples but the split has {num_samples}")
+        EpochPlan(0, np.empty(0), np.empty(0)).shard(rank, world_size)  # validates both
+        self.num_samples = int(num_samples)
+        self.policy = policy
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.pad = bool(pad)
+        self.drop_last = bool(drop_last)
+        self._epoch = check_epoch(epoch)
+        self._plan: Optional[EpochPlan] = None
+
+    @property
+    def epoch(self) -> int:
+        """The epoch that the next (or current) pass covers."""
+        return self._epoch
+
+    @property
+    def has_plan(self) -> bool:
+        """Whether :attr:`plan` of this epoch was already chosen."""
+        return self._plan is not None
+
+    @property
+    def plan(self) -> EpochPlan:
+        """The global plan of :attr:`epoch`, chosen on first use."""
+        if self._plan is None:
+            if self.policy is None:
+                n = self.num_samples
+                self._plan = EpochPlan(self._epoch, np.arange(n, dtype=np.int64), np.ones(n, np.float32))
+            else:
+                self._plan = self.policy.select(self._epoch)
+        return self._plan
+
+    @property
+    def shard(self) -> EpochPlan:
+        """This rank's part of :attr:`plan` (before dropping a partial batch)."""
+        return self.plan.shard(self.rank, self.world_size, pad=self.pad)
+
+    def __len__(self) -> int:
+        return num_steps(len(self.shard), self.batch_size, self.drop_last)
+
+    def batches(self) -> EpochBatches:
+        """This epoch's batches.
+
+        Raises:
+            ValueError: ``drop_last`` with a shard smaller than one batch (no step at all).
+        """
+        shard = self.shard
+        steps = num_steps(len(shard), self.batch_size, self.drop_last)
+        if self.drop_last and steps == 0 and len(shard) > 0:
+            raise ValueError(
+                f"batch_size {self.batch_size} is larger than this rank's {len(shard)} planned samples "
+                f"in epoch {self._epoch} with drop_last=True: the epoch would have no step; "
+                "lower batch_size or set drop_last=False"
+            )
+        used = steps * self.batch_size if self.drop_last else len(shard)
+        return EpochBatches(self._epoch, shard.indices[:used], shard.weights[:used], self.batch_size)
+
+    def advance(self) -> None:
+        """Move to the next epoch (its plan is chosen when first asked for)."""
+        self.set_epoch(self._epoch + 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = check_epoch(epoch)
+        self._plan = None
+
+
+class Samples(Protocol):
+    """Where samples come from: turns sample indices into what the pipeline's source yields."""
+
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def fetch(self, indices: np.ndarray) -> Any:
+        """The batch of samples ``indices`` (a list of uint8 arrays, or one stacked array)."""
+
+
+class BatchFeed:
+    """DALI's batch-mode external-source callback for one pass over :class:`EpochBatches`.
+
+    Called as ``feed(batch_info)`` in the training process; returns (samples, labels,
+    indices, weights) of batch ``batch_info.iteration`` and raises ``StopIteration`` after
+    the last one, which ends DALI's epoch.
+    """
+
+    def __init__(self, batches: EpochBatches, samples: Samples) -> None:
+        self.batches = batches
+        self.samples = samples
+
+    def __call__(self, info: Any) -> Tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+        step = info.iteration
+        if step >= self.batches.steps:
+            raise StopIteration
+        indices, weights = self.batches.batch(step)
+        return self.samples.fetch(indices), self.samples.labels[indices], indices, weights

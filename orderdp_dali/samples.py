@@ -1,0 +1,80 @@
+"""What the pipeline's source hands DALI for a batch of sample indices.
+
+* :class:`FileSamples`: each sample's absolute file path, UTF-8 encoded as a 1-D uint8
+  array, which ``fn.io.file.read`` opens and reads in DALI's own threads. All paths live
+  in one byte buffer with offsets (about 60 MB for ImageNet-1K), so a batch is a list of
+  views into it: no copy, no per-sample Python work beyond a slice.
+* :class:`ArraySamples`: rows of an in-memory uint8 array (CIFAR's ``(N, 32, 32, 3)``),
+  gathered into one contiguous batch array.
+
+Both also answer "which of these samples is broken?" after a pipeline failure.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["ArraySamples", "FileSamples"]
+
+
+class FileSamples:
+    """Samples that are files: ``root / paths[i]`` with class ``labels[i]``."""
+
+    def __init__(self, root: Path, paths: Sequence[str], labels: np.ndarray) -> None:
+        self.root = Path(root)
+        self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+        encoded = [os.fsencode(os.path.join(self.root, p)) for p in paths]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        self._buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def path(self, i: int) -> str:
+        return os.fsdecode(self._buffer[self._offsets[i] : self._offsets[i + 1]].tobytes())
+
+    def fetch(self, indices: np.ndarray) -> List[np.ndarray]:
+        """The encoded paths of ``indices``: views into one buffer."""
+        buf = self._buffer
+        starts = self._offsets[indices].tolist()
+        ends = self._offsets[np.asarray(indices) + 1].tolist()
+        return [buf[a:b] for a, b in zip(starts, ends)]
+
+    def find_broken(self, indices: np.ndarray) -> Optional[Tuple[int, str, str]]:
+        """The first of ``indices`` whose file cannot be read or decoded: (index, path, reason)."""
+        from orderdp_dali.check_data import BAD_REASONS, check_file
+
+        for i in dict.fromkeys(int(s) for s in indices):
+            path = self.path(i)
+            problem = check_file(path, deep=True)
+            if problem is not None and problem[0] in BAD_REASONS:
+                return i, path, f"{problem[0]}: {problem[1]}"
+        return None
+
+
+class ArraySamples:
+    """Samples that are rows of a uint8 array: ``images[i]`` with class ``labels[i]``."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim < 2 or images.shape[0] != len(labels):
+            raise ValueError(
+                f"ArraySamples needs uint8 images of shape (N, ...) with N = {len(labels)} labels, "
+                f"got {images.dtype} {images.shape}"
+            )
+        self.images = images
+        self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def fetch(self, indices: np.ndarray) -> np.ndarray:
+        """``images[indices]`` as one contiguous array."""
+        return np.ascontiguousarray(self.images[indices])
+
+    def find_broken(self, indices: np.ndarray) -> Optional[Tuple[int, str, str]]:
+        return None  # decoded pixels: nothing per sample can be broken
