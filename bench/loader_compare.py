@@ -172,12 +172,14 @@ def _feed_only_iterator_class() -> type:
 
             from orderdp_dali.pipelines.common import batch_source, plan_pipeline_def
 
-            kwargs.pop("train"), kwargs.pop("config")
+            kwargs.pop("train")
+            config = kwargs.pop("config")
 
             @plan_pipeline_def(**kwargs)
             def feed_pipeline():
                 paths, labels, indices, weights = batch_source(feed)
-                return _bytes_only(fn.io.file.read(paths)), labels, indices, weights
+                jpegs = fn.io.file.read(paths, dont_use_mmap=not config.use_mmap)
+                return _bytes_only(jpegs), labels, indices, weights
 
             return feed_pipeline()
 
@@ -186,20 +188,27 @@ def _feed_only_iterator_class() -> type:
 
 class PerSampleFiles:
     """The feeding path this library replaced, for comparison: a per-sample callback in
-    DALI's spawned worker processes, reading one file per call (picklable).
+    DALI's spawned worker processes returning (file bytes, label, index, weight), one file
+    per call (picklable).
 
     Positions past the plan up to a whole batch repeat the last sample (per-sample mode
     only emits whole batches); :class:`PerSampleWorkerLoader` does not count them.
     """
 
-    def __init__(self, paths: Sequence[str], batch_size: int) -> None:
+    def __init__(self, paths: Sequence[str], labels: np.ndarray, plan: EpochPlan, batch_size: int) -> None:
         self.paths = list(paths)
-        self.padded = -(-len(self.paths) // batch_size) * batch_size
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.indices = plan.indices
+        self.weights = plan.weights
+        self.padded = -(-len(plan) // batch_size) * batch_size
 
-    def __call__(self, info: Any) -> np.ndarray:
+    def __call__(self, info: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if info.idx_in_epoch >= self.padded:
             raise StopIteration
-        return np.fromfile(self.paths[min(info.idx_in_epoch, len(self.paths) - 1)], dtype=np.uint8)
+        pos = min(info.idx_in_epoch, len(self.indices) - 1)
+        i = int(self.indices[pos])
+        data = np.fromfile(self.paths[i], dtype=np.uint8)
+        return data, np.array(self.labels[i]), np.array(i, dtype=np.int64), np.array(self.weights[pos])
 
 
 class PerSampleWorkerLoader:
@@ -212,14 +221,16 @@ class PerSampleWorkerLoader:
         from nvidia.dali import fn, pipeline_def, types
 
         self.samples = len(plan)
-        self.batch_size = batch_size
-        feed = PerSampleFiles([str(index.path(int(i))) for i in plan.indices], batch_size)
+        feed = PerSampleFiles([str(index.path(i)) for i in range(len(index))], index.labels, plan, batch_size)
 
         @pipeline_def(batch_size=batch_size, num_threads=workers, device_id=None, seed=seed,
                       py_num_workers=workers, py_start_method="spawn")
         def per_sample_pipeline():
-            data = fn.external_source(source=feed, batch=False, parallel=True, dtype=types.UINT8)
-            return _bytes_only(data)
+            data, labels, indices, weights = fn.external_source(
+                source=feed, num_outputs=4, batch=False, parallel=True,
+                dtype=[types.UINT8, types.INT64, types.INT64, types.FLOAT],
+            )
+            return _bytes_only(data), labels, indices, weights
 
         self.pipe = per_sample_pipeline()
         self.pipe.build()

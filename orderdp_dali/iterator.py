@@ -140,7 +140,7 @@ class DALIPlanIterator:
         self.prefetch_queue_depth = prefetch_queue_depth
         self.prefetch_next_epoch = train if prefetch_next_epoch is None else bool(prefetch_next_epoch)
         self.pipeline_config = pipeline_config or self._default_pipeline_config()
-        self.last_pass: Dict[str, Any] = {}  # timing of the latest pass (see _finish_pass)
+        self.last_pass: Dict[str, Any] = {}  # the latest finished pass: start_s, first_batch_s, prestarted
         self._samples: Any = None
         self._prestarted: Optional[PipelinePass] = None
         self._prestarted_plan: Optional[EpochPlan] = None
@@ -207,6 +207,7 @@ class DALIPlanIterator:
 
     def _run_epoch(self, batches: EpochBatches) -> Iterator[Dict[str, torch.Tensor]]:
         self._active = True
+        self.last_pass = {}
         try:
             if batches.steps > 0:
                 early = self._take_prestarted()

@@ -340,6 +340,10 @@ def train_one_epoch(
         "epoch_time": elapsed,
         "data_time": data_time,
         "images_per_s": total / elapsed if elapsed > 0 else 0.0,
+        # this rank's pipeline build and first scheduling; "prestarted": done when the previous
+        # epoch ended, outside this epoch's time
+        "pipeline_start_s": it.last_pass.get("start_s"),
+        "pipeline_prestarted": it.last_pass.get("prestarted"),
     }
 
 

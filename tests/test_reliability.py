@@ -264,7 +264,7 @@ class Run:
         return "".join(self.out)
 
     def kill_all(self) -> None:
-        """SIGKILL every process still in one of our sessions (DALI workers included)."""
+        """SIGKILL every process still in one of our sessions (torchrun agents and their ranks included)."""
         for pid in _pids_in_sessions(self.sessions):
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -1,6 +1,6 @@
 """End-to-end CPU training: every policy trains, validates, logs and checkpoints; resume is exact.
 
-Runs go through DALI's CPU backend with one worker and one thread on tiny 32 px images.
+Runs go through DALI's CPU backend with one thread on tiny 32 px images.
 """
 from __future__ import annotations
 
