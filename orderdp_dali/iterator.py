@@ -140,7 +140,9 @@ class DALIPlanIterator:
         self.prefetch_queue_depth = prefetch_queue_depth
         self.prefetch_next_epoch = train if prefetch_next_epoch is None else bool(prefetch_next_epoch)
         self.pipeline_config = pipeline_config or self._default_pipeline_config()
-        self.last_pass: Dict[str, Any] = {}  # the latest finished pass: start_s, first_batch_s, prestarted
+        # The latest pass: start_s (build + first scheduling), first_batch_s (start to first
+        # batch), prestarted (started when the previous epoch ended).
+        self.last_pass: Dict[str, Any] = {}
         self._samples: Any = None
         self._prestarted: Optional[PipelinePass] = None
         self._prestarted_plan: Optional[EpochPlan] = None
@@ -212,13 +214,14 @@ class DALIPlanIterator:
             if batches.steps > 0:
                 early = self._take_prestarted()
                 run = early or self._start_pass(batches)
+                self.last_pass = {"start_s": run.start_s, "prestarted": early is not None}
                 for step in range(batches.steps):
-                    yield self._next_batch(run, batches, step)
+                    batch = self._next_batch(run, batches, step)
+                    self.last_pass["first_batch_s"] = run.first_batch_s
+                    yield batch
                 if not run.finished_cleanly():
                     run.close()
                     raise RuntimeError(f"DALI produced more batches than epoch {batches.epoch}'s plan holds")
-                self.last_pass = {"start_s": run.start_s, "first_batch_s": run.first_batch_s,
-                                  "prestarted": early is not None}
                 run.close()
             self.scores.end_epoch()
             self.source.advance()
