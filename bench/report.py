@@ -289,7 +289,7 @@ def _loader_section(loader: Mapping[str, Any]) -> List[str]:
 
 
 def format_steady_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Savings with the first epoch left out (it holds the one-off DALI worker start-up)."""
+    """Savings with the first epoch left out (it holds the one-off start-up: model, allocator, caches)."""
     lines = [
         "| policy | samples (epochs 2..E) | wall-clock (s) | wall saving | sample saving | efficiency | data wait (s) |",
         "|" + "---|" * 7,
@@ -348,7 +348,7 @@ def render_report(results: Mapping[str, Any]) -> str:
             format_table(rows),
             "",
             "Wall-clock = sum of the epochs' training time as the training loop measures it (every step's "
-            "data wait + compute; validation excluded, the first epoch includes the DALI worker start-up), "
+            "data wait + compute; validation excluded, the first epoch includes the one-off start-up), "
             "mean over seeds (± sample std). Samples used = samples trained over all epochs. "
             "Savings are against the full-data mean; efficiency = wall saving / sample saving "
             "(1.0: time shrinks exactly with the samples skipped). Accuracy = validation top-1 (%), "
@@ -370,7 +370,7 @@ def render_report(results: Mapping[str, Any]) -> str:
                 format_seed_table(results["runs"]),
                 "",
                 "Whole run = the full `run_training` call (set-up, DALI start-up, training and validation); "
-                "CPU = CPU seconds of this process and its DALI worker processes.",
+                "CPU = CPU seconds of this process, DALI's threads included.",
             ]
         note = busy_note(results)
         if note:

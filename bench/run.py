@@ -365,7 +365,7 @@ class Progress:
 
 
 def _cpu_seconds() -> float:
-    """CPU time of this process and its reaped children (DALI's worker processes) so far."""
+    """CPU time of this process and its reaped children (DataLoader workers in the loader comparison) so far."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 
@@ -381,8 +381,8 @@ def _run_one(cfg: Any, run_dir: Path, progress: Optional[Progress], label: str) 
     """One ``run_training`` call; its stdout (one JSON line per epoch) goes to ``train.log``.
 
     Returns the epoch records and the run's own figures: wall time of the whole call
-    (set-up, start-up and validation included), CPU seconds (this process plus the DALI
-    workers it reaped; less sensitive than wall time to other jobs on a shared machine)
+    (set-up, start-up and validation included), CPU seconds (this process, DALI's threads
+    included; less sensitive than wall time to other jobs on a shared machine)
     and the 1-minute load average before and after.
     """
     from orderdp_dali.train import run_training
@@ -448,7 +448,7 @@ def run_policies(bench: Mapping[str, Any], root: Path, run_dir: Path, out: TextI
             wcfg = first.override(
                 "train.epochs=1", "train.eval_every=0", "schedule.warmup_epochs=0", "policy.name=full", "policy.params={}"
             )
-            progress.say("warm-up run (1 epoch, untimed: worker start-up, allocator, caches)")
+            progress.say("warm-up run (1 epoch, untimed: start-up, allocator, caches)")
             _, figures = _run_one(wcfg, run_dir / "train" / "warmup", None, "warm-up")
             warm = {"seconds": figures["run_wall_s"]}
             progress.say(f"warm-up done in {warm['seconds']:.1f} s")
