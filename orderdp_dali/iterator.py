@@ -255,10 +255,9 @@ class DALIPlanIterator:
                 "List every bad file with 'orderdp-dali check-data --deep' and pass the list as "
                 "data.exclude_file (or SampleIndex.scan(..., exclude=...))."
             )
-        first = str(error).strip().splitlines()
         return RuntimeError(
             f"DALI pipeline failed in {where} (samples {indices[:8].tolist()}"
-            f"{'...' if len(indices) > 8 else ''}): {first[0] if first else type(error).__name__}"
+            f"{'...' if len(indices) > 8 else ''}): {_dali_summary(error)}"
         )
 
     # ------------------------------------------------------------- passes
@@ -368,3 +367,18 @@ class DALIPlanIterator:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _dali_summary(error: Exception) -> str:
+    """DALI's multi-line error in one line: the operator and the cause, without the traceback
+    of the pipeline definition (the full text stays on the chained exception)."""
+    kept, in_traceback = [], False
+    for line in (raw.strip() for raw in str(error).splitlines()):
+        if line.endswith("with the following traceback:"):
+            kept.append(line[: -len("which was used in the pipeline definition with the following traceback:")].strip())
+            in_traceback = True
+        elif line == "encountered:":
+            in_traceback = False
+        elif line and not in_traceback and not line.startswith(("Critical error in pipeline", "Current pipeline object")):
+            kept.append(line)
+    return " ".join(k for k in kept if k)[:500] or type(error).__name__

@@ -355,3 +355,22 @@ def test_iterating_twice_at_once_is_refused(index):
         next(batches)
         with pytest.raises(RuntimeError, match="already iterating"):
             iter(it)
+
+
+def test_a_failure_no_check_explains_names_the_batch_and_dalis_cause(tmp_path, monkeypatch):
+    """When the file checks find nothing (a file PIL reads but DALI's decoder does not), the
+    error still names the epoch, step and samples, and DALI's cause without its traceback."""
+    from orderdp_dali.samples import FileSamples
+
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=6)
+    index = SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    victim = index.path(5)
+    victim.write_bytes(victim.read_bytes()[:200])
+    monkeypatch.setattr(FileSamples, "find_broken", lambda self, indices: None)
+    with make_iterator(index, None, batch_size=4) as it:
+        with pytest.raises(RuntimeError) as err:
+            run_epoch(it, index, losses=False)
+    message = str(err.value)
+    assert message.startswith("DALI pipeline failed in epoch 0, step 1 (samples [4, 5, 6, 7]): Error in CPU operator")
+    assert "decoders" in message and "traceback" not in message and "File " not in message
+    assert "Critical error" in str(err.value.__cause__)  # DALI's full text stays on the chain
