@@ -115,10 +115,6 @@ class DALIPlanIterator:
             raise ValueError(f"Invalid prefetch_queue_depth: {prefetch_queue_depth!r} (need an int >= 1)")
         env_rank, env_world = dist_info()
         train = policy is not None if train is None else bool(train)
-        if policy is not None and policy.num_samples != len(index):
-            raise ValueError(
-                f"policy was built for {policy.num_samples} samples but the index of {index.root} has {len(index)}"
-            )
         self.source = PlanSource(
             len(index),
             policy,
@@ -128,6 +124,7 @@ class DALIPlanIterator:
             pad=train,
             drop_last=drop_last,
             epoch=epoch,
+            split=f"the index of {index.root}",
         )
         self.scores = ScoreUpdates(policy, sync=sync_scores)
         self.index = index

@@ -64,6 +64,7 @@ class PlanSource:
             (training; see :meth:`EpochPlan.shard`).
         drop_last: drop each rank's last partial batch.
         epoch: the first epoch.
+        split: how error messages name the samples (e.g. the index's folder).
     """
 
     def __init__(
@@ -77,11 +78,12 @@ class PlanSource:
         pad: bool = True,
         drop_last: bool = False,
         epoch: int = 0,
+        split: str = "the split",
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"Invalid batch_size: {batch_size!r} (need an int >= 1)")
         if policy is not None and policy.num_samples != num_samples:
-            raise ValueError(f"policy was built for {policy.num_samples} samples but the split has {num_samples}")
+            raise ValueError(f"policy was built for {policy.num_samples} samples but {split} has {num_samples}")
         EpochPlan(0, np.empty(0), np.empty(0)).shard(rank, world_size)  # validates both
         self.num_samples = int(num_samples)
         self.policy = policy
