@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.policies import FullData, InfoBatch, OrderDP, Policy, UniformRandom
 from orderdp_dali.policies.orderdp import inclusion_probabilities
 
@@ -86,7 +87,8 @@ def measure(
         # Every sample seen once with a random loss, as after the first epoch.
         policy.update(np.arange(num_samples), rng.gamma(2.0, 1.0, num_samples).astype(np.float32))
         size = len(policy.select(0))
-        row(name, "select", _median_ms(lambda k: policy.select(1 + k), repeats), plan_size=size)
+        # select() runs inside this iteration (_median_ms calls it at once): bind this policy.
+        row(name, "select", _median_ms(lambda k, policy=policy: policy.select(1 + k), repeats), plan_size=size)
 
         def update_all(_: int, policy: Policy = policy) -> None:
             for indices, losses in batches:
@@ -155,11 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = measure(args.num_samples, args.repeats, config["batch_size"], seed=args.seed)
     print(format_table(rows))
     if args.json:
-        tmp = f"{args.json}.tmp"
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"config": config, "rows": rows}, f, indent=2)
-        os.replace(tmp, args.json)
+        write_text_atomic(args.json, json.dumps({"config": config, "rows": rows}, indent=2) + "\n")
     return 0
 
 

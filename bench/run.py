@@ -49,6 +49,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 import yaml
 
+from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.bench import report as report_mod
 from orderdp_dali.errors import ConfigError, DatasetError
 
@@ -101,7 +102,8 @@ def apply_override(bench: Dict[str, Any], item: str) -> None:
         raise ConfigError(f"{key}: the bench sets the policy per run; use policies.<name>.<param>=... instead")
     elif head not in BENCH_KEYS:
         raise ConfigError(
-            f"{key}: unknown bench key; known: {', '.join(BENCH_KEYS)} and the recipe sections {', '.join(RECIPE_SECTIONS)}"
+            f"{key}: unknown bench key; known: {', '.join(BENCH_KEYS)} "
+            f"and the recipe sections {', '.join(RECIPE_SECTIONS)}"
         )
     if key == "policies" and isinstance(value, (list, str)):
         names = [value] if isinstance(value, str) else value
@@ -377,7 +379,9 @@ def _load() -> Optional[float]:
         return None
 
 
-def _run_one(cfg: Any, run_dir: Path, progress: Optional[Progress], label: str) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+def _run_one(
+    cfg: Any, run_dir: Path, progress: Optional[Progress], label: str
+) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """One ``run_training`` call; its stdout (one JSON line per epoch) goes to ``train.log``.
 
     Returns the epoch records and the run's own figures: wall time of the whole call
@@ -439,14 +443,22 @@ def run_policies(bench: Mapping[str, Any], root: Path, run_dir: Path, out: TextI
     split = root / first.data.train_split
     out_bytes = warm_page_cache(split) + warm_page_cache(root / first.data.val_split)
     progress = Progress(out, total_epochs=sum(c.train.epochs for c in cfgs.values()))
-    cache = f"page cache warmed ({out_bytes / 1e6:.0f} MB)" if out_bytes else "data larger than half the RAM: page cache not warmed"
+    cache = (
+        f"page cache warmed ({out_bytes / 1e6:.0f} MB)"
+        if out_bytes
+        else "data larger than half the RAM: page cache not warmed"
+    )
     progress.say(f"{cache}; {len(policies)} policies x {len(seeds)} seed(s)")
     runs: List[Dict[str, Any]] = []
     warm: Optional[Dict[str, Any]] = None
     try:
         if bench["warmup"]:
             wcfg = first.override(
-                "train.epochs=1", "train.eval_every=0", "schedule.warmup_epochs=0", "policy.name=full", "policy.params={}"
+                "train.epochs=1",
+                "train.eval_every=0",
+                "schedule.warmup_epochs=0",
+                "policy.name=full",
+                "policy.params={}",
             )
             progress.say("warm-up run (1 epoch, untimed: start-up, allocator, caches)")
             _, figures = _run_one(wcfg, run_dir / "train" / "warmup", None, "warm-up")
@@ -568,9 +580,7 @@ def _run_loader(bench: Mapping[str, Any], root: Path, out: TextIO) -> Dict[str, 
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:
@@ -597,7 +607,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Compare pruning policies end to end (same model, data, seed and recipe) and write a report.",
     )
     p.add_argument("--config", help="bench YAML (see configs/bench_*.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. seeds=[0,1,2] train.epochs=3 policies=[full,orderdp]")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. seeds=[0,1,2] train.epochs=3 policies=[full,orderdp]"
+    )
     p.add_argument("--out", help="run folder (default: <output_root>/<name>-<timestamp>)")
     p.add_argument("--loader-only", action="store_true", help="only the loader throughput comparison (no model)")
     p.add_argument("--print-config", action="store_true", help="print the resolved bench config as JSON and exit")

@@ -34,7 +34,6 @@ import logging
 import os
 import stat
 import sys
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -45,6 +44,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, U
 
 from tqdm import tqdm
 
+from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.errors import DatasetError
 
 __all__ = [
@@ -122,7 +122,13 @@ class Finding:
     detail: str = ""
 
     def to_json(self) -> Dict[str, str]:
-        return {"path": self.path, "relpath": self.relpath, "split": self.split, "reason": self.reason, "detail": self.detail}
+        return {
+            "path": self.path,
+            "relpath": self.relpath,
+            "split": self.split,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -484,18 +490,7 @@ def write_report(report: CheckReport, path: PathLike) -> Path:
             shown = json.dumps(f.path, ensure_ascii=False) if ("\n" in f.path or "\r" in f.path) else f.path
             lines.append(f"{f.reason}\t{shown}")
         text = "\n".join(lines) + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # training reads this list: it must survive a crash whole
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return write_text_atomic(out, text)  # training reads this list: it must survive a crash whole
 
 
 def load_exclusion_list(path: PathLike, root: Optional[PathLike] = None) -> Set[str]:
@@ -555,7 +550,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"parallel workers (default: {os.cpu_count()}); processes with --deep, threads without")
     p.add_argument("--output", metavar="FILE",
                    help="write the bad-file list: JSON if FILE ends in .json, else '<reason>\\t<path>' lines")
-    p.add_argument("--split", nargs="+", metavar="NAME", help="split folders to check (default: train val, those present)")
+    p.add_argument("--split", nargs="+", metavar="NAME",
+                   help="split folders to check (default: train val, those present)")
     p.add_argument("--strict", action="store_true", help="count warnings (e.g. a PNG named .JPEG) as bad files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -569,7 +565,10 @@ def _print_summary(report: CheckReport, listed: int = 20) -> None:
     print(f"  {report.num_files} image files checked in {report.seconds:.1f} s ({rate:.0f} files/s)")
     for title, items in (("bad files", report.bad), ("warnings", report.warnings)):
         counts = Counter(f.reason for f in items)
-        print(f"  {title}: {len(items)}" + (f" ({', '.join(f'{r} {n}' for r, n in sorted(counts.items()))})" if items else ""))
+        print(
+            f"  {title}: {len(items)}"
+            + (f" ({', '.join(f'{r} {n}' for r, n in sorted(counts.items()))})" if items else "")
+        )
         for f in items[:listed]:
             rel = f"{f.split}/{f.relpath}" if f.split else f.relpath
             print(f"    {rel}: {f.reason}" + (f" ({f.detail})" if f.detail else ""))

@@ -5,21 +5,22 @@ A checkpoint is a dict of plain data and tensors (no pickled objects), so it loa
 the iterator's state (policy scores and settings; numpy arrays stored as tensors), the
 run's config as plain data, the training set's fingerprint and the per-epoch plan sizes.
 
-Writes go to a temporary file in the destination folder, are flushed and fsync'ed, then
-``os.replace``'d over the target: a crash mid-write leaves the previous file intact.
+Writes are atomic (:mod:`orderdp_dali.atomic`): a crash mid-write leaves the previous
+file intact.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
 
+from orderdp_dali.atomic import write_atomic, write_text_atomic
+from orderdp_dali.config import to_plain
 from orderdp_dali.errors import CheckpointError
 
 __all__ = [
@@ -32,38 +33,12 @@ __all__ = [
     "save_checkpoint",
     "torch_to_numpy",
     "trim_metrics",
-    "write_atomic",
 ]
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 LAST = "last.pth"
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-def write_atomic(path: PathLike, write: Any, mode: str = "wb") -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable; not every filesystem lets a folder be fsync'ed
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> None:
@@ -86,7 +61,9 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         found = state.get("version") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path} is not an orderdp-dali checkpoint of version {CHECKPOINT_VERSION} (found {found!r})")
+        raise CheckpointError(
+            f"{path} is not an orderdp-dali checkpoint of version {CHECKPOINT_VERSION} (found {found!r})"
+        )
     return state
 
 
@@ -107,7 +84,9 @@ def resolve_resume(resume: Optional[str], output_dir: PathLike) -> Optional[Path
     return path
 
 
-def check_resumable(state: Mapping[str, Any], path: PathLike, fingerprint: str, policy_state: Mapping[str, Any]) -> None:
+def check_resumable(
+    state: Mapping[str, Any], path: PathLike, fingerprint: str, policy_state: Mapping[str, Any]
+) -> None:
     """Refuse to continue ``state`` on another dataset or with another policy (name or settings).
 
     Args:
@@ -123,12 +102,13 @@ def check_resumable(state: Mapping[str, Any], path: PathLike, fingerprint: str, 
     if saved != fingerprint:
         saved_root = (state.get("config") or {}).get("data", {}).get("root", "?")
         raise CheckpointError(
-            f"checkpoint {path} was made on another dataset: fingerprint {str(saved)[:16]}... (data.root {saved_root}), "
-            f"this run's is {fingerprint[:16]}...; resume on the same training set or start a fresh run"
+            f"checkpoint {path} was made on another dataset: fingerprint {str(saved)[:16]}... "
+            f"(data.root {saved_root}), this run's is {fingerprint[:16]}...; "
+            "resume on the same training set or start a fresh run"
         )
     saved_policy = ((state.get("iterator") or {}).get("policy")) or {}
-    then = (saved_policy.get("policy"), _plain(saved_policy.get("config")))
-    now = (policy_state.get("policy"), _plain(policy_state.get("config")))
+    then = (saved_policy.get("policy"), to_plain(saved_policy.get("config")))
+    now = (policy_state.get("policy"), to_plain(policy_state.get("config")))
     if then != now:
         raise CheckpointError(
             f"checkpoint {path} was made with policy {then[0]!r} {then[1]}, this run asks for policy "
@@ -161,16 +141,6 @@ def torch_to_numpy(obj: Any) -> Any:
     return obj
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.generic, torch.Tensor)):
-        return obj.tolist()
-    return obj
-
-
 def trim_metrics(path: PathLike, first_epoch: int) -> List[Dict[str, Any]]:
     """Drop the lines of a JSON-lines metrics log with ``epoch >= first_epoch`` (atomically); return the rest.
 
@@ -192,5 +162,5 @@ def trim_metrics(path: PathLike, first_epoch: int) -> List[Dict[str, Any]]:
         if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] < first_epoch:
             kept.append(record)
     text = "".join(json.dumps(r) + "\n" for r in kept)
-    write_atomic(path, lambda f: f.write(text), mode="w")
+    write_text_atomic(path, text)
     return kept

@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.errors import DatasetError
 
 __all__ = ["MODES", "MANIFEST_NAME", "make_dataset", "read_manifest", "main"]
@@ -208,7 +208,10 @@ def _sample_photos() -> Tuple[np.ndarray, ...]:
     """
     spec = importlib.util.find_spec("sklearn")
     if spec is None or spec.origin is None:
-        raise DatasetError("mode 'imagenet-like' needs scikit-learn's sample photos: pip install scikit-learn")
+        raise DatasetError(
+            "mode 'imagenet-like' needs scikit-learn's sample photos: pip install 'orderdp-dali[sample-data]' "
+            "(or scikit-learn)"
+        )
     folder = Path(spec.origin).parent / "datasets" / "images"
     files = sorted(folder.glob("*.jpg"))
     if files:
@@ -291,7 +294,9 @@ def _load_digits() -> Tuple[np.ndarray, np.ndarray]:
     """
     spec = importlib.util.find_spec("sklearn")
     if spec is None or spec.origin is None:
-        raise DatasetError("mode 'digits' needs scikit-learn: pip install scikit-learn")
+        raise DatasetError(
+            "mode 'digits' needs scikit-learn: pip install 'orderdp-dali[sample-data]' (or scikit-learn)"
+        )
     csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
     if csv.is_file():
         with gzip.open(csv, "rt") as f:
@@ -315,11 +320,17 @@ def _digits_split(
         n_val = int(round(DIGITS_VAL_FRACTION * len(idx)))
         split["val"].append(images[idx[:n_val]])
         split["train"].append(images[idx[n_val:]])
-    for name, option, want in (("train", "--train-per-class", train_per_class), ("val", "--val-per-class", val_per_class)):
+    for name, option, want in (
+        ("train", "--train-per-class", train_per_class),
+        ("val", "--val-per-class", val_per_class),
+    ):
         have = min(len(a) for a in split[name])
         if want is not None:
             if want > have:
-                raise ValueError(f"{option} must be <= {have} for mode 'digits' (the {name} split has that many per class), got {want}")
+                raise ValueError(
+                    f"{option} must be <= {have} for mode 'digits' "
+                    f"(the {name} split has that many per class), got {want}"
+                )
             split[name] = [a[:want] for a in split[name]]
     return split
 
@@ -347,7 +358,9 @@ def _plan_jobs(root: Path, request: Dict[str, Any], split: Optional[Dict[str, Li
             for start, stop in _chunks(counts[split_name][label], chunk):
                 paths = tuple(str(folder / f"{name}_{split_name}_{i:05d}.JPEG") for i in range(start, stop))
                 if split is not None:
-                    jobs.append(_Job(mode, seed, split_id, label, None, paths, start, split[split_name][label][start:stop]))
+                    jobs.append(
+                        _Job(mode, seed, split_id, label, None, paths, start, split[split_name][label][start:stop])
+                    )
                 else:
                     jobs.append(_Job(mode, seed, split_id, label, styles[label], paths, start))
     return jobs
@@ -367,15 +380,7 @@ def read_manifest(out_dir: PathLike) -> Optional[Dict[str, Any]]:
 
 
 def _write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _resolve_request(
@@ -449,7 +454,10 @@ def _prepare_out_dir(root: Path, request: Dict[str, Any], force: bool) -> None:
 
 
 def _describe(request: Dict[str, Any]) -> str:
-    return ", ".join(f"{k}={request.get(k)}" for k in ("mode", "num_classes", "train_per_class", "val_per_class", "seed", "generator"))
+    return ", ".join(
+        f"{k}={request.get(k)}"
+        for k in ("mode", "num_classes", "train_per_class", "val_per_class", "seed", "generator")
+    )
 
 
 def make_dataset(

@@ -12,13 +12,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from orderdp_dali.atomic import write_atomic
 from orderdp_dali.errors import DatasetError
 
 __all__ = ["SampleIndex", "IMG_EXTENSIONS", "find_classes"]
@@ -182,16 +182,9 @@ def _load_cache(cache: Path, root: Path, classes: List[str], signature: List[int
 def _save_cache(cache: Path, index: SampleIndex, signature: List[int]) -> None:
     """Write the cache atomically; a read-only cache location only costs a rescan next time."""
     meta = {"version": CACHE_VERSION, "root": str(index.root), "classes": list(index.classes), "signature": signature}
-    tmp = None
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), paths=index.paths, labels=index.labels)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, cache)
+        write_atomic(
+            cache, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), paths=index.paths, labels=index.labels)
+        )
     except OSError as e:
         log.warning("could not write the index cache %s: %s", cache, e)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)

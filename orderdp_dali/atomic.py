@@ -1,0 +1,59 @@
+"""Atomic file writes: a crash mid-write leaves the previous file (or none) intact, never half a file.
+
+The one way this project writes a file that something else reads back (checkpoints, the
+index cache, check-data's bad-file list, dataset manifests, benchmark results): write a
+temporary file in the destination folder, flush and fsync it, rename it over the target,
+then fsync the folder so the rename itself survives a power loss.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Union
+
+__all__ = ["write_atomic", "write_text_atomic"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def write_atomic(path: PathLike, write: Callable[[IO[Any]], Any], mode: str = "wb") -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    Args:
+        path: the target; its folder is created if missing.
+        write: writes the content to the open file it is given.
+        mode: ``"wb"`` (bytes) or ``"w"`` (UTF-8 text).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"Invalid mode: {mode!r} (choose 'wb' or 'w')")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable; not every filesystem lets a folder be fsync'ed
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    """:func:`write_atomic` of a UTF-8 string."""
+    return write_atomic(path, lambda f: f.write(text), mode="w")
