@@ -167,21 +167,15 @@ def _feed_only_iterator_class() -> type:
     class FeedOnlyPlanIterator(DALIPlanIterator):
         """The plan iterator with the byte count of the read bytes in place of decode + augment."""
 
-        def _make_pipeline(self, feed: Any, **kwargs: Any):
+        def _make_pipeline(self, feed: Any, *, train: bool, config: Any, **settings: Any):
             from nvidia.dali import fn
 
-            from orderdp_dali.pipelines.common import batch_source, plan_pipeline_def
+            from orderdp_dali.pipelines.common import plan_pipeline
 
-            kwargs.pop("train")
-            config = kwargs.pop("config")
+            def read_only(paths):
+                return _bytes_only(fn.io.file.read(paths, dont_use_mmap=not config.use_mmap))
 
-            @plan_pipeline_def(**kwargs)
-            def feed_pipeline():
-                paths, labels, indices, weights = batch_source(feed)
-                jpegs = fn.io.file.read(paths, dont_use_mmap=not config.use_mmap)
-                return _bytes_only(jpegs), labels, indices, weights
-
-            return feed_pipeline()
+            return plan_pipeline(feed, read_only, **settings)
 
     return FeedOnlyPlanIterator
 
@@ -349,7 +343,9 @@ class TorchvisionLoader:
         cfg = pipeline_config or ImagePipelineConfig()
         transform = transforms.Compose(
             [
-                transforms.RandomResizedCrop(cfg.crop, scale=tuple(cfg.random_area), ratio=tuple(cfg.random_aspect_ratio)),
+                transforms.RandomResizedCrop(
+                    cfg.crop, scale=tuple(cfg.random_area), ratio=tuple(cfg.random_aspect_ratio)
+                ),
                 transforms.RandomHorizontalFlip(cfg.flip_probability),
                 transforms.ToTensor(),
                 transforms.Normalize([m / 255.0 for m in cfg.mean], [s / 255.0 for s in cfg.std]),
@@ -518,7 +514,9 @@ def cpu_ratio(a: Mapping[str, Any], b: Mapping[str, Any]) -> Optional[float]:
     None when no round measured CPU time for both (a clock tick is 10 ms: tiny epochs).
     """
     pairs = [
-        (a["images"] / ca) / (b["images"] / cb) for ca, cb in zip(a["cpu_seconds"], b["cpu_seconds"]) if ca > 0 and cb > 0
+        (a["images"] / ca) / (b["images"] / cb)
+        for ca, cb in zip(a["cpu_seconds"], b["cpu_seconds"])
+        if ca > 0 and cb > 0
     ]
     return statistics.median(pairs) if pairs else None
 
@@ -540,7 +538,13 @@ def build_loaders(
         raise ValueError(f"Unknown loader(s) {unknown}; choose from {list(LOADER_CLASSES)}")
     return {
         n: LOADER_CLASSES[n](
-            index, plan, batch_size=batch_size, workers=workers, device=device, seed=seed, pipeline_config=pipeline_config
+            index,
+            plan,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            seed=seed,
+            pipeline_config=pipeline_config,
         )
         for n in names
     }

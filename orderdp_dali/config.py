@@ -43,6 +43,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "set_path",
+    "to_plain",
 ]
 
 PathLike = Union[str, "Path"]
@@ -182,7 +183,7 @@ class Config:
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able data (dicts, lists, str, int, float, bool, None)."""
-        return _plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Config":
@@ -386,7 +387,9 @@ def _check_cross_fields(cfg: Config) -> None:
     if sched.warmup_epochs > cfg.train.epochs:
         raise ConfigError(f"schedule.warmup_epochs: {sched.warmup_epochs} exceeds train.epochs={cfg.train.epochs}")
     if list(sched.milestones) != sorted(sched.milestones) or any(m < 0 for m in sched.milestones):
-        raise ConfigError(f"schedule.milestones: need non-negative epochs in increasing order, got {list(sched.milestones)}")
+        raise ConfigError(
+            f"schedule.milestones: need non-negative epochs in increasing order, got {list(sched.milestones)}"
+        )
     _check_policy(cfg.policy, cfg.train)
 
 
@@ -399,7 +402,10 @@ def _check_model_name(name: str) -> None:
     if name not in known:
         close = difflib.get_close_matches(name, list(known) + list(CUSTOM_MODELS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"model.name: unknown model {name!r} (a torchvision classification model or one of {', '.join(CUSTOM_MODELS)}){hint}")
+        raise ConfigError(
+            f"model.name: unknown model {name!r} "
+            f"(a torchvision classification model or one of {', '.join(CUSTOM_MODELS)}){hint}"
+        )
 
 
 def _check_policy(policy: PolicyConfig, train: TrainConfig) -> None:
@@ -423,9 +429,13 @@ def _check_policy(policy: PolicyConfig, train: TrainConfig) -> None:
         raise ConfigError(f"policy.params: {e}") from None
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+def to_plain(obj: Any) -> Any:
+    """``obj`` as JSON-able data: mappings with string keys, lists, and numbers for numpy
+    scalars, arrays and tensors (anything with ``tolist()``)."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [to_plain(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
     return obj

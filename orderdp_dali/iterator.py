@@ -35,14 +35,14 @@ from orderdp_dali.errors import DecodeError
 from orderdp_dali.plan import EpochPlan
 from orderdp_dali.plan_source import BatchFeed, EpochBatches, PlanSource
 from orderdp_dali.policies.base import Policy
-from orderdp_dali.samples import FileSamples
 from orderdp_dali.sample_index import SampleIndex
+from orderdp_dali.samples import FileSamples
 from orderdp_dali.score_updates import ScoreUpdates
 
 __all__ = ["DALIPlanIterator"]
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 1
+ITERATOR_STATE_VERSION = 1
 OUTPUTS = ("data", "label", "index", "weight")
 
 
@@ -232,7 +232,9 @@ class DALIPlanIterator:
             batch = run.next()
         except StopIteration:
             run.close()
-            raise RuntimeError(f"DALI ended epoch {batches.epoch} after {step} of its {batches.steps} batches") from None
+            raise RuntimeError(
+                f"DALI ended epoch {batches.epoch} after {step} of its {batches.steps} batches"
+            ) from None
         except Exception as e:
             run.close()
             raise self._explain_failure(e, batches, step) from e
@@ -331,7 +333,7 @@ class DALIPlanIterator:
             raise RuntimeError("state_dict() mid-epoch would lose the epoch's position; call it between epochs")
         self.scores.flush()
         return {
-            "version": STATE_VERSION,
+            "version": ITERATOR_STATE_VERSION,
             "epoch": self.epoch,
             "dataset": self.index.fingerprint,
             "policy": None if self.policy is None else numpy_to_torch(self.policy.state_dict()),
@@ -339,7 +341,7 @@ class DALIPlanIterator:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from ``state``: the next epoch and its plan equal the saved run's."""
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") != ITERATOR_STATE_VERSION:
             raise ValueError(f"unsupported iterator state version {state.get('version')!r}")
         if state.get("dataset") != self.index.fingerprint:
             raise ValueError(
@@ -376,6 +378,10 @@ def _dali_summary(error: Exception) -> str:
             in_traceback = True
         elif line == "encountered:":
             in_traceback = False
-        elif line and not in_traceback and not line.startswith(("Critical error in pipeline", "Current pipeline object")):
+        elif (
+            line
+            and not in_traceback
+            and not line.startswith(("Critical error in pipeline", "Current pipeline object"))
+        ):
             kept.append(line)
     return " ".join(k for k in kept if k)[:500] or type(error).__name__

@@ -37,6 +37,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.checkpoint import (
     CHECKPOINT_VERSION,
     LAST,
@@ -45,7 +46,6 @@ from orderdp_dali.checkpoint import (
     resolve_resume,
     save_checkpoint,
     trim_metrics,
-    write_atomic,
 )
 from orderdp_dali.config import Config, load_config
 from orderdp_dali.errors import CheckpointError, ConfigError, DatasetError, DecodeError, DistributedError
@@ -237,7 +237,9 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 def build_model_for(cfg: Config, num_classes: int, rt: Runtime) -> Tuple[nn.Module, nn.Module]:
     """(model to train, possibly DDP-wrapped; the bare model for checkpoints and evaluation)."""
     if 0 < cfg.model.num_classes < num_classes:
-        raise ConfigError(f"model.num_classes: {cfg.model.num_classes} is fewer than the {num_classes} classes of the data")
+        raise ConfigError(
+            f"model.num_classes: {cfg.model.num_classes} is fewer than the {num_classes} classes of the data"
+        )
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     bare = build_model(cfg.model.name, cfg.model.num_classes or num_classes).to(rt.device)
     if cfg.model.channels_last:
@@ -248,9 +250,13 @@ def build_model_for(cfg: Config, num_classes: int, rt: Runtime) -> Tuple[nn.Modu
     return ddp, bare
 
 
-def _autocast(cfg: Config, rt: Runtime):
+def _forward(model: nn.Module, images: torch.Tensor, cfg: Config, rt: Runtime) -> torch.Tensor:
+    """float32 logits of ``images``, in channels-last layout and under autocast as ``cfg`` says."""
+    if cfg.model.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     dtype = _AMP_DTYPES[cfg.train.amp]
-    return torch.autocast(device_type=rt.device.type, dtype=dtype, enabled=dtype is not None)
+    with torch.autocast(device_type=rt.device.type, dtype=dtype, enabled=dtype is not None):
+        return model(images).float()
 
 
 def _all_reduce_sum(values: List[float], rt: Runtime) -> List[float]:
@@ -299,14 +305,8 @@ def train_one_epoch(
         data_time += time.perf_counter() - t
         lr = lr_at(cfg.schedule, cfg.optim.lr, cfg.train.epochs, progress(epoch, step, steps))
         set_lr(optimizer, lr)
-        images = batch["data"]
-        if cfg.model.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(cfg, rt):
-            logits = model(images)
-        losses = F.cross_entropy(
-            logits.float(), batch["label"], reduction="none", label_smoothing=cfg.train.label_smoothing
-        )
+        logits = _forward(model, batch["data"], cfg, rt)
+        losses = F.cross_entropy(logits, batch["label"], reduction="none", label_smoothing=cfg.train.label_smoothing)
         loss = (losses * batch["weight"]).mean()
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -357,12 +357,7 @@ def evaluate(model: nn.Module, it: Any, cfg: Config, rt: Runtime) -> Dict[str, f
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=rt.device)  # top1, top5, loss, count
     for batch in it:
-        images = batch["data"]
-        if cfg.model.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(cfg, rt):
-            logits = model(images)
-        logits = logits.float()
+        logits = _forward(model, batch["data"], cfg, rt)
         labels = batch["label"]
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == labels[:, None]
@@ -423,7 +418,9 @@ def _save(state: Dict[str, Any], out: Path, epoch_done: int, cfg: Config) -> Non
             save_checkpoint(state, keep)
 
 
-def _resume(path: Path, model: nn.Module, optimizer: Any, scaler: Any, it: Any, fingerprint: str) -> Tuple[int, List[int]]:
+def _resume(
+    path: Path, model: nn.Module, optimizer: Any, scaler: Any, it: Any, fingerprint: str
+) -> Tuple[int, List[int]]:
     """Load ``path`` into the training objects; return (next epoch, plan sizes so far)."""
     state = load_checkpoint(path)
     check_resumable(state, path, fingerprint, it.policy.state_dict())
@@ -486,7 +483,7 @@ def run_training(
                 print(f"resumed from {ckpt}: continuing at epoch {start}", flush=True)
         if rt.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            write_atomic(out / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=2) + "\n"), mode="w")
+            write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
             trim_metrics(out / METRICS, start)
         records = []
         for epoch in range(start, cfg.train.epochs):
@@ -571,7 +568,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5 policy.name=orderdp"
     )
-    parser.add_argument("--resume", metavar="PATH|auto", help="checkpoint to continue, or 'auto' (output dir's last.pth)")
+    parser.add_argument(
+        "--resume", metavar="PATH|auto", help="checkpoint to continue, or 'auto' (output dir's last.pth)"
+    )
     parser.add_argument("--output-dir", help="override train.output_dir")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     return parser

@@ -9,13 +9,13 @@ Evaluation (and ``train=False``) only normalises. Both run on the CPU or the GPU
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Tuple
 
 import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
-from orderdp_dali.pipelines.common import DTYPES, batch_source, plan_pipeline_def, to_device
+from orderdp_dali.pipelines.common import DTYPES, plan_pipeline
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CifarPipelineConfig", "cifar_pipeline"]
 
@@ -49,13 +49,9 @@ def cifar_pipeline(
     source: Callable,
     *,
     train: bool,
-    batch_size: int,
     device: str = "cpu",
-    device_id: Optional[int] = None,
-    num_threads: int = 2,
-    seed: int = 0,
-    prefetch_queue_depth: int = 2,
     config: CifarPipelineConfig = CifarPipelineConfig(),
+    **settings: Any,
 ) -> Pipeline:
     """Build (not start) a pipeline whose outputs are (images, labels, indices, weights).
 
@@ -65,20 +61,14 @@ def cifar_pipeline(
             training process.
         train: random pad-and-crop + flip (True) or normalisation only (False).
         device: ``"gpu"`` (augment on the GPU, needs ``device_id``) or ``"cpu"``.
+        settings: ``batch_size`` and the other pipeline settings of
+            :func:`~orderdp_dali.pipelines.common.plan_pipeline`.
 
     Images come out normalised, CHW, ``config.dtype``; labels and weights on the images'
     device, sample indices on the CPU.
     """
-    @plan_pipeline_def(
-        batch_size=batch_size,
-        device=device,
-        device_id=device_id,
-        num_threads=num_threads,
-        seed=seed,
-        prefetch_queue_depth=prefetch_queue_depth,
-    )
-    def _pipeline():
-        images, labels, indices, weights = batch_source(source, sample_layout="HWC")
+
+    def augment(images):
         if device == "gpu":
             images = images.gpu()
         mirror = 0
@@ -89,11 +79,9 @@ def cifar_pipeline(
                 anchor = fn.random.uniform(values=list(range(-config.pad, config.pad + 1)), shape=[2])
                 anchor = fn.cast(anchor, dtype=types.INT32)
                 shape = np.array([config.size, config.size], dtype=np.int32)
-                images = fn.slice(
-                    images, anchor, types.Constant(shape), axis_names="WH", out_of_bounds_policy="pad"
-                )
+                images = fn.slice(images, anchor, types.Constant(shape), axis_names="WH", out_of_bounds_policy="pad")
             mirror = fn.random.coin_flip(probability=config.flip_probability)
-        images = fn.crop_mirror_normalize(
+        return fn.crop_mirror_normalize(
             images,
             mirror=mirror,
             mean=list(config.mean),
@@ -101,7 +89,5 @@ def cifar_pipeline(
             dtype=DTYPES[config.dtype],
             output_layout="CHW",
         )
-        labels, weights = to_device(device, labels, weights)
-        return images, labels, indices, weights
 
-    return _pipeline()
+    return plan_pipeline(source, augment, device=device, sample_layout="HWC", **settings)

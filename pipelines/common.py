@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.pipeline import Pipeline
 
-__all__ = ["DTYPES", "batch_source", "plan_pipeline_def", "to_device"]
+__all__ = ["DTYPES", "batch_source", "plan_pipeline", "plan_pipeline_def", "to_device"]
 
 DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
 
@@ -64,3 +65,46 @@ def batch_source(feed: Callable, sample_layout: Optional[str] = None):
 def to_device(device: str, *outputs):
     """``outputs`` on the GPU for ``device="gpu"`` (DALI copies them), else unchanged."""
     return tuple(o.gpu() for o in outputs) if device == "gpu" else outputs
+
+
+def plan_pipeline(
+    source: Callable,
+    transform: Callable,
+    *,
+    batch_size: int,
+    device: str = "cpu",
+    device_id: Optional[int] = None,
+    num_threads: int = 2,
+    seed: int = 0,
+    prefetch_queue_depth: int = 2,
+    sample_layout: Optional[str] = None,
+) -> Pipeline:
+    """Build (not start) a plan-fed pipeline whose outputs are (images, labels, indices, weights).
+
+    Args:
+        source: the batch callback (see :class:`~orderdp_dali.plan_source.BatchFeed`); it runs
+            in the training process.
+        transform: ``transform(samples) -> images`` inside the pipeline definition: what
+            makes normalised CHW images of the source's samples (decoding, augmentation).
+        batch_size, device, device_id, num_threads, seed, prefetch_queue_depth: the
+            pipeline's settings (see :func:`plan_pipeline_def`).
+        sample_layout: the layout of the source's samples (e.g. ``"HWC"`` for arrays).
+
+    Labels and weights come out on the images' device, sample indices on the CPU.
+    """
+
+    @plan_pipeline_def(
+        batch_size=batch_size,
+        device=device,
+        device_id=device_id,
+        num_threads=num_threads,
+        seed=seed,
+        prefetch_queue_depth=prefetch_queue_depth,
+    )
+    def _pipeline():
+        samples, labels, indices, weights = batch_source(source, sample_layout)
+        images = transform(samples)
+        labels, weights = to_device(device, labels, weights)
+        return images, labels, indices, weights
+
+    return _pipeline()

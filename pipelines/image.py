@@ -2,19 +2,20 @@
 
 Both pipelines take each batch's file paths (with labels, sample indices and loss weights)
 from a batch-mode ``fn.external_source`` fed in the training process; ``fn.io.file.read``
-reads the files in DALI's threads, so they decode exactly the samples the caller asks for. ``device="gpu"`` decodes with ``device="mixed"`` (nvJPEG,
-and the hardware JPEG decoder on A100/H100/H200) and augments on the GPU;
-``device="cpu"`` runs DALI's CPU-only mode (``device_id=None``).
+reads the files in DALI's threads, so they decode exactly the samples the caller asks for.
+``device="gpu"`` decodes with ``device="mixed"`` (nvJPEG, and the hardware JPEG decoder on
+A100/H100/H200) and augments on the GPU; ``device="cpu"`` runs DALI's CPU-only mode
+(``device_id=None``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Tuple
 
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
-from orderdp_dali.pipelines.common import DTYPES, batch_source, plan_pipeline_def, to_device
+from orderdp_dali.pipelines.common import DTYPES, plan_pipeline
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagePipelineConfig", "decode_and_augment", "image_pipeline"]
 
@@ -94,13 +95,9 @@ def image_pipeline(
     source: Callable,
     *,
     train: bool,
-    batch_size: int,
     device: str = "cpu",
-    device_id: Optional[int] = None,
-    num_threads: int = 4,
-    seed: int = 0,
-    prefetch_queue_depth: int = 2,
     config: ImagePipelineConfig = ImagePipelineConfig(),
+    **settings: Any,
 ) -> Pipeline:
     """Build (not start) a classification pipeline whose outputs are (images, labels, indices, weights).
 
@@ -110,23 +107,15 @@ def image_pipeline(
             in the training process, and ``fn.io.file.read`` reads the files in DALI's threads.
         train: random-resized crop + flip (True) or resize + center crop (False).
         device: ``"gpu"`` (mixed decoding, needs ``device_id``) or ``"cpu"``.
+        settings: ``batch_size`` and the other pipeline settings of
+            :func:`~orderdp_dali.pipelines.common.plan_pipeline`.
 
     Images come out normalised, CHW, ``config.dtype``; labels and weights on the images'
     device, sample indices on the CPU.
     """
-    @plan_pipeline_def(
-        batch_size=batch_size,
-        device=device,
-        device_id=device_id,
-        num_threads=num_threads,
-        seed=seed,
-        prefetch_queue_depth=prefetch_queue_depth,
-    )
-    def _pipeline():
-        paths, labels, indices, weights = batch_source(source)
-        jpegs = fn.io.file.read(paths, dont_use_mmap=not config.use_mmap)
-        images = decode_and_augment(jpegs, train=train, device=device, config=config)
-        labels, weights = to_device(device, labels, weights)
-        return images, labels, indices, weights
 
-    return _pipeline()
+    def read_decode_augment(paths):
+        jpegs = fn.io.file.read(paths, dont_use_mmap=not config.use_mmap)
+        return decode_and_augment(jpegs, train=train, device=device, config=config)
+
+    return plan_pipeline(source, read_decode_augment, device=device, **settings)

@@ -28,7 +28,7 @@ __all__ = [
     "first_full_epoch",
 ]
 
-STATE_VERSION = 1
+POLICY_STATE_VERSION = 1
 
 
 def check_ratio(name: str, value: Any) -> float:
@@ -61,15 +61,15 @@ def floor_times(ratio: float, count: int) -> int:
     return int(math.floor(x + 1e-9 * max(1.0, abs(x))))
 
 
-def first_full_epoch(delta: float, num_epochs: int) -> int:
-    """The first annealing (full-data) epoch: the smallest epoch ``e`` with ``e >= delta * num_epochs``.
+def first_full_epoch(anneal_delta: float, num_epochs: int) -> int:
+    """The first annealing (full-data) epoch: the smallest epoch ``e`` with ``e >= anneal_delta * num_epochs``.
 
     Epochs ``0 .. first_full_epoch - 1`` are pruned, the rest train on all samples. With
-    ``num_epochs=90`` and ``delta=0.875`` (78.75) epochs 0..78 are pruned and 79..89 are
-    full; ``delta=1`` never anneals within ``num_epochs``. Float rounding is forgiven as in
+    ``num_epochs=90`` and ``anneal_delta=0.875`` (78.75) epochs 0..78 are pruned and 79..89
+    are full; ``anneal_delta=1`` never anneals within ``num_epochs``. Float rounding is forgiven as in
     :func:`floor_times` (``0.7 * 10`` gives 7, not 8).
     """
-    x = float(delta) * int(num_epochs)
+    x = float(anneal_delta) * int(num_epochs)
     return int(math.ceil(x - 1e-9 * max(1.0, abs(x))))
 
 
@@ -136,6 +136,8 @@ class Policy(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: Fraction of the epochs that prune; later epochs train on all samples. None: every epoch prunes.
+    anneal_delta: Optional[float] = None
 
     def __init__(self, num_samples: int, *, seed: int = 0, num_epochs: Optional[int] = None) -> None:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -158,16 +160,15 @@ class Policy(ABC):
         """Validate an optional annealing fraction (full data from ``first_full_epoch`` on)."""
         if anneal_delta is None:
             return None
-        delta = check_ratio("anneal_delta", anneal_delta)
+        checked = check_ratio("anneal_delta", anneal_delta)
         if self.num_epochs is None:
             raise ValueError(f"anneal_delta={anneal_delta!r} needs num_epochs (got None)")
-        return delta
+        return checked
 
     def prunes(self, epoch: int) -> bool:
         """Whether ``epoch`` is pruned: always, unless ``anneal_delta`` makes the last epochs full."""
         epoch = check_epoch(epoch)
-        delta = getattr(self, "anneal_delta", None)
-        return delta is None or epoch < first_full_epoch(delta, self.num_epochs)
+        return self.anneal_delta is None or epoch < first_full_epoch(self.anneal_delta, self.num_epochs)
 
     @abstractmethod
     def select(self, epoch: int) -> EpochPlan:
@@ -187,7 +188,7 @@ class Policy(ABC):
 
     def state_dict(self) -> Dict[str, Any]:
         return {
-            "version": STATE_VERSION,
+            "version": POLICY_STATE_VERSION,
             "policy": self.name,
             "config": self.config(),
             "scores": self.scores.state_dict(),
@@ -196,7 +197,7 @@ class Policy(ABC):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("policy") != self.name:
             raise ValueError(f"state_dict is for policy {state.get('policy')!r}, not {self.name!r}")
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") != POLICY_STATE_VERSION:
             raise ValueError(f"unsupported policy state version {state.get('version')!r}")
         if dict(state["config"]) != self.config():
             raise ValueError(

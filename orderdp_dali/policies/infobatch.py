@@ -3,7 +3,7 @@
 "Well learned" means a score (last loss) below the mean score. A fraction ``prune_ratio``
 of those is dropped at random each epoch and the kept ones get loss weight
 ``1 / (1 - prune_ratio)``, so the expected gradient of the epoch equals the full-data one.
-The last ``1 - delta`` of the epochs train on all samples (annealing).
+The last ``1 - anneal_delta`` of the epochs train on all samples (annealing).
 
 Division of labour with the training loop: the loss for backward is
 ``mean(per_sample_loss * weight)`` over the batch, while :meth:`InfoBatch.update` must get
@@ -18,9 +18,7 @@ import numpy as np
 from orderdp_dali.plan import EpochPlan
 from orderdp_dali.policies.base import (
     Policy,
-    check_epoch,
     check_ratio,
-    first_full_epoch,
     floor_times,
     register_policy,
 )
@@ -86,7 +84,7 @@ def _check_prune_ratio(value: Any) -> float:
 class InfoBatch(Policy):
     """Drop part of the below-mean-loss samples, up-weight the rest: cheaper, same expected gradient.
 
-    While ``epoch < delta * num_epochs`` (before :func:`first_full_epoch`): of the ``count``
+    While ``epoch < anneal_delta * num_epochs`` (before :func:`first_full_epoch`): of the ``count``
     well-learned samples (score below the mean score of the seen samples, see
     :func:`well_learned`) a random ``floor(keep_ratio * count)``, drawn without replacement,
     are kept with weight ``1 / keep_ratio``, where ``keep_ratio = max(0.1, 1 - prune_ratio)``;
@@ -98,7 +96,8 @@ class InfoBatch(Policy):
     Args:
         num_samples: n, the number of training samples.
         prune_ratio: fraction of the well-learned samples to drop, in [0, 1); default 0.5.
-        delta: fraction of the epochs that prune, in (0, 1]; default 0.875.
+        anneal_delta: fraction of the epochs that prune, in (0, 1]; default 0.875 (the
+            reference's ``delta``).
         seed: seed of the per-epoch generators.
         num_epochs: total epochs (required: annealing depends on it).
 
@@ -112,21 +111,17 @@ class InfoBatch(Policy):
         self,
         num_samples: int,
         prune_ratio: float = 0.5,
-        delta: float = 0.875,
+        anneal_delta: float = 0.875,
         *,
         seed: int = 0,
         num_epochs: Optional[int] = None,
     ) -> None:
         super().__init__(num_samples, seed=seed, num_epochs=num_epochs)
         self.prune_ratio = _check_prune_ratio(prune_ratio)
-        self.delta = check_ratio("delta", delta)
         if self.num_epochs is None:
-            raise ValueError("InfoBatch needs num_epochs (its annealing starts at delta * num_epochs)")
+            raise ValueError("InfoBatch needs num_epochs (its annealing starts at anneal_delta * num_epochs)")
+        self.anneal_delta = check_ratio("anneal_delta", anneal_delta)
         self.keep_ratio = max(MIN_KEEP_RATIO, 1.0 - self.prune_ratio)
-
-    def prunes(self, epoch: int) -> bool:
-        """Whether ``epoch`` is before the annealing epochs."""
-        return check_epoch(epoch) < first_full_epoch(self.delta, self.num_epochs)
 
     def select(self, epoch: int) -> EpochPlan:
         """All non-well-learned samples plus a random share of the well-learned ones, shuffled."""
@@ -145,5 +140,5 @@ class InfoBatch(Policy):
         return self.num_samples - count + floor_times(self.keep_ratio, count)
 
     def config(self) -> Dict[str, Any]:
-        """Base settings plus prune_ratio and delta."""
-        return {**super().config(), "prune_ratio": self.prune_ratio, "delta": self.delta}
+        """Base settings plus prune_ratio and anneal_delta."""
+        return {**super().config(), "prune_ratio": self.prune_ratio, "anneal_delta": self.anneal_delta}
