@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,8 @@ def tiny_dataset(tmp_path_factory) -> Path:
     from orderdp_dali.make_data import make_dataset
 
     return make_dataset(
-        tmp_path_factory.mktemp("bench") / "data", mode="small", num_classes=3, train_per_class=16, val_per_class=4, workers=1
+        tmp_path_factory.mktemp("bench") / "data",
+        mode="small", num_classes=3, train_per_class=16, val_per_class=4, workers=1,
     )
 
 
@@ -42,7 +43,7 @@ def _tiny_config(tmp_path: Path, root: Path, **extra) -> Path:
         },
         "policies": {
             "full": {},
-            "infobatch": {"prune_ratio": 0.5, "delta": 0.875},
+            "infobatch": {"prune_ratio": 0.5, "anneal_delta": 0.875},
             "orderdp": {"random_len_ratio": 0.75, "top_q_ratio": 0.8},
             "uniform": {"random_len_ratio": 0.75, "top_q_ratio": 0.8},
         },
@@ -70,6 +71,7 @@ def _table_rows(md: str, header_start: str):
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # a whole bench run (seconds); the pure parts below stay in the fast tier
 def test_harness_writes_run_folder_with_consistent_report(tmp_path, tiny_dataset, capsys):
     from orderdp_dali.bench.run import main
 
@@ -143,6 +145,7 @@ def test_harness_writes_run_folder_with_consistent_report(tmp_path, tiny_dataset
     assert "## Loader only" in md
 
 
+@pytest.mark.slow
 def test_iterator_bench_cli_writes_json_and_markdown(tmp_path, tiny_dataset):
     from orderdp_dali.bench.iterator_bench import main
 
@@ -254,14 +257,46 @@ def test_gpu_check_dry_run_prints_every_step_and_runs_nothing(tmp_path):
     assert "dry run: nothing executed" in text
     assert not out.exists()
 
-    cpu = subprocess.run(["bash", str(script), "--cpu", "--dry-run", "--skip-tests"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    cpu = subprocess.run(
+        ["bash", str(script), "--cpu", "--dry-run", "--skip-tests"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
     assert cpu.returncode == 0 and "--device cpu" in cpu.stdout and "pytest" not in cpu.stdout
 
     bad = subprocess.run(["bash", str(script), "--bogus"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown option '--bogus'" in bad.stderr
 
 
-def test_gpu_config_validates_with_the_training_config_loader():
+def test_gpu_check_runs_the_python_of_PYTHON_else_the_one_on_path(tmp_path):
+    """Every python step of gpu_check.sh uses $PYTHON when set, plain ``python`` otherwise."""
+    script = REPO / "bench" / "gpu_check.sh"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "OUT")}
+
+    def dry_run(**extra):
+        proc = subprocess.run(
+            ["bash", str(script), "--dry-run", "--out", str(tmp_path / "out")],
+            cwd=REPO, capture_output=True, text=True, timeout=60, env={**env, **extra},
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    steps = ("-m pytest -m gpu", "-m orderdp_dali.make_data", "-m orderdp_dali.bench.loader_compare")
+    custom = "/opt/some env/bin/python3.11"
+    default, overridden = dry_run(), dry_run(PYTHON=custom)
+    for step in steps:
+        assert f"python {step}" in default and f"{custom} {step}" in overridden, step
+    assert custom not in default
+
+
+def test_gpu_bench_runs_get_the_gpu_recipe():
+    """Each policy of the GPU bench builds its training config with ResNet-50, AMP and the GPU."""
+    from orderdp_dali.bench.run import recipe_config
+
     b = load_bench_config(str(REPO / "configs" / "bench_gpu_r50.yaml"))
-    assert b["training"]["model"]["name"] == "resnet50" and b["training"]["train"]["amp"] in ("bf16", "fp16")
-    assert sys.executable  # the script's python defaults to the one on PATH ($PYTHON overrides)
+    assert list(b["policies"]) == ["full", "orderdp"]
+    for policy, params in b["policies"].items():
+        cfg = recipe_config(b, policy, params, seed=0, output_dir="unused", dataset_root=b["dataset"]["root"])
+        assert cfg.policy.name == policy and dict(cfg.policy.params) == params
+        assert cfg.model.name == "resnet50" and cfg.model.channels_last
+        assert cfg.train.amp in ("bf16", "fp16") and cfg.train.device == "auto"
+        assert cfg.data.crop == 224 and cfg.schedule.name == "onecycle"

@@ -32,7 +32,9 @@ def _salt(tmp_path: Path) -> Tuple[Path, Dict[Tuple[str, str], str], Dict[Tuple[
 
     Returns the root, and the expected bad files and warnings as {(split, relpath): reason}.
     """
-    root = make_dataset(tmp_path / "data set", mode="small", num_classes=3, train_per_class=3, val_per_class=2, workers=1)
+    root = make_dataset(
+        tmp_path / "data set", mode="small", num_classes=3, train_per_class=3, val_per_class=2, workers=1
+    )
     jpeg = _encode("JPEG")
     bad: Dict[Tuple[str, str], str] = {}
     warn: Dict[Tuple[str, str], str] = {}
@@ -113,7 +115,7 @@ def test_header_check_finds_exactly_the_salted_problems(salted, workers):
     generated = 3 * 3 + 3 * 2
     # salted image files: train 12 (incl. the broken link), val 1 (+1 locked), linked 2 per split
     assert report.num_files == generated + 12 + 1 + 4 + (0 if AS_ROOT else 1)
-    for path, reason in report.bad_files:
+    for path, _reason in report.bad_files:
         assert os.path.isabs(path)
     f = next(f for f in report.bad if f.relpath == f"{UNICODE_CLASS}/bäd 文件.JPEG")
     assert f.path == os.path.join(os.path.realpath(root / "val"), f.relpath)
@@ -265,4 +267,5 @@ def test_unreadable_files_as_root_without_dac_override(tmp_path):
     if proc.returncode != 0 and "setpriv" in proc.stderr:
         pytest.skip(f"cannot drop capabilities here: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == [[os.path.join(os.path.realpath(root / "train"), "c000_synthetic", locked.name), "unreadable"]]
+    locked_path = os.path.join(os.path.realpath(root / "train"), "c000_synthetic", locked.name)
+    assert json.loads(proc.stdout) == [[locked_path, "unreadable"]]

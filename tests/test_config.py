@@ -38,9 +38,10 @@ def test_recipes_follow_the_reference():
     assert (r18.model.name, r18.optim.lr, r18.train.batch_size) == ("resnet18", 1.98, 64)
     assert r18.policy.params == {"random_len_ratio": 0.8, "top_q_ratio": 0.9}
     ib = load_config(CONFIGS / "imagenet_r50_infobatch.yaml", ["data.root=/d"])
-    assert ib.policy.params == {"prune_ratio": 0.5, "delta": 0.875}
+    assert ib.policy.params == {"prune_ratio": 0.5, "anneal_delta": 0.875}
     c100 = load_config(CONFIGS / "cifar100_r50_orderdp.yaml", ["data.root=/d"])
-    assert (c100.data.dataset, c100.model.name, c100.optim.name, c100.optim.lr) == ("cifar100", "cifar_resnet50", "sgd", 0.03)
+    c100_recipe = (c100.data.dataset, c100.model.name, c100.optim.name, c100.optim.lr)
+    assert c100_recipe == ("cifar100", "cifar_resnet50", "sgd", 0.03)
     assert (c100.train.batch_size, c100.train.epochs) == (128, 200)
     assert c100.policy.params == {"random_len_ratio": 0.8, "top_q_ratio": 0.375}
     assert load_config(CONFIGS / "cifar10_r50_full.yaml", ["data.root=/d"]).data.dataset == "cifar10"
@@ -48,7 +49,10 @@ def test_recipes_follow_the_reference():
 
 def test_base_chain_and_overrides(tmp_path):
     write(tmp_path / "a.yaml", "train: {epochs: 7, seed: 3}\noptim: {lr: 0.2}\ndata: {root: /r}\n")
-    write(tmp_path / "b.yaml", "base: a.yaml\ntrain: {epochs: 9}\npolicy: {name: orderdp, params: {top_q_ratio: 0.5}}\n")
+    write(
+        tmp_path / "b.yaml",
+        "base: a.yaml\ntrain: {epochs: 9}\npolicy: {name: orderdp, params: {top_q_ratio: 0.5}}\n",
+    )
     cfg = load_config(tmp_path / "b.yaml", ["optim.weight_decay=1e-5", "policy.params.random_len_ratio=0.9"])
     assert (cfg.train.epochs, cfg.train.seed, cfg.optim.lr) == (9, 3, 0.2)
     assert cfg.optim.weight_decay == 1e-5  # "1e-5" is a string to YAML 1.1; floats accept it

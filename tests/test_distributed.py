@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch.multiprocessing as mp
-
 from train_helpers import overrides, write_colour_dataset
 
 EPOCHS, BATCH = 2, 4
@@ -71,6 +70,7 @@ def _rank_main(rank: int, world: int, port: int, root: str, out: str) -> None:
         pickle.dump(report, f)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 4])
 def test_ranks_agree_on_plans_shards_and_scores(world, data, tmp_path):
     mp.spawn(_rank_main, args=(world, free_port(), str(data), str(tmp_path)), nprocs=world, join=True)
@@ -109,6 +109,7 @@ def test_ranks_agree_on_plans_shards_and_scores(world, data, tmp_path):
         assert reports[0][0]["scores"][i] == pytest.approx(np.mean(sorted(values)), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_ddp_training_with_torchrun(data, tmp_path):
     out = tmp_path / "run"
     cmd = [

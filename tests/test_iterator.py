@@ -9,12 +9,11 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import HAS_CUDA, write_jpeg_folder
 
 from orderdp_dali import DALIPlanIterator, EpochPlan, Policy, SampleIndex
 from orderdp_dali.errors import DecodeError
 from orderdp_dali.pipelines import ImagePipelineConfig
-
-from conftest import HAS_CUDA, write_jpeg_folder
 
 SMALL = ImagePipelineConfig(crop=16, val_resize=20)
 
@@ -102,7 +101,6 @@ def test_real_policies_through_dali(index, policy_name, params):
 
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_simulated_ranks_get_equal_disjoint_shards(index, world_size):
-    plans = []
     per_rank = []
     for rank in range(world_size):
         policy = ScriptedPolicy(len(index), seed=11)

@@ -19,19 +19,47 @@ def test_onecycle_endpoints_and_shape():
     assert all(a >= b for a, b in zip(lrs[30:], lrs[31:]))
 
 
-def test_onecycle_matches_torch_for_a_fixed_epoch_length():
-    epochs, steps = 4, 250
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+def torch_onecycle_lrs(epochs, steps, max_lr, pct_start, div_factor, final_div_factor):
+    """torch's ``OneCycleLR`` (cosine) LR before each of the ``epochs * steps`` steps, and after the last.
+
+    Ours is a function of progress p = step / steps: it rises over ``[0, pct_start * epochs]``
+    and ends at ``p = epochs`` (after the last step). torch ends its first phase at step
+    ``pct_start * total_steps - 1`` and reaches its final LR at step ``total_steps - 1``.
+    With ``total_steps = T + 1`` and ``pct_start * (T + 1) - 1 = pct_start_ours * T`` the two
+    are the same curve, so the comparison below is exact, not "within a step's change".
+    """
+    total = epochs * steps
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=max_lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=0.1, epochs=epochs, steps_per_epoch=steps, pct_start=0.25, cycle_momentum=False
+        opt, max_lr=max_lr, total_steps=total + 1, pct_start=(pct_start * total + 1) / (total + 1),
+        div_factor=div_factor, final_div_factor=final_div_factor, anneal_strategy="cos", cycle_momentum=False,
     )
-    for e in range(epochs):
-        for s in range(steps):
-            ours = onecycle_lr(progress(e, s, steps), epochs, 0.1, pct_start=0.25)
-            # torch places its phase boundaries one step early; agree to ~one step's change
-            assert ours == pytest.approx(opt.param_groups[0]["lr"], rel=0.02, abs=1e-4)
+    lrs = []
+    for _ in range(total + 1):
+        lrs.append(opt.param_groups[0]["lr"])
+        if len(lrs) <= total:
             opt.step()
             sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize(
+    "epochs, steps, pct_start, div_factor, final_div_factor",
+    [(4, 250, 0.25, 25.0, 1e4), (3, 40, 0.3, 10.0, 100.0), (5, 7, 0.2, 4.0, 3.0)],
+)
+def test_onecycle_equals_torch_onecycle_step_by_step(epochs, steps, pct_start, div_factor, final_div_factor):
+    expected = torch_onecycle_lrs(epochs, steps, 0.1, pct_start, div_factor, final_div_factor)
+    ours = [
+        onecycle_lr(progress(i // steps, i % steps, steps), epochs, 0.1, pct_start, div_factor, final_div_factor)
+        for i in range(epochs * steps)
+    ] + [onecycle_lr(float(epochs), epochs, 0.1, pct_start, div_factor, final_div_factor)]
+    assert ours == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    # the comparison has teeth: both curves really go up, then down to max_lr / div / final_div
+    assert max(expected) == pytest.approx(0.1) and expected[-1] == pytest.approx(0.1 / div_factor / final_div_factor)
+    # and through lr_at, which must pass the schedule's settings on
+    cfg = ScheduleConfig(name="onecycle", pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor)
+    via_cfg = [lr_at(cfg, 0.1, epochs, i / steps) for i in range(epochs * steps + 1)]
+    assert via_cfg == pytest.approx(expected, rel=1e-9, abs=1e-15)
 
 
 def test_cosine_with_warmup():
@@ -63,11 +91,48 @@ def test_progress_is_continuous_across_epochs_of_different_lengths():
     assert lr_at(cfg, 1.0, 4, 5.0) == lr_at(cfg, 1.0, 4, 4.0)  # clamped past the end
 
 
-@pytest.mark.parametrize("name", ["onecycle", "cosine", "step", "constant"])
-def test_lr_at_dispatch(name):
-    cfg = ScheduleConfig(name=name, warmup_epochs=1.0, milestones=(2.0,))
-    lr = lr_at(cfg, 0.5, 4, 1.5)
-    assert 0 < lr <= 0.5 and math.isfinite(lr)
+def closed_form(name, base, total, p, warmup, min_lr, milestones, gamma):
+    """Each schedule written out directly (independent of the module's helpers)."""
+    ramp = p / warmup if warmup > 0 and p < warmup else 1.0
+    if name == "cosine":
+        if p < warmup:
+            return base * ramp
+        return min_lr + (base - min_lr) * (1 + math.cos(math.pi * (p - warmup) / (total - warmup))) / 2
+    if name == "step":
+        return base * gamma ** sum(m <= p for m in milestones) * ramp
+    assert name == "constant"
+    return base * ramp
+
+
+@pytest.mark.parametrize("name", ["cosine", "step", "constant"])
+def test_lr_at_equals_the_closed_form(name):
+    # settings away from the defaults, so a setting that is not passed on changes the result
+    warmup, min_lr, milestones, gamma = 1.5, 0.02, (2.0, 5.0), 0.3
+    cfg = ScheduleConfig(name=name, warmup_epochs=warmup, min_lr=min_lr, milestones=milestones, gamma=gamma)
+    base, total = 0.5, 8
+    grid = [i / 8 for i in range(8 * total + 1)]
+    got = [lr_at(cfg, base, total, p) for p in grid]
+    want = [closed_form(name, base, total, p, warmup, min_lr, milestones, gamma) for p in grid]
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert lr_at(cfg, base, total, -1.0) == got[0] and lr_at(cfg, base, total, total + 3) == got[-1]  # clamped
+
+
+def test_lr_at_spot_values():
+    """A few values worked out by hand, one per schedule (base 0.5, 4 epochs, p = 1.5)."""
+    def at(name, **kw):
+        return lr_at(ScheduleConfig(name=name, **kw), 0.5, 4, 1.5)
+
+    # onecycle, pct_start 0.25: peak at p = 1; p = 1.5 is 1/6 of the way down to 0.5 / 25 / 1e4
+    final = 0.5 / 25 / 1e4
+    assert at("onecycle") == pytest.approx(final + (0.5 - final) * (1 + math.cos(math.pi / 6)) / 2)
+    assert at("onecycle") == pytest.approx(0.466506, abs=1e-6)
+    # cosine after 1 warm-up epoch: a sixth of the way down from 0.5 to 0
+    assert at("cosine", warmup_epochs=1.0) == pytest.approx(0.25 * (1 + math.cos(math.pi / 6)))
+    assert at("cosine", warmup_epochs=2.0) == pytest.approx(0.375)  # still warming up: 0.5 * 1.5 / 2
+    assert at("step", milestones=(1.0, 3.0), gamma=0.5) == pytest.approx(0.25)
+    assert at("step", milestones=(2.0,)) == pytest.approx(0.5)
+    assert at("constant", warmup_epochs=3.0) == pytest.approx(0.25)
+    assert at("constant") == 0.5
 
 
 def test_errors_and_set_lr():

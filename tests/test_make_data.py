@@ -175,12 +175,16 @@ def test_digits_split_and_accuracy(tmp_path):
 
 
 def test_digits_counts_can_be_capped(tmp_path):
-    root = make_dataset(tmp_path / "digits", mode="digits", num_classes=3, train_per_class=5, val_per_class=2, workers=1)
+    root = make_dataset(
+        tmp_path / "digits", mode="digits", num_classes=3, train_per_class=5, val_per_class=2, workers=1
+    )
     assert read_manifest(root)["counts"] == {"train": 15, "val": 6}
 
 
 def test_imagenet_like_ballpark(tmp_path):
-    root = make_dataset(tmp_path / "inet", mode="imagenet-like", num_classes=2, train_per_class=4, val_per_class=2, workers=2)
+    root = make_dataset(
+        tmp_path / "inet", mode="imagenet-like", num_classes=2, train_per_class=4, val_per_class=2, workers=2
+    )
     files = sorted(root.rglob("*.JPEG"))
     assert len(files) == 12
     sizes, widths, heights = [], [], []

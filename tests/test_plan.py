@@ -4,6 +4,8 @@ import pytest
 
 from orderdp_dali.plan import EpochPlan, num_steps
 
+torch_data = pytest.importorskip("torch.utils.data")
+
 
 def make_plan(n, seed=0):
     rng = np.random.default_rng(seed)
@@ -26,6 +28,29 @@ def test_padded_shards_equal_disjoint_and_cover(n, world):
     lookup = dict(zip(plan.indices.tolist(), plan.weights.tolist()))
     for s in shards:
         assert [lookup[i] for i in s.indices.tolist()] == s.weights.tolist()
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 8, 16, 17, 100, 101])
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
+def test_padded_shards_match_torchs_distributed_sampler(n, world):
+    """``shard(pad=True)`` is DistributedSampler(shuffle=False, drop_last=False) applied to the plan.
+
+    Torch pads the position list by repeating it from the start (more than once when
+    n < world_size) and hands rank r the positions r, r + W, ...; the plan's indices are a
+    random permutation, so the positions are also checked to be mapped through the plan.
+    """
+    rng = np.random.default_rng([n, world])
+    plan = EpochPlan(5, rng.permutation(n) + 1000, rng.random(n).astype(np.float32))
+    for rank in range(world):
+        sampler = torch_data.DistributedSampler(
+            range(n), num_replicas=world, rank=rank, shuffle=False, drop_last=False
+        )
+        positions = list(sampler)
+        assert len(positions) == len(sampler) == -(-n // world)
+        shard = plan.shard(rank, world, pad=True)
+        assert shard.epoch == plan.epoch
+        assert shard.indices.tolist() == plan.indices[positions].tolist()
+        assert shard.weights.tolist() == plan.weights[positions].tolist()
 
 
 @pytest.mark.parametrize("n,world", [(7, 3), (10, 4), (3, 8)])

@@ -19,7 +19,9 @@ def test_importing_the_plan_source_pulls_in_neither_torch_nor_dali():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("n,world,batch,drop_last", [(7, 3, 2, False), (52, 4, 8, False), (52, 4, 8, True), (5, 1, 8, False)])
+@pytest.mark.parametrize(
+    "n,world,batch,drop_last", [(7, 3, 2, False), (52, 4, 8, False), (52, 4, 8, True), (5, 1, 8, False)]
+)
 def test_batches_cover_exactly_this_ranks_shard(n, world, batch, drop_last):
     for rank in range(world):
         src = PlanSource(n, make_policy("full", n, seed=1), batch, rank=rank, world_size=world, drop_last=drop_last)

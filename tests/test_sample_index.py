@@ -4,13 +4,12 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import write_jpeg_folder
 from torchvision.datasets import ImageFolder
 
 from orderdp_dali import sample_index as si
 from orderdp_dali.errors import DatasetError
 from orderdp_dali.sample_index import SampleIndex
-
-from conftest import write_jpeg_folder
 
 
 def test_matches_torchvision_imagefolder(jpeg_split, tmp_path):

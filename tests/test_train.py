@@ -12,6 +12,7 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import torch
+from train_helpers import overrides, write_colour_dataset
 
 from orderdp_dali import train as train_mod
 from orderdp_dali.checkpoint import LAST, load_checkpoint, save_checkpoint
@@ -20,7 +21,6 @@ from orderdp_dali.config import load_config
 from orderdp_dali.errors import CheckpointError, DatasetError
 from orderdp_dali.models import build_model
 from orderdp_dali.train import build_data, build_optimizer, main, run_training
-from train_helpers import overrides, write_colour_dataset
 
 N_TRAIN, N_VAL = 48, 12  # 3 classes x (16 train + 4 val)
 ORDERDP = "policy.params={random_len_ratio: 0.8, top_q_ratio: 0.5}"
@@ -52,7 +52,7 @@ POLICY_RUNS = {
     "orderdp": (["policy.name=orderdp", ORDERDP, "optim.nesterov=true", "schedule.name=onecycle"], 19),
     "uniform": (["policy.name=uniform", "policy.params={keep_ratio: 0.5}", "optim.name=lamb", "optim.lr=0.01",
                  "train.amp=fp16", "optim.max_grad_norm=5.0"], 24),
-    "infobatch": (["policy.name=infobatch", "policy.params={prune_ratio: 0.5, delta: 0.875}",
+    "infobatch": (["policy.name=infobatch", "policy.params={prune_ratio: 0.5, anneal_delta: 0.875}",
                    "schedule.name=step", "schedule.milestones=[1]"], None),
 }
 
@@ -157,10 +157,12 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, data, cache, tmp_pa
 def test_resume_refuses_another_policy_or_dataset(uninterrupted, data, cache, tmp_path):
     ckpt = str(uninterrupted[0] / LAST)
     other_policy = make_cfg(data, cache, *RESUME, "policy.params.top_q_ratio=0.6")
-    with pytest.raises(CheckpointError, match=r"policy 'orderdp' .*top_q_ratio': 0.5.*this run asks for policy 'orderdp' .*0.6"):
+    other = r"policy 'orderdp' .*top_q_ratio': 0.5.*this run asks for policy 'orderdp' .*0.6"
+    with pytest.raises(CheckpointError, match=other):
         run_training(other_policy, output_dir=tmp_path, resume=ckpt)
     with pytest.raises(CheckpointError, match="policy 'orderdp'.*asks for policy 'full'"):
-        run_training(make_cfg(data, cache, *RESUME, "policy.name=full", "policy.params={}"), output_dir=tmp_path, resume=ckpt)
+        full = make_cfg(data, cache, *RESUME, "policy.name=full", "policy.params={}")
+        run_training(full, output_dir=tmp_path, resume=ckpt)
     other_data = write_colour_dataset(tmp_path / "other", train_per_class=17)  # other files
     with pytest.raises(CheckpointError, match="another dataset"):
         run_training(make_cfg(other_data, cache, *RESUME), output_dir=tmp_path, resume=ckpt)
