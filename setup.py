@@ -35,8 +35,11 @@ setup(
         "nvidia-dali-cuda120>=1.30",
         "timm>=0.9",
         "matplotlib>=3.6",
-        "scikit-learn>=1.2",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        # make-data's imagenet-like and digits modes read the photos and digits scikit-learn ships
+        "sample-data": ["scikit-learn>=1.2"],
+        "test": ["pytest>=7", "ruff>=0.6"],
+    },
     entry_points={"console_scripts": ["orderdp-dali=orderdp_dali.cli:main"]},
 )

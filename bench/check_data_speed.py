@@ -54,12 +54,25 @@ def measure(root: Path, deep: bool, workers: int, repeats: int) -> Dict[str, Any
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m orderdp_dali.bench.check_data_speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", default="data/check_data_speed", help="dataset folder, generated if missing (default: %(default)s)")
-    p.add_argument("--images", type=int, default=1500, help="images in the dataset, train and val together (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        prog="python -m orderdp_dali.bench.check_data_speed", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--root", default="data/check_data_speed", help="dataset folder, generated if missing (default: %(default)s)"
+    )
+    p.add_argument(
+        "--images", type=int, default=1500, help="images in the dataset, train and val together (default: %(default)s)"
+    )
     p.add_argument("--classes", type=int, default=10, help="classes (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel workers to compare with 1 (default: all CPUs)")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes per setting; the median is reported (default: %(default)s)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="parallel workers to compare with 1 (default: all CPUs)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed passes per setting; the median is reported (default: %(default)s)"
+    )
     p.add_argument("--force", action="store_true", help="regenerate the dataset even if a matching one exists")
     p.add_argument("--json", metavar="FILE", help="also write the results and their configuration as JSON")
     return p

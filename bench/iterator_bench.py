@@ -27,8 +27,9 @@ Also reported: each epoch's pipeline start (build and first scheduling, and star
 batch): every training epoch runs a fresh pipeline seeded from (seed, rank, epoch).
 
 Every loader runs one epoch per round (the decoding loaders first, then, in rounds of their
-own, the feeding-only ones); the order rotates each round; warm-up rounds are untimed; ratios are medians of per-round ratios (the two epochs of a ratio ran minutes
-apart at most, under the same machine conditions). Results go to
+own, the feeding-only ones); the order rotates each round; warm-up rounds are untimed;
+ratios are medians of per-round ratios (the two epochs of a ratio ran minutes apart at
+most, under the same machine conditions). Results go to
 ``bench/results/iterator_bench_<device>.json`` and ``.md``.
 """
 from __future__ import annotations
@@ -302,7 +303,10 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             f"| {loader} | {plan} ({s['images']}) | {s['median']:.1f} | {s['min']:.1f} | {s['max']:.1f} "
             f"| {s['median_seconds']:.2f} | {s['cpu_ms_per_image']:.2f} |"
         )
-    lines += ["", f"Per-round (a): {', '.join(f'{x:.3f}' for x in result['per_round']['a_pruned_time_ratio_over_kept'])}"]
+    lines += [
+        "",
+        f"Per-round (a): {', '.join(f'{x:.3f}' for x in result['per_round']['a_pruned_time_ratio_over_kept'])}",
+    ]
     for name, s in result["loaders"].items():
         lines.append(f"Per-round images/s, {name}: {', '.join(f'{x:.1f}' for x in s['images_per_s'])}")
     if result.get("notes"):

@@ -278,7 +278,8 @@ def _loader_section(loader: Mapping[str, Any]) -> List[str]:
     for name, s in loader["loaders"].items():
         cpu = s.get("cpu_ms_per_image")
         lines.append(
-            f"| {name} | {s['median']:.1f} | {s['min']:.1f} | {s['max']:.1f} | {'n/a' if cpu is None else f'{cpu:.2f}'} |"
+            f"| {name} | {s['median']:.1f} | {s['min']:.1f} | {s['max']:.1f} "
+            f"| {'n/a' if cpu is None else f'{cpu:.2f}'} |"
         )
     if loader.get("ratios"):
         lines += ["", "| ratio | images/s (median of per-round ratios) | images per CPU-second |", "|---|---|---|"]
@@ -291,7 +292,8 @@ def _loader_section(loader: Mapping[str, Any]) -> List[str]:
 def format_steady_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Savings with the first epoch left out (it holds the one-off start-up: model, allocator, caches)."""
     lines = [
-        "| policy | samples (epochs 2..E) | wall-clock (s) | wall saving | sample saving | efficiency | data wait (s) |",
+        "| policy | samples (epochs 2..E) | wall-clock (s) | wall saving | sample saving | efficiency "
+        "| data wait (s) |",
         "|" + "---|" * 7,
     ]
     for r in rows:
@@ -339,7 +341,7 @@ def render_report(results: Mapping[str, Any]) -> str:
     if rows:
         lines += [
             f"- recipe: {json.dumps(results.get('train_settings', {}), sort_keys=True)}",
-            f"- policies: "
+            "- policies: "
             + "; ".join(f"{p} {json.dumps(v, sort_keys=True)}" for p, v in cfg["policies"].items())
             + f"; seeds: {cfg.get('seeds')}",
             "",

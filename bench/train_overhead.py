@@ -162,7 +162,9 @@ def measure_sync(world_size: int, num_samples: int, batch_size: int, repeats: in
     }
 
 
-def summarize(step: Dict[str, float], sync: Dict[str, Any], batch_size: int, reference_img_per_s: float) -> Dict[str, float]:
+def summarize(
+    step: Dict[str, float], sync: Dict[str, Any], batch_size: int, reference_img_per_s: float
+) -> Dict[str, float]:
     """Per-step bookkeeping seconds and its fraction of the measured and the reference step."""
     # end_epoch_sync() on a rank = its flush + the all-reduce; spread over that rank's steps
     amortised = sync["sync_s"] / sync["steps_per_epoch_per_rank"]
@@ -181,16 +183,21 @@ def format_report(result: Dict[str, Any]) -> str:
     s, y, m = result["step"], result["sync"], result["summary"]
     us = lambda v: f"{v * 1e6:9.1f} us"  # noqa: E731
     lines = [
-        f"ResNet-18 step, batch {result['args']['batch_size']}, {result['args']['image_size']} px (CPU): {s['step_s'] * 1e3:.1f} ms",
+        f"ResNet-18 step, batch {result['args']['batch_size']}, {result['args']['image_size']} px (CPU): "
+        f"{s['step_s'] * 1e3:.1f} ms",
         f"  it.update()                               {us(s['update_s'])}",
         f"  loss-weight multiply                      {us(s['weight_multiply_s'])}",
-        f"  end_epoch_sync() amortised per step       {us(m['amortised_sync_per_step_s'])}   ({result['args']['world_size']} ranks)",
-        f"  (one process, whole epoch: flush {s['flush_epoch_s'] * 1e3:.1f} ms = {us(s['flush_epoch_s'] / s['steps_per_epoch'])} per step)",
+        f"  end_epoch_sync() amortised per step       {us(m['amortised_sync_per_step_s'])}   "
+        f"({result['args']['world_size']} ranks)",
+        f"  (one process, whole epoch: flush {s['flush_epoch_s'] * 1e3:.1f} ms = "
+        f"{us(s['flush_epoch_s'] / s['steps_per_epoch'])} per step)",
         f"  bookkeeping per step                      {us(m['bookkeeping_per_step_s'])}",
-        f"  fraction of the measured step             {m['fraction_of_measured_step'] * 100:9.4f} %   (goal < {GOAL_STEP_FRACTION * 100:g} %)",
+        f"  fraction of the measured step             {m['fraction_of_measured_step'] * 100:9.4f} %   "
+        f"(goal < {GOAL_STEP_FRACTION * 100:g} %)",
         f"  fraction of a {result['args']['reference_img_per_s']:g} img/s step ({m['reference_step_s'] * 1e3:.1f} ms) "
         f"{m['fraction_of_reference_step'] * 100:6.3f} %",
-        f"Epoch-end end_epoch_sync(), n = {result['args']['num_samples']:,}, {result['args']['world_size']} gloo ranks: "
+        f"Epoch-end end_epoch_sync(), n = {result['args']['num_samples']:,}, "
+        f"{result['args']['world_size']} gloo ranks: "
         f"{y['sync_s'] * 1e3:.1f} ms (slowest rank's median; goal < {GOAL_SYNC_S * 1e3:g} ms)",
     ]
     return "\n".join(lines)
@@ -217,7 +224,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     sync = measure_sync(args.world_size, args.num_samples, args.batch_size, args.repeats)
     if args.skip_step:
-        print(f"end_epoch_sync(), n = {args.num_samples:,}, {args.world_size} gloo ranks: {sync['sync_s'] * 1e3:.1f} ms")
+        print(
+            f"end_epoch_sync(), n = {args.num_samples:,}, {args.world_size} gloo ranks: "
+            f"{sync['sync_s'] * 1e3:.1f} ms"
+        )
         step: Dict[str, Any] = {}
         summary: Dict[str, Any] = {}
     else:
