@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -253,7 +254,8 @@ def test_gpu_check_dry_run_prints_every_step_and_runs_nothing(tmp_path):
     text = proc.stdout
     assert "pytest -m gpu" in text
     assert "orderdp_dali.bench.loader_compare" in text and "--device gpu" in text
-    assert "configs/bench_gpu_r50.yaml" in text and f"--out {out}/bench" in text
+    assert "-m orderdp_dali.cli bench --config configs/bench_gpu_r50.yaml" in text
+    assert "--batch-size 256" in text and "orderdp_dali.bench.gpu_thresholds" in text
     assert "dry run: nothing executed" in text
     assert not out.exists()
 
@@ -268,7 +270,7 @@ def test_gpu_check_dry_run_prints_every_step_and_runs_nothing(tmp_path):
 
 
 def test_gpu_check_runs_the_python_of_PYTHON_else_the_one_on_path(tmp_path):
-    """Every python step of gpu_check.sh uses $PYTHON when set, plain ``python`` otherwise."""
+    """Every python step of gpu_check.sh uses $PYTHON when set, ``python3`` otherwise."""
     script = REPO / "bench" / "gpu_check.sh"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "OUT")}
 
@@ -284,7 +286,7 @@ def test_gpu_check_runs_the_python_of_PYTHON_else_the_one_on_path(tmp_path):
     custom = "/opt/some env/bin/python3.11"
     default, overridden = dry_run(), dry_run(PYTHON=custom)
     for step in steps:
-        assert f"python {step}" in default and f"{custom} {step}" in overridden, step
+        assert f"python3 {step}" in default and f"{custom} {step}" in overridden, step
     assert custom not in default
 
 
@@ -300,3 +302,53 @@ def test_gpu_bench_runs_get_the_gpu_recipe():
         assert cfg.model.name == "resnet50" and cfg.model.channels_last
         assert cfg.train.amp in ("bf16", "fp16") and cfg.train.device == "auto"
         assert cfg.data.crop == 224 and cfg.schedule.name == "onecycle"
+
+
+def _bench_results(full_times, orderdp_times):
+    def run(policy, times):
+        return {"policy": policy, "epochs": [{"epoch_time": t} for t in times]}
+
+    return {"runs": [run("full", full_times), run("orderdp", orderdp_times)]}
+
+
+def test_gpu_thresholds_met_not_met_and_missing(tmp_path):
+    from orderdp_dali.bench import gpu_thresholds as gt
+
+    loader = {"ratios": {"dali-plan / dali-reader": 0.97}, "loaders": {"dali-plan": {"median": 9100.0}}}
+    # first epochs (start-up) are left out: medians of 2..E are 6.0 / 10.0
+    bench = _bench_results([30.0, 10.0, 10.0, 11.0], [25.0, 6.0, 6.0, 5.0])
+    rows = {r["key"]: r for r in gt.evaluate(gt.measured(loader, bench))}
+    assert rows["orderdp_over_full_epoch"]["value"] == pytest.approx(0.6)
+    assert all(r["met"] for r in rows.values())
+
+    slow = {"ratios": {"dali-plan / dali-reader": 0.9}, "loaders": {"dali-plan": {"median": 7999.0}}}
+    rows = {r["key"]: r for r in gt.evaluate(gt.measured(slow, _bench_results([1, 10, 10], [1, 7, 7])))}
+    assert not any(r["met"] for r in rows.values())
+
+    (tmp_path / "loader.json").write_text(json.dumps(loader))
+    table = tmp_path / "thresholds.md"
+    assert gt.main(["--loader", str(tmp_path / "loader.json"), "--bench", str(tmp_path / "absent.json"),
+                    "--out", str(table)]) == 1  # the bench figure is missing: not met
+    text = table.read_text()
+    assert "| missing | <= 0.65 | NOT MET |" in text and "| 0.970 | >= 0.95 | met |" in text and "9100" in text
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    assert gt.main(["--loader", str(tmp_path / "loader.json"), "--bench", str(tmp_path / "bench.json")]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_cpu_mode_runs_every_step_into_at_most_8_files(tmp_path):
+    out = tmp_path / "gpu out"
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--cpu", "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and all((out / f).is_file() for f in files), files
+    assert {"env.txt", "status.txt", "log.txt", "pytest.txt", "loader.json", "bench_report.md",
+            "bench_results.json"} <= set(files)
+    status = (out / "status.txt").read_text()
+    for name in ("tests", "data", "loader", "bench"):
+        assert f"[gpu-check] {name}: exit 0" in status, status
+    assert "torch" in (out / "env.txt").read_text()
+    assert json.loads((out / "loader.json").read_text())["loaders"]["dali-plan"]["median"] > 0
