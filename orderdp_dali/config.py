@@ -68,7 +68,9 @@ class DataConfig:
     pad-crop or flip). Each training epoch's augmentation is seeded from (train.seed,
     rank, epoch), so a resumed run draws the same crops and flips as an uninterrupted one.
     ``num_threads``: DALI's CPU threads per rank (file reading, CPU decoding);
-    ``prefetch``: batches decoded ahead.
+    ``prefetch``: batches decoded ahead. ``dtype``: the images' type (``float16`` halves
+    the pipeline's output; the model still runs under ``train.amp``). ``hw_decoder_load``:
+    the share of JPEGs the GPU's hardware decoder takes (A100/H100/H200).
     """
 
     dataset: str = _opt("folder", choices=("folder", "cifar10", "cifar100"))
@@ -78,6 +80,8 @@ class DataConfig:
     crop: int = _opt(224, lo=1)
     val_resize: int = _opt(256, lo=1)
     augment: bool = True
+    dtype: str = _opt("float32", choices=("float32", "float16"))
+    hw_decoder_load: float = _opt(0.65, lo=0.0, hi=1.0)
     num_threads: int = _opt(4, lo=1)
     prefetch: int = _opt(2, lo=1)
     drop_last: bool = False

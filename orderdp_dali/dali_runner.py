@@ -8,7 +8,8 @@ validates), and the pass length is the plan's, known before it starts (the sourc
 the pass with ``StopIteration``; partial last batches are real, smaller batches).
 
 Outputs become torch tensors as in ``DALIGenericIterator``: shared through DLPack under
-DALI's dynamic executor (its outputs own their memory), copied otherwise.
+DALI's dynamic executor (its outputs own their memory), copied otherwise. GPU outputs are
+bound to torch's current stream instead of being waited for on the host.
 """
 from __future__ import annotations
 
@@ -50,7 +51,14 @@ class PipelinePass:
         """The next batch; raises whatever DALI raised for it."""
         if self.start_s is None:
             self.start()
-        outputs = self.pipeline.share_outputs()
+        if self.pipeline.device_id is not None and self.pipeline.exec_dynamic:
+            # Bind the GPU outputs to torch's current stream: torch's kernels are ordered after
+            # DALI's work without a host wait, and a buffer goes back to DALI only after the
+            # kernels queued on it have run.
+            stream = torch.cuda.current_stream(torch.device("cuda", self.pipeline.device_id))
+            outputs = self.pipeline.share_outputs(cuda_stream=stream)
+        else:
+            outputs = self.pipeline.share_outputs()
         batch = _to_torch(outputs, self.output_map, self.pipeline)
         self.pipeline.release_outputs()
         self.pipeline.schedule_run()

@@ -163,7 +163,7 @@ def build_data(cfg: Config) -> Data:
         from orderdp_dali.pipelines import CifarPipelineConfig
 
         train, val = load_cifar(root, d.dataset, "train"), load_cifar(root, d.dataset, "val")
-        pipe = CifarPipelineConfig(size=int(train.images.shape[1]))
+        pipe = CifarPipelineConfig(size=int(train.images.shape[1]), dtype=d.dtype)
         return Data(train, val, len(train.classes), ArrayPlanIterator, pipe)
     from orderdp_dali.iterator import DALIPlanIterator
     from orderdp_dali.pipelines import ImagePipelineConfig
@@ -177,7 +177,7 @@ def build_data(cfg: Config) -> Data:
             f"class folders differ between {train.root} ({len(train.classes)} classes) and "
             f"{val.root} ({len(val.classes)} classes): labels would not match"
         )
-    pipe = ImagePipelineConfig(crop=d.crop, val_resize=d.val_resize)
+    pipe = ImagePipelineConfig(crop=d.crop, val_resize=d.val_resize, dtype=d.dtype, hw_decoder_load=d.hw_decoder_load)
     return Data(train, val, len(train.classes), DALIPlanIterator, pipe)
 
 
@@ -255,6 +255,8 @@ def _forward(model: nn.Module, images: torch.Tensor, cfg: Config, rt: Runtime) -
     if cfg.model.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     dtype = _AMP_DTYPES[cfg.train.amp]
+    if dtype is None and images.dtype != torch.float32:
+        images = images.float()  # data.dtype=float16 without autocast: the weights are float32
     with torch.autocast(device_type=rt.device.type, dtype=dtype, enabled=dtype is not None):
         return model(images).float()
 

@@ -23,6 +23,16 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagePipelineConfig", "decode_and_a
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
+# The mixed decoder's buffers, sized up front for ImageNet's largest image (as DALI's own
+# ResNet-50 example sizes them) so that no batch reallocates them mid-epoch.
+MIXED_DECODER_BUFFERS = {
+    "device_memory_padding": 211025920,
+    "host_memory_padding": 140544512,
+    "preallocate_width_hint": 5980,
+    "preallocate_height_hint": 6430,
+}
+
+
 @dataclass(frozen=True)
 class ImagePipelineConfig:
     """Augmentation and output settings (ImageNet defaults: crop 224, val resize 256)."""
@@ -38,6 +48,9 @@ class ImagePipelineConfig:
     # Read files with plain reads (False) or through mmap (DALI's default). Plain reads fed
     # about twice as many 110 KB JPEGs per second on local disk (bench/results/iterator_bench_cpu.md).
     use_mmap: bool = False
+    # Share of the images that the mixed decoder sends to the hardware JPEG decoder (A100,
+    # H100, H200); the rest take the CUDA path with CPU Huffman decoding. DALI's default.
+    hw_decoder_load: float = 0.65
 
     def __post_init__(self) -> None:
         if not isinstance(self.crop, int) or self.crop < 1:
@@ -54,6 +67,8 @@ class ImagePipelineConfig:
             raise ValueError(f"Invalid dtype: {self.dtype!r} (choose one of {sorted(DTYPES)})")
         if not 0 <= self.flip_probability <= 1:
             raise ValueError(f"Invalid flip_probability: {self.flip_probability!r}")
+        if not 0 <= self.hw_decoder_load <= 1:
+            raise ValueError(f"Invalid hw_decoder_load: {self.hw_decoder_load!r} (need a number in [0, 1])")
 
 
 def decode_and_augment(jpegs, *, train: bool, device: str, config: ImagePipelineConfig):
@@ -63,11 +78,13 @@ def decode_and_augment(jpegs, *, train: bool, device: str, config: ImagePipeline
     the loader comparison runs exactly the same operators.
     """
     decoder = "mixed" if device == "gpu" else "cpu"
+    tuning = {**MIXED_DECODER_BUFFERS, "hw_decoder_load": config.hw_decoder_load} if decoder == "mixed" else {}
     if train:
         images = fn.decoders.image_random_crop(
             jpegs,
             device=decoder,
             output_type=types.RGB,
+            **tuning,
             random_area=list(config.random_area),
             random_aspect_ratio=list(config.random_aspect_ratio),
             num_attempts=100,
@@ -76,7 +93,7 @@ def decode_and_augment(jpegs, *, train: bool, device: str, config: ImagePipeline
         mirror = fn.random.coin_flip(probability=config.flip_probability)
         crop = None
     else:
-        images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+        images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **tuning)
         images = fn.resize(images, resize_shorter=config.val_resize)
         mirror = 0
         crop = (config.crop, config.crop)

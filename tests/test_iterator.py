@@ -205,17 +205,6 @@ def test_undecodable_jpeg_is_named(tmp_path, damage):
     assert str(victim) in str(err.value) and "sample 9" in str(err.value)
 
 
-@pytest.mark.gpu
-def test_gpu_mixed_decoding(index):
-    with make_iterator(index, ScriptedPolicy(len(index)), device="gpu", device_id=0) as it:
-        plan = it.plan
-        seen = []
-        for batch in it:
-            assert batch["data"].is_cuda and batch["label"].is_cuda and batch["weight"].is_cuda
-            seen += batch["index"].tolist()
-        assert Counter(seen) == Counter(plan.indices.tolist())
-
-
 @pytest.mark.skipif(HAS_CUDA, reason="checks the error raised without CUDA")
 def test_gpu_without_cuda_is_a_clear_error(index):
     with pytest.raises(RuntimeError, match="CUDA is not available"):
@@ -372,3 +361,32 @@ def test_a_failure_no_check_explains_names_the_batch_and_dalis_cause(tmp_path, m
     assert message.startswith("DALI pipeline failed in epoch 0, step 1 (samples [4, 5, 6, 7]): Error in CPU operator")
     assert "decoders" in message and "traceback" not in message and "File " not in message
     assert "Critical error" in str(err.value.__cause__)  # DALI's full text stays on the chain
+
+
+def test_float16_output(index):
+    half = ImagePipelineConfig(crop=16, val_resize=20, dtype="float16")
+    with make_iterator(index, None, batch_size=8, pipeline_config=half) as it:
+        batch = next(iter(it))
+    assert batch["data"].dtype == torch.float16 and batch["data"].shape == (8, 3, 16, 16)
+    assert torch.isfinite(batch["data"]).all()
+
+
+def test_the_next_epoch_is_fed_to_dali_as_soon_as_an_epoch_ends(index, monkeypatch):
+    """Prefetching that prefetches: when an epoch ends, its successor's first batches are
+    already handed to DALI (which decodes them while the caller validates), before anyone
+    asks for them; and they are the ones that epoch then yields."""
+    from orderdp_dali.samples import FileSamples
+
+    fed = []
+    original = FileSamples.fetch
+    monkeypatch.setattr(FileSamples, "fetch", lambda self, idx: fed.append(idx.tolist()) or original(self, idx))
+    with make_iterator(index, ScriptedPolicy(len(index), seed=8), prefetch_queue_depth=2) as it:
+        first = it.plan.indices
+        run_epoch(it, index)  # epoch 0: 3 samples, one batch
+        expected = it.plan.indices  # epoch 1: 30 samples, chosen when epoch 0 ended
+        assert it.last_pass["prestarted"] is False
+        # epoch 0's batch, then epoch 1's first two, handed to DALI before epoch 1 is asked for
+        assert fed == [first.tolist(), expected[:8].tolist(), expected[8:16].tolist()]
+        seen, _, _ = run_epoch(it, index)
+        assert it.last_pass["prestarted"] is True
+        assert seen == expected.tolist()

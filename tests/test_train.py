@@ -299,3 +299,10 @@ def test_optimizers_and_norm_decay_groups(name, data, cache):
     decays = sorted(g["weight_decay"] for g in opt.param_groups)
     assert decays == [0.0, 0.01]
     assert all(p.ndim <= 1 for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"])
+
+
+def test_float16_pipeline_output_trains_and_validates(data, cache, tmp_path):
+    """data.dtype=float16 halves the pipeline's output; without AMP the loop feeds float32 weights."""
+    cfg = make_cfg(data, cache, "data.dtype=float16", "train.epochs=1", "train.eval_every=1", "policy.name=full")
+    (record,) = run_training(cfg, output_dir=tmp_path)
+    assert np.isfinite(record["train_loss"]) and record["val_samples"] == 12
