@@ -57,6 +57,9 @@ while [[ $# -gt 0 ]]; do
 done
 PY="${PYTHON:-python3}"
 WHEELS=.gpu-wheels/pytest
+# Import orderdp_dali as installed, never from the working directory: in the source tree
+# pipelines/ and bench/ are not yet orderdp_dali.pipelines / .bench (setup.py maps them).
+export PYTHONSAFEPATH=1
 
 if [[ $FETCH_PYTEST -eq 1 ]]; then
     # The GPU machine runs Python 3.12 and reaches no package registry: bring pytest along.
