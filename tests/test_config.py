@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,12 @@ def test_parse_override():
             parse_override(bad)
     with pytest.raises(ConfigError, match="train: is a value"):
         load_config(None, ["data.root=/r", "train=1", "train.epochs=2"])
+
+
+@pytest.mark.parametrize("key, replaced_by", [
+    ("data.py_workers=2", "DALI's own threads"),
+    ("data.reseed_every_epoch=true", "seeded from (train.seed, rank, epoch)"),
+])
+def test_removed_keys_say_what_replaced_them(key, replaced_by):
+    with pytest.raises(ConfigError, match=rf"^{key.split('=')[0]}: no longer a setting: .*{re.escape(replaced_by)}"):
+        load_config(None, [key])
