@@ -90,7 +90,7 @@ else
     LOADER_ARGS=(--device gpu --workers "$NPROC" --batch-size 256 --crop 224 --warmup 1 --repeats 3
                  --loaders dali-plan,dali-reader)
     BENCH_ARGS=(--config configs/bench_gpu_r50.yaml)
-    LIMIT_ENV=30; LIMIT_TESTS=60; LIMIT_DATA=60; LIMIT_LOADER=60; LIMIT_BENCH=150  # 360 s at most
+    LIMIT_ENV=30; LIMIT_TESTS=60; LIMIT_DATA=75; LIMIT_LOADER=60; LIMIT_BENCH=135  # 360 s at most
 fi
 
 STATUS=()
