@@ -43,9 +43,10 @@ def test_recipes_follow_the_reference():
     c100 = load_config(CONFIGS / "cifar100_r50_orderdp.yaml", ["data.root=/d"])
     c100_recipe = (c100.data.dataset, c100.model.name, c100.optim.name, c100.optim.lr)
     assert c100_recipe == ("cifar100", "cifar_resnet50", "sgd", 0.03)
-    assert (c100.train.batch_size, c100.train.epochs) == (128, 200)
+    assert (c100.train.batch_size, c100.train.epochs, c100.train.label_smoothing) == (128, 200, 0.1)
     assert c100.policy.params == {"random_len_ratio": 0.8, "top_q_ratio": 0.375}
-    assert load_config(CONFIGS / "cifar10_r50_full.yaml", ["data.root=/d"]).data.dataset == "cifar10"
+    c10 = load_config(CONFIGS / "cifar10_r50_full.yaml", ["data.root=/d"])
+    assert (c10.data.dataset, c10.train.label_smoothing) == ("cifar10", 0.1)
 
 
 def test_base_chain_and_overrides(tmp_path):

@@ -226,13 +226,19 @@ def test_top_q_of_random_subset_all_tied_is_uniform():
 
 def test_orderdp_anneal():
     policy = OrderDP(100, 0.5, 0.5, anneal_delta=0.875, num_epochs=90)
-    assert first_full_epoch(0.875, 90) == 79
-    assert [policy.prunes(e) for e in (0, 78, 79, 89)] == [True, True, False, False]
-    assert len(policy.select(78)) == 25
-    plan = policy.select(79)
+    # the reference: full data once epoch + 1 > delta * epochs, i.e. from epoch 78 of 90
+    assert first_full_epoch(0.875, 90) == 78
+    assert [policy.prunes(e) for e in (0, 77, 78, 89)] == [True, True, False, False]
+    assert len(policy.select(77)) == 25
+    plan = policy.select(78)
     assert sorted(plan.indices.tolist()) == list(range(100)) and np.all(plan.weights == 1)
-    np.testing.assert_array_equal(policy.inclusion_probabilities(79), 1.0)
+    np.testing.assert_array_equal(policy.inclusion_probabilities(78), 1.0)
     assert first_full_epoch(0.7, 10) == 7  # 0.7 * 10 is 7.000000000000001 in floats
+    assert first_full_epoch(0.29, 100) == 29  # 28.999999999999996 in floats
+    assert first_full_epoch(1.0, 90) == 90  # never anneals
+    for delta, epochs in ((0.875, 90), (0.5, 7), (0.3, 10), (0.875, 8)):  # the reference's rule, epoch by epoch
+        reference = min(e for e in range(epochs + 1) if e + 1 > delta * epochs or e == epochs)
+        assert first_full_epoch(delta, epochs) == reference
     with pytest.raises(ValueError, match="num_epochs"):
         OrderDP(100, anneal_delta=0.5)
 
@@ -344,7 +350,7 @@ def test_infobatch_annealing():
     assert sorted(plan.indices.tolist()) == list(range(200))
     np.testing.assert_array_equal(plan.weights, 1.0)
     policy = InfoBatch(200, anneal_delta=0.875, num_epochs=90)
-    assert [policy.prunes(e) for e in (78, 79)] == [True, False]
+    assert [policy.prunes(e) for e in (77, 78)] == [True, False]  # the reference: epoch + 1 > 78.75
 
 
 @pytest.mark.parametrize(
@@ -447,7 +453,8 @@ def test_state_dict_round_trip_mid_run(kind):
         policy.update(plan.indices, losses)
         restored.update(plan.indices, losses)
     if kind in ("orderdp", "infobatch"):  # score-driven: without the restored scores, plans differ
-        assert not np.array_equal(policy.select(8).indices, fresh.select(8).indices)
+        assert policy.prunes(7)  # (infobatch anneals from epoch 8 of 10)
+        assert not np.array_equal(policy.select(7).indices, fresh.select(7).indices)
 
 
 @pytest.mark.parametrize(
@@ -568,3 +575,30 @@ def test_bad_seed_is_refused():
         FullData(10, seed=-1)
     with pytest.raises(TypeError, match="Invalid seed"):
         FullData(10, seed=1.5)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda **kw: OrderDP(50, 0.8, 0.5, **kw), lambda **kw: InfoBatch(50, num_epochs=4, **kw)]
+)
+def test_initial_score_is_a_parameter_and_part_of_the_settings(make):
+    default, low = make(), make(initial_score=1.0)
+    assert default.scores.initial == 1e4 and low.scores.initial == 1.0
+    assert default.config()["initial_score"] == 1e4 and low.config()["initial_score"] == 1.0
+    restored = make(initial_score=1.0)
+    restored.load_state_dict(low.state_dict())
+    assert restored.config() == low.config()
+    with pytest.raises(ValueError, match="initial_score"):
+        make(initial_score=float("nan"))
+    with pytest.raises(TypeError, match="initial_score"):
+        make(initial_score="high")
+
+
+def test_a_low_initial_score_ranks_unseen_samples_last():
+    """The reference's choice (initial 1, losses above it): OrderDP keeps trained high-loss samples
+    before unseen ones; with the default, unseen samples come first."""
+    n = 100
+    for initial, unseen_first in ((1.0, False), (1e4, True)):
+        policy = OrderDP(n, 1.0, 0.5, initial_score=initial)
+        policy.update(np.arange(50), np.full(50, 2.0, dtype=np.float32))  # samples 0..49 seen, loss 2
+        kept = set(policy.select(1).indices.tolist())
+        assert kept == (set(range(50, 100)) if unseen_first else set(range(50))), initial

@@ -62,15 +62,15 @@ def floor_times(ratio: float, count: int) -> int:
 
 
 def first_full_epoch(anneal_delta: float, num_epochs: int) -> int:
-    """The first annealing (full-data) epoch: the smallest epoch ``e`` with ``e >= anneal_delta * num_epochs``.
+    """The first annealing (full-data) epoch, as the reference computes it: the smallest ``e``
+    with ``e + 1 > anneal_delta * num_epochs``, which is ``floor(anneal_delta * num_epochs)``.
 
     Epochs ``0 .. first_full_epoch - 1`` are pruned, the rest train on all samples. With
-    ``num_epochs=90`` and ``anneal_delta=0.875`` (78.75) epochs 0..78 are pruned and 79..89
-    are full; ``anneal_delta=1`` never anneals within ``num_epochs``. Float rounding is forgiven as in
-    :func:`floor_times` (``0.7 * 10`` gives 7, not 8).
+    ``num_epochs=90`` and ``anneal_delta=0.875`` (78.75) epochs 0..77 are pruned and 78..89
+    are full; ``anneal_delta=1`` never anneals within ``num_epochs``. Float rounding is
+    forgiven as in :func:`floor_times` (``0.29 * 100`` gives 29, not 28).
     """
-    x = float(anneal_delta) * int(num_epochs)
-    return int(math.ceil(x - 1e-9 * max(1.0, abs(x))))
+    return floor_times(anneal_delta, num_epochs)
 
 
 class ScoreTable:
@@ -139,7 +139,9 @@ class Policy(ABC):
     #: Fraction of the epochs that prune; later epochs train on all samples. None: every epoch prunes.
     anneal_delta: Optional[float] = None
 
-    def __init__(self, num_samples: int, *, seed: int = 0, num_epochs: Optional[int] = None) -> None:
+    def __init__(
+        self, num_samples: int, *, seed: int = 0, num_epochs: Optional[int] = None, initial_score: float = 1e4
+    ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"Invalid seed: {seed!r} (need an int)")
         if seed < 0:
@@ -150,7 +152,14 @@ class Policy(ABC):
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.num_epochs = None if num_epochs is None else int(num_epochs)
-        self.scores = ScoreTable(num_samples)
+        try:
+            initial = float(initial_score)
+        except (TypeError, ValueError):
+            raise TypeError(f"Invalid initial_score: {initial_score!r} (need a number)") from None
+        if not np.isfinite(initial):
+            raise ValueError(f"Invalid initial_score: {initial_score!r} (need a finite number)")
+        self.initial_score = initial
+        self.scores = ScoreTable(num_samples, initial=initial)
 
     def rng(self, epoch: int, salt: int = 0) -> np.random.Generator:
         """The generator for ``epoch``: a pure function of (seed, epoch, salt)."""

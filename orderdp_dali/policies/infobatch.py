@@ -84,7 +84,7 @@ def _check_prune_ratio(value: Any) -> float:
 class InfoBatch(Policy):
     """Drop part of the below-mean-loss samples, up-weight the rest: cheaper, same expected gradient.
 
-    While ``epoch < anneal_delta * num_epochs`` (before :func:`first_full_epoch`): of the ``count``
+    Before :func:`first_full_epoch` (while ``epoch + 1 <= anneal_delta * num_epochs``): of the ``count``
     well-learned samples (score below the mean score of the seen samples, see
     :func:`well_learned`) a random ``floor(keep_ratio * count)``, drawn without replacement,
     are kept with weight ``1 / keep_ratio``, where ``keep_ratio = max(0.1, 1 - prune_ratio)``;
@@ -100,6 +100,8 @@ class InfoBatch(Policy):
             reference's ``delta``).
         seed: seed of the per-epoch generators.
         num_epochs: total epochs (required: annealing depends on it).
+        initial_score: the score of a sample never trained on (default 1e4: above the mean,
+            so never pruned before its first loss).
 
     Raises:
         ValueError: a parameter out of range (the message names it) or no ``num_epochs``.
@@ -115,8 +117,9 @@ class InfoBatch(Policy):
         *,
         seed: int = 0,
         num_epochs: Optional[int] = None,
+        initial_score: float = 1e4,
     ) -> None:
-        super().__init__(num_samples, seed=seed, num_epochs=num_epochs)
+        super().__init__(num_samples, seed=seed, num_epochs=num_epochs, initial_score=initial_score)
         self.prune_ratio = _check_prune_ratio(prune_ratio)
         if self.num_epochs is None:
             raise ValueError("InfoBatch needs num_epochs (its annealing starts at anneal_delta * num_epochs)")
@@ -141,4 +144,9 @@ class InfoBatch(Policy):
 
     def config(self) -> Dict[str, Any]:
         """Base settings plus prune_ratio and anneal_delta."""
-        return {**super().config(), "prune_ratio": self.prune_ratio, "anneal_delta": self.anneal_delta}
+        return {
+            **super().config(),
+            "prune_ratio": self.prune_ratio,
+            "anneal_delta": self.anneal_delta,
+            "initial_score": self.initial_score,
+        }

@@ -169,7 +169,7 @@ class OrderDP(Policy):
 
     Like the reference, every epoch is pruned by default. With ``anneal_delta`` (and
     ``num_epochs``) epochs from ``first_full_epoch(anneal_delta, num_epochs)`` on train on
-    all samples, as InfoBatch does (``anneal_delta=0.875`` over 90 epochs: epochs 79..89).
+    all samples, as InfoBatch does (``anneal_delta=0.875`` over 90 epochs: epochs 78..89).
 
     Args:
         num_samples: n, the number of training samples.
@@ -179,6 +179,9 @@ class OrderDP(Policy):
         anneal_delta: None (prune every epoch) or the fraction of epochs to prune, in (0, 1].
         seed: seed of the per-epoch generators.
         num_epochs: total epochs; needed with ``anneal_delta``.
+        initial_score: the score of a sample never trained on. The default (1e4, above any
+            real loss) ranks unseen samples first, so every sample is seen within a few
+            epochs; the reference uses 1, below every loss under label smoothing 0.1.
 
     Raises:
         ValueError: a ratio outside (0, 1] (the message names it), ratios that keep no
@@ -196,8 +199,9 @@ class OrderDP(Policy):
         anneal_delta: Optional[float] = None,
         seed: int = 0,
         num_epochs: Optional[int] = None,
+        initial_score: float = 1e4,
     ) -> None:
-        super().__init__(num_samples, seed=seed, num_epochs=num_epochs)
+        super().__init__(num_samples, seed=seed, num_epochs=num_epochs, initial_score=initial_score)
         self.random_len_ratio = check_ratio("random_len_ratio", random_len_ratio)
         self.top_q_ratio = check_ratio("top_q_ratio", top_q_ratio)
         self.subset_size, self.keep_size = subset_sizes(
@@ -233,4 +237,5 @@ class OrderDP(Policy):
             "random_len_ratio": self.random_len_ratio,
             "top_q_ratio": self.top_q_ratio,
             "anneal_delta": self.anneal_delta,
+            "initial_score": self.initial_score,
         }
