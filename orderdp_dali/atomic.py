@@ -35,6 +35,7 @@ def write_atomic(path: PathLike, write: Callable[[IO[Any]], Any], mode: str = "w
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; follow the umask like open()
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -52,6 +53,12 @@ def write_atomic(path: PathLike, write: Callable[[IO[Any]], Any], mode: str = "w
     except OSError:
         pass
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:

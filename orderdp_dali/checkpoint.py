@@ -10,9 +10,11 @@ file intact.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -42,8 +44,18 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> None:
-    """``torch.save(state)`` to ``path`` atomically."""
-    write_atomic(path, lambda f: torch.save(dict(state), f))
+    """``torch.save(state)`` to ``path`` atomically.
+
+    Raises:
+        OSError: ENOSPC when the disk filled up (torch reports it as an opaque RuntimeError).
+    """
+    try:
+        write_atomic(path, lambda f: torch.save(dict(state), f))
+    except RuntimeError as e:
+        free = shutil.disk_usage(Path(path).parent).free if Path(path).parent.is_dir() else -1
+        if "unexpected pos" in str(e) or 0 <= free < 64 * 2**20:
+            raise OSError(errno.ENOSPC, f"No space left on device ({free} bytes free)", str(path)) from e
+        raise
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
@@ -84,16 +96,15 @@ def resolve_resume(resume: Optional[str], output_dir: PathLike) -> Optional[Path
     return path
 
 
-def check_resumable(
-    state: Mapping[str, Any], path: PathLike, fingerprint: str, policy_state: Mapping[str, Any]
-) -> None:
+def check_resumable(state: Mapping[str, Any], path: PathLike, fingerprint: str, policy: Any) -> None:
     """Refuse to continue ``state`` on another dataset or with another policy (name or settings).
 
     Args:
         state: a loaded checkpoint.
         path: where it came from (for messages).
         fingerprint: this run's training-set fingerprint.
-        policy_state: this run's fresh ``policy.state_dict()`` (its name and config are compared).
+        policy: this run's policy (see :meth:`~orderdp_dali.policies.Policy.settings_conflict`:
+            only the epoch count may change, and only where no plan depends on it).
 
     Raises:
         CheckpointError: naming what the checkpoint has and what this run has.
@@ -107,13 +118,18 @@ def check_resumable(
             "resume on the same training set or start a fresh run"
         )
     saved_policy = ((state.get("iterator") or {}).get("policy")) or {}
-    then = (saved_policy.get("policy"), to_plain(saved_policy.get("config")))
-    now = (policy_state.get("policy"), to_plain(policy_state.get("config")))
-    if then != now:
+    if saved_policy.get("policy") != policy.name:
         raise CheckpointError(
-            f"checkpoint {path} was made with policy {then[0]!r} {then[1]}, this run asks for policy "
-            f"{now[0]!r} {now[1]}; resume with the same policy settings (and train.seed/train.epochs) "
-            "or start a fresh run"
+            f"checkpoint {path} was made with policy {saved_policy.get('policy')!r} "
+            f"{to_plain(saved_policy.get('config'))}, this run asks for policy {policy.name!r} "
+            f"{to_plain(policy.config())}; resume with the same policy settings (and train.seed) or start a fresh run"
+        )
+    conflict = policy.settings_conflict(to_plain(saved_policy.get("config") or {}))
+    if conflict is not None:
+        raise CheckpointError(
+            f"checkpoint {path} was made with policy {saved_policy.get('policy')!r} "
+            f"{to_plain(saved_policy.get('config'))}, this run asks for policy {policy.name!r} "
+            f"{to_plain(policy.config())}: {conflict}"
         )
 
 

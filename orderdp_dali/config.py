@@ -77,8 +77,8 @@ class DataConfig:
     root: str = ""
     train_split: str = "train"
     val_split: str = "val"
-    crop: int = _opt(224, lo=1)
-    val_resize: int = _opt(256, lo=1)
+    crop: int = _opt(224, lo=1, hi=4096)
+    val_resize: int = _opt(256, lo=1, hi=8192)
     augment: bool = True
     dtype: str = _opt("float32", choices=("float32", "float16"))
     hw_decoder_load: float = _opt(0.65, lo=0.0, hi=1.0)

@@ -19,3 +19,7 @@ class ConfigError(ValueError):
 
 class DistributedError(RuntimeError):
     """Another rank of a distributed run died or stopped responding; this rank cannot go on."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the epoch and step."""

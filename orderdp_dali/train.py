@@ -19,6 +19,7 @@ The benchmark harness calls :func:`run_training` in-process, once per policy.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import logging
@@ -48,7 +49,14 @@ from orderdp_dali.checkpoint import (
     trim_metrics,
 )
 from orderdp_dali.config import Config, load_config
-from orderdp_dali.errors import CheckpointError, ConfigError, DatasetError, DecodeError, DistributedError
+from orderdp_dali.errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    DecodeError,
+    DistributedError,
+    NonFiniteLossError,
+)
 from orderdp_dali.lr_schedule import lr_at, progress, set_lr
 from orderdp_dali.models import build_model
 from orderdp_dali.policies import make_policy
@@ -162,7 +170,8 @@ def build_data(cfg: Config) -> Data:
         from orderdp_dali.cifar import ArrayPlanIterator, load_cifar
         from orderdp_dali.pipelines import CifarPipelineConfig
 
-        train, val = load_cifar(root, d.dataset, "train"), load_cifar(root, d.dataset, "val")
+        train = load_cifar(root, d.dataset, "train")
+        val = load_cifar(root, d.dataset, "val") if cfg.train.eval_every > 0 else None
         pipe = CifarPipelineConfig(size=int(train.images.shape[1]), dtype=d.dtype)
         return Data(train, val, len(train.classes), ArrayPlanIterator, pipe)
     from orderdp_dali.iterator import DALIPlanIterator
@@ -171,8 +180,11 @@ def build_data(cfg: Config) -> Data:
 
     exclude = _read_exclude(d.exclude_file)
     train = SampleIndex.scan(root / d.train_split, cache_dir=d.cache_dir, exclude=exclude)
-    val = SampleIndex.scan(root / d.val_split, cache_dir=d.cache_dir, exclude=exclude)
-    if val.classes != train.classes:
+    if cfg.train.eval_every <= 0:  # no evaluation: the validation split need not exist
+        val = None
+    else:
+        val = SampleIndex.scan(root / d.val_split, cache_dir=d.cache_dir, exclude=exclude)
+    if val is not None and val.classes != train.classes:
         raise DatasetError(
             f"class folders differ between {train.root} ({len(train.classes)} classes) and "
             f"{val.root} ({len(val.classes)} classes): labels would not match"
@@ -290,6 +302,8 @@ def train_one_epoch(
     steps = len(it)  # known before the epoch runs: the schedule below uses it
     planned = len(it.plan)
     weighted_sum = torch.zeros((), device=rt.device)
+    step_t = torch.zeros((), dtype=torch.long, device=rt.device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=rt.device)
     raw_sum = torch.zeros((), device=rt.device)
     count = 0
     data_time = 0.0
@@ -322,7 +336,13 @@ def train_one_epoch(
         weighted_sum += loss.detach() * n
         raw_sum += losses.detach().sum()
         count += n
+        # Remember on the device the first step whose loss is not finite (no host wait here);
+        # every print_freq steps and before the epoch ends, all ranks look at it together.
+        step_t += 1
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step_t - 1, first_bad)
         step += 1
+        if step % cfg.train.print_freq == 0 or step == steps:
+            _stop_on_nonfinite_loss(first_bad, epoch, cfg, rt)
         bar.update(1)
         if bar.disable is False and (step % cfg.train.print_freq == 0 or step == steps):
             # .item() waits for the device: only every print_freq steps, never per step.
@@ -347,6 +367,25 @@ def train_one_epoch(
         "pipeline_start_s": it.last_pass.get("start_s"),
         "pipeline_prestarted": it.last_pass.get("prestarted"),
     }
+
+
+def _stop_on_nonfinite_loss(first_bad: torch.Tensor, epoch: int, cfg: Config, rt: Runtime) -> None:
+    """Raise NonFiniteLossError on every rank if any rank's loss stopped being finite.
+
+    Checked every print_freq steps, before the iterator ends the epoch, so the score table
+    never receives a NaN and the last checkpoint is never overwritten with a broken model.
+    """
+    never = torch.iinfo(torch.long).max
+    earliest = torch.where(first_bad >= 0, first_bad, torch.full_like(first_bad, never)).reshape(1)
+    if rt.distributed:
+        dist.all_reduce(earliest, op=dist.ReduceOp.MIN)  # one collective: every rank decides alike
+    step = int(earliest.item())
+    if step != never:
+        raise NonFiniteLossError(
+            f"epoch {epoch}, step {step}: the training loss is not finite (NaN or infinity); likely a learning "
+            f"rate too high (optim.lr={cfg.optim.lr:g}), an fp16 overflow (train.amp={cfg.train.amp}) or broken "
+            "inputs. The run stopped before the score table or the last checkpoint took it"
+        )
 
 
 @torch.no_grad()
@@ -392,7 +431,7 @@ def _should_evaluate(cfg: Config, epoch: int) -> bool:
 
 # -------------------------------------------------------------- checkpoints
 def _checkpoint_state(epoch: int, model: nn.Module, optimizer: Any, scaler: Any, it: Any, cfg: Config,
-                      fingerprint: str, planned: List[int]) -> Dict[str, Any]:
+                      fingerprint: str, planned: List[int], record: Dict[str, Any]) -> Dict[str, Any]:
     return {
         "version": CHECKPOINT_VERSION,
         "epoch": epoch,  # the next epoch to run
@@ -403,6 +442,9 @@ def _checkpoint_state(epoch: int, model: nn.Module, optimizer: Any, scaler: Any,
         "config": cfg.to_dict(),
         "dataset": fingerprint,
         "planned": list(planned),
+        # The finished epoch's metrics line before validation: logged from here on resume if
+        # the run stopped between this checkpoint and the line (e.g. during validation).
+        "record": json.dumps(record),
     }
 
 
@@ -422,10 +464,11 @@ def _save(state: Dict[str, Any], out: Path, epoch_done: int, cfg: Config) -> Non
 
 def _resume(
     path: Path, model: nn.Module, optimizer: Any, scaler: Any, it: Any, fingerprint: str
-) -> Tuple[int, List[int]]:
-    """Load ``path`` into the training objects; return (next epoch, plan sizes so far)."""
+) -> Tuple[int, List[int], Optional[Dict[str, Any]]]:
+    """Load ``path`` into the training objects; return (next epoch, plan sizes so far, the
+    metrics line of the epoch before it as the checkpoint recorded it, if any)."""
     state = load_checkpoint(path)
-    check_resumable(state, path, fingerprint, it.policy.state_dict())
+    check_resumable(state, path, fingerprint, it.policy)
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -436,7 +479,8 @@ def _resume(
     epoch = int(state["epoch"])
     if it.epoch != epoch:
         raise CheckpointError(f"{path}: iterator is at epoch {it.epoch} but the checkpoint says {epoch}")
-    return epoch, [int(p) for p in state.get("planned", [])]
+    record = json.loads(state["record"]) if isinstance(state.get("record"), str) else None
+    return epoch, [int(p) for p in state.get("planned", [])], record
 
 
 # --------------------------------------------------------------------- run
@@ -444,6 +488,7 @@ def run_training(
     cfg: Config,
     output_dir: Optional[PathLike] = None,
     resume: Optional[str] = None,
+    overwrite: bool = False,
 ) -> List[Dict[str, Any]]:
     """Train as ``cfg`` says; return the per-epoch records of the epochs this call ran.
 
@@ -453,6 +498,8 @@ def run_training(
             ``cfg.train.output_dir``).
         resume: a checkpoint path, ``"auto"`` (``output_dir/last.pth`` if present, else a
             fresh start) or ``None``.
+        overwrite: start afresh in an ``output_dir`` that holds a previous run (without it,
+            such a run is refused and nothing is touched).
 
     Returns:
         One dict per epoch run (the JSON lines of the metrics log), on every rank.
@@ -477,16 +524,20 @@ def run_training(
         scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.train.amp == "fp16")
         seed_everything(cfg.train.seed, rt.rank, cfg.train.deterministic)
         fingerprint = data.train.fingerprint
-        start, planned = 0, []
+        start, planned, last_record = 0, [], None
         ckpt = resolve_resume(resume, out)
         if ckpt is not None:
-            start, planned = _resume(ckpt, bare, optimizer, scaler, train_it, fingerprint)
+            start, planned, last_record = _resume(ckpt, bare, optimizer, scaler, train_it, fingerprint)
             if rt.is_main:
                 print(f"resumed from {ckpt}: continuing at epoch {start}", flush=True)
+        elif rt.is_main and not overwrite:
+            _refuse_previous_run(out)
         if rt.is_main:
             out.mkdir(parents=True, exist_ok=True)
             write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-            trim_metrics(out / METRICS, start)
+            kept = trim_metrics(out / METRICS, start)
+            if last_record is not None and not any(r.get("epoch") == start - 1 for r in kept):
+                _append_metrics(out / METRICS, last_record)  # it stopped after the checkpoint, before the line
         records = []
         for epoch in range(start, cfg.train.epochs):
             phase = f"epoch {epoch} (training)"
@@ -495,6 +546,13 @@ def run_training(
             record.update(train_one_epoch(model, optimizer, scaler, train_it, epoch, cfg, rt))
             planned.append(record["planned"])
             record["fraction_saved"] = 1.0 - sum(planned) / (n * len(planned))
+            if rt.is_main and cfg.train.checkpoint:
+                # Checkpoint before validating, so a validation failure costs no training. The
+                # metrics line follows validation; the checkpoint carries it for a resume that
+                # finds it missing, so each epoch is logged exactly once either way.
+                state = _checkpoint_state(epoch + 1, bare, optimizer, scaler, train_it, cfg, fingerprint, planned,
+                                          record)
+                _save(state, out, epoch + 1, cfg)
             if val_it is not None and _should_evaluate(cfg, epoch):
                 phase = f"epoch {epoch} (validation)"
                 _sync_buffers(bare, rt)
@@ -502,12 +560,7 @@ def run_training(
                 record.update(evaluate(bare, val_it, cfg, rt))
                 record["val_time"] = time.perf_counter() - t
             if rt.is_main:
-                # Log first, then checkpoint: a crash in between re-runs this epoch on resume,
-                # which drops its line before logging it again (exactly once either way).
                 _append_metrics(out / METRICS, record)
-                if cfg.train.checkpoint:
-                    state = _checkpoint_state(epoch + 1, bare, optimizer, scaler, train_it, cfg, fingerprint, planned)
-                    _save(state, out, epoch + 1, cfg)
             records.append(record)
         return records
     except Exception as e:
@@ -520,6 +573,16 @@ def run_training(
                 it.close()
         if rt.owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _refuse_previous_run(out: Path) -> None:
+    """A fresh start must not destroy an earlier run's log and checkpoint without being asked to."""
+    found = [name for name in (METRICS, LAST) if (out / name).is_file() and (out / name).stat().st_size > 0]
+    if found:
+        raise ConfigError(
+            f"train.output_dir: {out} already holds a run ({', '.join(found)}); continue it with --resume auto, "
+            "choose another --output-dir, or pass --overwrite to replace it"
+        )
 
 
 def _plan_sha1(plan: Any) -> str:
@@ -535,7 +598,7 @@ _PEER_FAILURE_MARKERS = ("connection reset", "connection closed", "broken pipe",
 
 
 def _is_peer_failure(error: BaseException) -> bool:
-    if isinstance(error, (DecodeError, ConfigError, DatasetError, CheckpointError)):
+    if isinstance(error, (DecodeError, ConfigError, DatasetError, CheckpointError, NonFiniteLossError)):
         return False
     if isinstance(error, getattr(dist, "DistError", ())):
         return True
@@ -575,6 +638,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output-dir", help="override train.output_dir")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start afresh in an output dir that holds a run, replacing it"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, show the traceback too (or set ORDERDP_DALI_DEBUG=1)"
+    )
     return parser
 
 
@@ -582,20 +651,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = get_args_parser()
     args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    debug = args.debug or os.environ.get("ORDERDP_DALI_DEBUG", "") not in ("", "0")
     try:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
-        run_training(cfg, output_dir=args.output_dir, resume=args.resume)
-    except (ConfigError, DatasetError, CheckpointError) as e:
-        print(f"orderdp-dali train: error: {e}", file=sys.stderr)
-        return 2
-    except DistributedError as e:
-        print(f"orderdp-dali train: error: {e}", file=sys.stderr)
-        return 1
+        run_training(cfg, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print("orderdp-dali train: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        code, message = describe_error(e)
+        print(f"orderdp-dali train: error: {message}", file=sys.stderr)
+        return code
     return 0
 
+
+def describe_error(error: BaseException) -> Tuple[int, str]:
+    """(exit code, one line naming the cause and the remedy) for an error that ends a run.
+
+    Bad settings, data and checkpoints exit 2; everything else 1. Errors we do not know get
+    their type and first line, and the hint that ``--debug`` shows the traceback.
+    """
+    if isinstance(error, (ConfigError, DatasetError, CheckpointError)):
+        return 2, str(error)
+    if isinstance(error, (DecodeError, DistributedError, NonFiniteLossError)):
+        return 1, str(error)
+    if isinstance(error, OSError):
+        where = f" ({error.filename})" if error.filename else ""
+        if error.errno == errno.ENOSPC:
+            return 1, f"no space left on the device{where}: free some, or choose another --output-dir"
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return 1, f"cannot write{where}: {error.strerror}; choose a writable --output-dir"
+        return 1, f"{error.strerror or error}{where}"
+    text = str(error).strip()
+    if "bad_alloc" in text or isinstance(error, MemoryError):
+        return 1, (
+            "out of memory (std::bad_alloc): lower train.batch_size, data.crop or data.num_threads "
+            "(run with --debug for the traceback)"
+        )
+    first = text.splitlines()[0][:300] if text else ""
+    return 1, f"{type(error).__name__}: {first} (run with --debug for the traceback)"
 
 
 if __name__ == "__main__":

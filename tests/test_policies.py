@@ -479,7 +479,7 @@ def test_load_state_dict_refuses_other_settings(kind, other):
     train_epochs(policy, range(1))
     target = other(n)
     before = target.state_dict()
-    with pytest.raises(ValueError, match="settings differ|state_dict is for policy"):
+    with pytest.raises(ValueError, match="settings differ|state_dict is for policy|moves infobatch's annealing"):
         target.load_state_dict(policy.state_dict())
     np.testing.assert_array_equal(target.scores.values, before["scores"]["values"])
 
@@ -602,3 +602,19 @@ def test_a_low_initial_score_ranks_unseen_samples_last():
         policy.update(np.arange(50), np.full(50, 2.0, dtype=np.float32))  # samples 0..49 seen, loss 2
         kept = set(policy.select(1).indices.tolist())
         assert kept == (set(range(50, 100)) if unseen_first else set(range(50))), initial
+
+
+def test_a_run_may_get_more_epochs_only_where_no_plan_depends_on_the_count():
+    n = 300
+    for short, longer in ((OrderDP(n, 0.8, 0.5, num_epochs=10), OrderDP(n, 0.8, 0.5, num_epochs=12)),
+                          (FullData(n, num_epochs=10), FullData(n, num_epochs=12))):
+        train_epochs(short, range(2))
+        longer.load_state_dict(short.state_dict())  # no annealing: the plans do not depend on the count
+        assert_same_plan(short.select(2), longer.select(2))
+    ib = InfoBatch(n, num_epochs=10)
+    moved = r"from 10 to 12 moves infobatch's annealing \(full data from epoch 8 instead of 10\)"
+    with pytest.raises(ValueError, match=moved):
+        InfoBatch(n, num_epochs=12).load_state_dict(ib.state_dict())
+    annealed = OrderDP(n, 0.8, 0.5, anneal_delta=0.5, num_epochs=10)
+    with pytest.raises(ValueError, match="moves orderdp's annealing"):
+        OrderDP(n, 0.8, 0.5, anneal_delta=0.5, num_epochs=20).load_state_dict(annealed.state_dict())

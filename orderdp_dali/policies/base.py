@@ -208,12 +208,30 @@ class Policy(ABC):
             raise ValueError(f"state_dict is for policy {state.get('policy')!r}, not {self.name!r}")
         if state.get("version") != POLICY_STATE_VERSION:
             raise ValueError(f"unsupported policy state version {state.get('version')!r}")
-        if dict(state["config"]) != self.config():
-            raise ValueError(
-                f"policy settings differ: checkpoint has {dict(state['config'])}, "
-                f"this run has {self.config()}"
-            )
+        conflict = self.settings_conflict(state["config"])
+        if conflict is not None:
+            raise ValueError(conflict)
         self.scores.load_state_dict(state["scores"])
+
+    def settings_conflict(self, saved: Mapping[str, Any]) -> Optional[str]:
+        """Why a state saved with the settings ``saved`` cannot continue under this policy's, or None.
+
+        Only the epoch count may differ, and only where no plan depends on it (no annealing):
+        a finished 90-epoch run can then be extended to 120.
+        """
+        saved, now = dict(saved), self.config()
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if not changed or (changed == ["num_epochs"] and self.anneal_delta is None):
+            return None
+        if changed == ["num_epochs"] and saved.get("num_epochs") is not None and self.num_epochs is not None:
+            then = first_full_epoch(self.anneal_delta, int(saved["num_epochs"]))
+            return (
+                f"changing the epoch count from {saved['num_epochs']} to {self.num_epochs} moves {self.name}'s "
+                f"annealing (full data from epoch {then} instead of "
+                f"{first_full_epoch(self.anneal_delta, self.num_epochs)}), so the plans would differ from the "
+                f"run's; keep {saved['num_epochs']} epochs or start a fresh run"
+            )
+        return f"policy settings differ: checkpoint has {saved}, this run has {now}"
 
 
 POLICIES: Dict[str, Type[Policy]] = {}
