@@ -7,6 +7,8 @@ and writes a list that :meth:`orderdp_dali.sample_index.SampleIndex.scan` can ex
 Which files are images follows torchvision's ``ImageFolder``: class folders are the
 (symlink-followed) sub-folders of a split, searched recursively; a file is an image when its
 name ends with one of :data:`IMG_EXTENSIONS` (any case). Other files are ignored, as there.
+The walk is :func:`orderdp_dali.sample_index.walk_split`, the one training's ``SampleIndex``
+uses, so both see the same files; a symlink loop is reported (``symlink_loop``) and skipped.
 
 Two depths:
 
@@ -24,7 +26,9 @@ DALI decodes such a file on the CPU, which only costs speed. ``--strict`` makes 
 bad. GIF content is bad: DALI's decoders do not read GIF.
 
 Absolute paths in the report are the *resolved* split folder joined with the path relative
-to it (symlinked class folders are not resolved), the convention of ``SampleIndex``.
+to it (symlinked class folders are not resolved), the convention of ``SampleIndex``; the
+report's ``root`` is resolved too, so :func:`load_exclusion_list` can tell whether a list
+belongs to the dataset a training run reads.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import stat
 import sys
 import time
@@ -40,12 +45,13 @@ from collections import Counter
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from tqdm import tqdm
 
 from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.errors import DatasetError
+from orderdp_dali.sample_index import IMG_EXTENSIONS, walk_split
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -64,9 +70,6 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# Mirrors torchvision.datasets.folder.IMG_EXTENSIONS (matched case-insensitively); kept as a
-# copy so that checking data does not import torch.
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 KNOWN_SPLITS = ("train", "val")
 
 BAD_REASONS = {
@@ -136,7 +139,7 @@ class CheckReport:
     """What :func:`check_dataset` found.
 
     Attributes:
-        root: the absolute ROOT that was checked.
+        root: the ROOT that was checked, resolved (symlinks followed), as its split folders are.
         splits: split name -> resolved split folder (name ``""`` when ROOT is the split).
         deep: whether every image was decoded.
         num_files: image files checked.
@@ -311,53 +314,10 @@ class _Split:
     findings: List[Tuple[str, str, str]] = field(default_factory=list)  # (relpath, reason, detail)
 
 
-def _walk_class(split: _Split, rel_dir: str, ancestors: FrozenSet[Tuple[int, int]]) -> int:
-    """Collect the image files under one class folder (recursively, symlinks followed)."""
-    path = os.path.join(split.root, rel_dir)
-    try:
-        st = os.stat(path)
-        key = (st.st_dev, st.st_ino)
-        if key in ancestors:
-            split.findings.append((rel_dir, "symlink_loop", "this folder contains itself through a symlink"))
-            return 0
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as e:
-        split.findings.append((rel_dir, "unreadable_dir", e.strerror or str(e)))
-        return 0
-    found = 0
-    for entry in entries:
-        rel = os.path.join(rel_dir, entry.name)
-        try:
-            is_dir = entry.is_dir()  # follows symlinks, as os.walk(followlinks=True) does
-        except OSError:
-            is_dir = False
-        if is_dir:
-            found += _walk_class(split, rel, ancestors | {key})
-        elif entry.name.lower().endswith(IMG_EXTENSIONS):
-            split.files.append(rel)
-            found += 1
-    return found
-
-
 def _scan_split(name: str, folder: Path) -> _Split:
-    split = _Split(name, os.path.realpath(folder))
-    try:
-        with os.scandir(split.root) as it:
-            split.classes = sorted(e.name for e in it if _is_dir(e))
-    except OSError as e:
-        raise DatasetError(f"cannot list {folder}: {e.strerror or e}") from e
-    for cls in split.classes:
-        if _walk_class(split, cls, frozenset()) == 0:
-            split.empty.append(cls)
-    return split
-
-
-def _is_dir(entry: "os.DirEntry[str]") -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
+    walk = walk_split(folder)  # the walk SampleIndex does: the same files, loops and unreadable folders
+    files = [rel for found in walk.files for rel in found]
+    return _Split(name, walk.root, walk.classes, files, walk.empty_classes, list(walk.skipped))
 
 
 def _find_splits(root: Path, splits: Optional[Sequence[str]]) -> Dict[str, Path]:
@@ -415,7 +375,7 @@ def check_dataset(
             where = f"split {split.name!r} ({split.root})" if split.name else str(root_path)
             raise DatasetError(f"no class folders in {where}: expected <split>/<class>/<image> folders")
 
-    report = CheckReport(root=str(root_path), splits={s.name: s.root for s in scanned}, deep=deep)
+    report = CheckReport(root=os.path.realpath(root_path), splits={s.name: s.root for s in scanned}, deep=deep)
     findings: List[Tuple[_Split, str, str, str]] = [(s, *f) for s in scanned for f in s.findings]
     files = [(s, rel) for s in scanned for rel in s.files]
     report.num_files = len(files)
@@ -470,69 +430,228 @@ def _run_checks(paths: List[str], deep: bool, workers: int, progress: bool) -> L
 # ----------------------------------------------------------------------------- the bad-file list
 
 
+def _quoted(path: str) -> str:
+    """``path`` for a line of the text list: a JSON string literal when it would not survive as is."""
+    return json.dumps(path, ensure_ascii=False) if ("\n" in path or "\r" in path) else path
+
+
 def write_report(report: CheckReport, path: PathLike) -> Path:
     """Write the bad-file list atomically: JSON if ``path`` ends in ``.json``, else text.
 
     The text format is one bad file per line, ``<reason>\\t<absolute path>``, after ``#``
-    comment lines; a path containing a line break is written as a JSON string literal.
-    JSON holds the whole report (``bad_files``: ``path``, ``relpath``, ``split``, ``reason``,
-    ``detail``; plus warnings, empty classes, class mismatches).
+    comment lines, the first of which names the (resolved) root that was checked; a path
+    containing a line break is written as a JSON string literal.
+    JSON holds the whole report (``root``, ``splits``; ``bad_files``: ``path``, ``relpath``,
+    ``split``, ``reason``, ``detail``; plus warnings, empty classes, class mismatches).
     """
     out = Path(path)
     if out.suffix.lower() == ".json":
         text = json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
     else:
         lines = [
-            f"# orderdp-dali check-data: {len(report.bad)} bad of {report.num_files} files under {report.root}",
+            f"# orderdp-dali check-data: {len(report.bad)} bad of {report.num_files} files under "
+            f"{_quoted(report.root)}",
             "# <reason>\\t<absolute path>",
         ]
-        for f in report.bad:
-            shown = json.dumps(f.path, ensure_ascii=False) if ("\n" in f.path or "\r" in f.path) else f.path
-            lines.append(f"{f.reason}\t{shown}")
+        lines += [f"{f.reason}\t{_quoted(f.path)}" for f in report.bad]
         text = "\n".join(lines) + "\n"
     return write_text_atomic(out, text)  # training reads this list: it must survive a crash whole
 
 
-def load_exclusion_list(path: PathLike, root: Optional[PathLike] = None) -> Set[str]:
-    """Read a list written by :func:`write_report` back as a set of absolute paths.
+_LIST_FORMATS = (
+    "expected the list 'orderdp-dali check-data --output' writes (.json, or '<reason>\\t<path>' lines) "
+    "or absolute image paths, one a line"
+)
+_TEXT_HEADER = re.compile(r"# orderdp-dali check-data: \d+ bad of \d+ files under (.+)")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    path: str  # absolute, as written in the list
+    where: str = ""  # "line N" in a text list
+    split: Optional[str] = None  # check-data's JSON only
+    relpath: Optional[str] = None
+
+
+def load_exclusion_list(path: PathLike, root: Optional[PathLike] = None, *, rebase: bool = False) -> Set[str]:
+    """Read a bad-file list back as a set of absolute paths, checking it belongs to the dataset at ``root``.
+
+    Accepted formats (anything else is a :class:`DatasetError` naming the file, and the line):
+
+    * check-data's JSON (:func:`write_report`); also a bare JSON list of absolute paths or of
+      ``{"path": ...}`` objects;
+    * check-data's text: ``<reason>\\t<absolute path>`` lines, ``reason`` one of
+      :data:`BAD_REASONS` or :data:`WARNING_REASONS`; ``#`` lines are comments;
+    * plain lists: one absolute path of an image file (an :data:`IMG_EXTENSIONS` name) a
+      line; ``#`` comments and blank lines allowed. Relative paths are refused: whether
+      ``c/x.JPEG`` meant ``ROOT/train/c/x.JPEG`` or ``ROOT/c/x.JPEG`` cannot be told, and a
+      wrong guess would silently exclude nothing. A path with a line break needs JSON.
+
+    With ``root`` (the dataset root a training run reads, the folder holding its split
+    folders, as ``data.root``), the list must be this dataset's: the root check-data recorded
+    (JSON ``root``, or the text list's first comment line; lists without one skip this)
+    must be ``root`` or one of its split folders (symlinks resolved on both sides, so lists
+    written before roots were recorded resolved still load), and every entry must lie under
+    ``root`` or one of its (resolved) split folders. A list of a moved or copied dataset, or
+    the wrong file, is an error rather than a list that silently excludes nothing.
 
     Args:
-        path: the ``.json`` or text file.
-        root: re-base the entries onto this dataset root (``root/split/relpath``), e.g. when
-            the dataset was checked on another machine or mount point. JSON lists only.
+        path: the list.
+        root: the dataset root to check the list against; None reads the list unchecked.
+        rebase: with ``root``, do not check but re-base check-data's JSON entries onto
+            ``root`` (``realpath(root/split)/relpath``): for an identical copy of the checked
+            dataset, e.g. on another machine.
 
     Raises:
-        ValueError: the file is not such a list.
+        DatasetError: the file is no such list, or (with ``root``) another dataset's.
+        OSError: the file cannot be read.
     """
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    name = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise DatasetError(f"{name} is not a text file (not UTF-8): {_LIST_FORMATS}") from None
     if Path(path).suffix.lower() == ".json" or text.lstrip().startswith(("{", "[")):
-        data = json.loads(text)
-        entries = data.get("bad_files") if isinstance(data, dict) else data
-        if not isinstance(entries, list):
-            raise ValueError(f"{path}: expected a JSON object with a 'bad_files' list")
+        recorded, entries = _parse_json_list(name, text)
+    else:
+        recorded, entries = _parse_text_list(name, text)
+    if root is None:
+        if rebase:
+            raise ValueError("load_exclusion_list: rebase=True needs the root to re-base onto")
+        return {e.path for e in entries}
+    abs_root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    real_root = os.path.realpath(abs_root)
+    if rebase:
         out = set()
         for e in entries:
-            if isinstance(e, str):
-                out.add(e)
-            elif isinstance(e, dict) and "path" in e:
-                if root is not None and "relpath" in e:
-                    split_root = Path(root).expanduser().resolve() / (e.get("split") or "")
-                    out.add(os.path.join(split_root, e["relpath"]))
-                else:
-                    out.add(e["path"])
-            else:
-                raise ValueError(f"{path}: bad entry {e!r}; expected {{'path': ..., 'reason': ...}}")
+            if e.relpath is None:
+                raise DatasetError(f"{name}: rebase needs check-data's JSON list (a relpath and split for each entry)")
+            out.add(os.path.join(os.path.realpath(os.path.join(real_root, e.split or "")), e.relpath))
         return out
-    if root is not None:
-        raise ValueError("root= re-basing needs the JSON format (it holds the relative paths)")
-    out = set()
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
+    splits = _split_folders(real_root)
+    remedy = f"re-run 'orderdp-dali check-data {real_root} --output {name}' and pass the new list"
+    if recorded is not None and os.path.realpath(recorded) not in {real_root, *splits}:
+        raise DatasetError(
+            f"{name} was written by check-data for {recorded}, but this run reads {real_root}: {remedy} "
+            "(another dataset's list, e.g. of a moved or copied dataset, would exclude nothing here)"
+        )
+    bases = sorted({abs_root, real_root, *splits})
+    dataset = {real_root, *splits}
+    memo: Dict[str, str] = {}
+    for e in entries:
+        p = os.path.normpath(e.path)
+        if not any(p == b or p.startswith(b.rstrip(os.sep) + os.sep) for b in bases) and not any(
+            _realpath(a, memo) in dataset for a in _ancestors(p)  # spelled through a symlink to the dataset
+        ):
+            where = f"{name} {e.where}" if e.where else name
+            raise DatasetError(f"{where}: {e.path} is outside {real_root}, the dataset this run reads: {remedy}")
+    return {e.path for e in entries}
+
+
+def _ancestors(path: str) -> List[str]:
+    """The folders above ``path``, shallowest first (``/a/b/c`` -> ``/``, ``/a``, ``/a/b``)."""
+    out = []
+    parent = os.path.dirname(path)
+    while parent and parent not in out:
+        out.append(parent)
+        parent = os.path.dirname(parent)
+    return out[::-1]
+
+
+def _realpath(path: str, memo: Dict[str, str]) -> str:
+    if path not in memo:
+        memo[path] = os.path.realpath(path)
+    return memo[path]
+
+
+def _split_folders(real_root: str) -> List[str]:
+    """The resolved sub-folders of a dataset root (its split folders, symlinks followed)."""
+    try:
+        with os.scandir(real_root) as it:
+            names = [e.name for e in it]
+    except OSError:
+        return []
+    folders = [os.path.realpath(os.path.join(real_root, n)) for n in names]
+    return [f for f in folders if os.path.isdir(f)]
+
+
+def _parse_json_list(name: str, text: str) -> Tuple[Optional[str], List[_Entry]]:
+    """(recorded root or None, entries) of a JSON list."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        where = f" ({e.msg}, line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise DatasetError(f"{name} is not valid JSON{where}: {_LIST_FORMATS}") from None
+    recorded = None
+    if isinstance(data, dict):
+        recorded = data.get("root") if isinstance(data.get("root"), str) else None
+        items = data.get("bad_files")
+        if not isinstance(items, list):
+            raise DatasetError(f"{name}: expected a JSON object with a 'bad_files' list: {_LIST_FORMATS}")
+    elif isinstance(data, list):
+        items = data
+    else:
+        raise DatasetError(f"{name}: expected a JSON object with a 'bad_files' list: {_LIST_FORMATS}")
+    entries = []
+    for item in items:
+        if isinstance(item, str):
+            entry = _Entry(item)
+        elif isinstance(item, dict) and isinstance(item.get("path"), str):
+            split, rel = item.get("split"), item.get("relpath")
+            ok = isinstance(split, (str, type(None))) and isinstance(rel, str)
+            entry = _Entry(item["path"], split=split if ok else None, relpath=rel if ok else None)
+        else:
+            raise DatasetError(f"{name}: bad entry {item!r}; expected {{'path': ..., 'reason': ...}}")
+        if not os.path.isabs(entry.path):
+            raise DatasetError(f"{name}: {entry.path!r} is not an absolute path: {_LIST_FORMATS}")
+        entries.append(entry)
+    return recorded, entries
+
+
+def _parse_text_list(name: str, text: str) -> Tuple[Optional[str], List[_Entry]]:
+    """(recorded root or None, entries) of check-data's text list or a plain one."""
+    recorded = None
+    entries = []
+    reasons = {**BAD_REASONS, **WARNING_REASONS}
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line[:-1] if line.endswith("\r") else line
+        where = f"line {lineno}"
+        if line.startswith("#"):
+            m = _TEXT_HEADER.fullmatch(line)
+            if m and recorded is None:
+                recorded = _unquoted(name, where, m.group(1))
             continue
-        item = line.split("\t", 1)[-1]
-        out.add(json.loads(item) if item.startswith('"') else item)
-    return out
+        if not line.strip():
+            continue
+        if "\t" in line:
+            reason, item = line.split("\t", 1)
+            if reason not in reasons:
+                raise DatasetError(
+                    f"{name} {where}: unknown reason {reason!r} in '<reason>\\t<path>' (known: "
+                    f"{', '.join(sorted(reasons))}): {_LIST_FORMATS}"
+                )
+            item = _unquoted(name, where, item)
+        else:
+            item = line
+            if not item.lower().endswith(IMG_EXTENSIONS):
+                raise DatasetError(f"{name} {where}: {line[:80]!r} is not an image path: {_LIST_FORMATS}")
+        if not os.path.isabs(item):
+            raise DatasetError(f"{name} {where}: {item[:80]!r} is not an absolute path: {_LIST_FORMATS}")
+        entries.append(_Entry(item, where))
+    return recorded, entries
+
+
+def _unquoted(name: str, where: str, item: str) -> str:
+    if not item.startswith('"'):
+        return item
+    try:
+        value = json.loads(item)
+    except ValueError:
+        value = None
+    if not isinstance(value, str):
+        raise DatasetError(f"{name} {where}: {item[:80]!r} is not a valid quoted path: {_LIST_FORMATS}")
+    return value
 
 
 # ----------------------------------------------------------------------------- CLI

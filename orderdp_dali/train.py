@@ -142,14 +142,15 @@ class Data:
     pipeline_config: Any
 
 
-def _read_exclude(path: Optional[str]) -> Optional[List[str]]:
-    """The files listed in ``path``: a ``check-data --output`` report (text or JSON) or one path a line."""
+def _read_exclude(path: Optional[str], root: Path) -> Optional[List[str]]:
+    """The files listed in ``path`` (a ``check-data --output`` report, text or JSON, or absolute
+    paths one a line), refused when the list was written for another dataset than ``root``."""
     if not path:
         return None
     from orderdp_dali.check_data import load_exclusion_list
 
     try:
-        return sorted(load_exclusion_list(Path(path).expanduser()))
+        return sorted(load_exclusion_list(Path(path).expanduser(), root))
     except OSError as e:
         raise DatasetError(f"data.exclude_file: cannot read {path}: {e.strerror or e}") from None
     except ValueError as e:
@@ -178,7 +179,7 @@ def build_data(cfg: Config) -> Data:
     from orderdp_dali.pipelines import ImagePipelineConfig
     from orderdp_dali.sample_index import SampleIndex
 
-    exclude = _read_exclude(d.exclude_file)
+    exclude = _read_exclude(d.exclude_file, root)
     train = SampleIndex.scan(root / d.train_split, cache_dir=d.cache_dir, exclude=exclude)
     if cfg.train.eval_every <= 0:  # no evaluation: the validation split need not exist
         val = None
@@ -516,6 +517,7 @@ def run_training(
     phase = "start-up"  # named in the error if a peer rank dies
     try:
         data = build_data(cfg)
+        _refuse_one_class(data, cfg)
         n = len(data.train)
         policy = make_policy(cfg.policy.name, n, seed=cfg.train.seed, num_epochs=cfg.train.epochs, **cfg.policy.params)
         train_it, val_it = build_iterators(cfg, data, policy, rt)
@@ -573,6 +575,18 @@ def run_training(
                 it.close()
         if rt.owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _refuse_one_class(data: Data, cfg: Config) -> None:
+    """One class trains to loss 0: a policy that ranks samples by loss would rank noise."""
+    from orderdp_dali.policies import POLICIES
+
+    if data.num_classes == 1 and POLICIES[cfg.policy.name].ranks_by_loss:
+        raise DatasetError(
+            f"{getattr(data.train, 'root', cfg.data.root)} holds a single class: every loss goes to 0 and "
+            f"policy {cfg.policy.name!r} would rank noise; add the other class folders (policy.name=full runs "
+            "as a pipeline check)"
+        )
 
 
 def _refuse_previous_run(out: Path) -> None:

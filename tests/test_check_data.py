@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -154,7 +155,9 @@ def test_cli_output_round_trips(salted, tmp_path, capsys, suffix):
         assert {"path", "relpath", "split", "reason"} <= set(entry)
         assert data["empty_classes"] == ["train/c998 empty", "val/c998 empty"]
         moved = tmp_path / "elsewhere"
-        assert load_exclusion_list(out, root=moved) == {os.path.join(moved.resolve(), s, rel) for s, rel in bad}
+        rebased = load_exclusion_list(out, root=moved, rebase=True)
+        assert rebased == {os.path.join(moved.resolve(), s, rel) for s, rel in bad}
+    assert load_exclusion_list(out, root=root) == expected  # the dataset it was written for
 
 
 def test_text_list_survives_newlines_in_paths(tmp_path):
@@ -269,3 +272,118 @@ def test_unreadable_files_as_root_without_dac_override(tmp_path):
     assert proc.returncode == 0, proc.stderr
     locked_path = os.path.join(os.path.realpath(root / "train"), "c000_synthetic", locked.name)
     assert json.loads(proc.stdout) == [[locked_path, "unreadable"]]
+
+
+# ------------------------------------------------ issue 9.4: a list must belong to the dataset it excludes from
+def _one_bad_file(tmp_path: Path, name: str = "d") -> Tuple[Path, Path]:
+    root = make_dataset(tmp_path / name, mode="small", num_classes=2, train_per_class=2, val_per_class=1, workers=1)
+    bad = root / "train" / "c001_synthetic" / "zero.JPEG"
+    bad.write_bytes(b"")
+    return root, bad
+
+
+@pytest.mark.parametrize("suffix", [".json", ".txt"])
+def test_a_list_written_for_another_dataset_is_an_error(tmp_path, suffix):
+    """Today a list of a moved or copied dataset silently excludes nothing, and training dies on the bad file."""
+    from orderdp_dali.sample_index import SampleIndex
+
+    old, bad = _one_bad_file(tmp_path, "old")
+    listing = write_report(check_dataset(old, workers=1, progress=False), tmp_path / f"bad{suffix}")
+    assert load_exclusion_list(listing, root=old) == {str(bad)}
+    new = tmp_path / "new"
+    shutil.copytree(old, new, symlinks=True)
+    expected = (
+        re.escape(f"{listing} was written by check-data for {old.resolve()}, but this run reads {new.resolve()}")
+        + ".*" + re.escape(f"re-run 'orderdp-dali check-data {new.resolve()} --output {listing}'")
+    )
+    with pytest.raises(DatasetError, match=expected):
+        load_exclusion_list(listing, root=new)
+    with pytest.raises(DatasetError, match="written by check-data for"):
+        load_exclusion_list(listing, root=new / "train")  # a split of another dataset: no better
+    # The right list excludes the bad file from the split that training scans.
+    index = SampleIndex.scan(old / "train", cache_dir=tmp_path / "c", exclude=load_exclusion_list(listing, old))
+    assert "c001_synthetic/zero.JPEG" not in index.paths.tolist() and len(index) == 4
+
+
+def test_a_list_of_one_split_belongs_to_its_dataset(tmp_path):
+    root, bad = _one_bad_file(tmp_path)
+    listing = write_report(check_dataset(root / "train", workers=1, progress=False), tmp_path / "bad.json")
+    assert load_exclusion_list(listing, root=root) == {str(bad)}  # check-data ROOT/train; training reads ROOT
+
+
+def test_an_entry_outside_the_dataset_is_an_error(tmp_path):
+    root, bad = _one_bad_file(tmp_path)
+    plain = tmp_path / "plain.txt"
+    plain.write_text(f"{bad}\n/somewhere/else/x.JPEG\n")
+    with pytest.raises(DatasetError, match=re.escape(f"{plain} line 2: /somewhere/else/x.JPEG is outside")):
+        load_exclusion_list(plain, root=root)
+    listing = write_report(check_dataset(root, workers=1, progress=False), tmp_path / "bad.json")
+    data = json.loads(listing.read_text())
+    data["bad_files"].append({"path": "/somewhere/else/y.JPEG", "reason": "truncated"})
+    listing.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=re.escape(f"{listing}: /somewhere/else/y.JPEG is outside")):
+        load_exclusion_list(listing, root=root)
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("bad.yaml", "bad_files:\n  - /data/train/c/x.JPEG\n"),
+        ("notes.txt", "these files are broken, please skip them\n"),
+        ("relative.txt", "train/c001_synthetic/zero.JPEG\n"),
+        ("reason.txt", "# orderdp-dali check-data\nbroken\t/data/train/c/x.JPEG\n"),
+        ("folder.txt", "/data/train/c001_synthetic\n"),
+        ("binary.txt", b"\x89PNG\r\n\x1a\n\x00\xff\xfe"),
+        ("torn.json", '{"version": 1, "bad_files": [{"path": "/a'),
+        ("other.json", '{"something": 1}'),
+    ],
+)
+def test_a_list_in_an_unknown_format_is_an_error_naming_the_file(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    for root in (None, tmp_path):
+        with pytest.raises(DatasetError, match=re.escape(str(path))):
+            load_exclusion_list(path, root=root)
+
+
+def test_lists_written_before_and_plain_lists_still_load(tmp_path):
+    """Lists check-data wrote before this change (root not resolved), and absolute paths one a line."""
+    from orderdp_dali.sample_index import SampleIndex
+
+    real, bad = _one_bad_file(tmp_path)
+    link = tmp_path / "via link"
+    os.symlink(real, link)
+    resolved = os.path.join(os.path.realpath(real / "train"), "c001_synthetic", "zero.JPEG")
+    old_json = tmp_path / "old.json"
+    old_json.write_text(json.dumps({
+        "version": 1, "root": str(link), "splits": {"train": str(real / "train"), "val": str(real / "val")},
+        "bad_files": [{"path": resolved, "relpath": "c001_synthetic/zero.JPEG", "split": "train",
+                       "reason": "empty_file", "detail": ""}],
+    }))
+    old_txt = tmp_path / "old.txt"
+    old_txt.write_text(f"# orderdp-dali check-data: 1 bad of 7 files under {link}\n"
+                       f"# <reason>\\t<absolute path>\nempty_file\t{resolved}\n")
+    hand = tmp_path / "hand.txt"  # a header without a root, as tests/test_train.py writes
+    hand.write_text(f"# orderdp-dali check-data\ntruncated\t{resolved}\n")
+    plain = tmp_path / "plain.lst"  # spelled through the symlink: made the path SampleIndex uses
+    plain.write_text(f"# files DALI choked on\n\n{link / 'train' / 'c001_synthetic' / 'zero.JPEG'}\n")
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps([resolved]))
+    spelled = str(link / "train" / "c001_synthetic" / "zero.JPEG")
+    for listing in (old_json, old_txt, hand, plain, bare):
+        for root in (real, link):
+            excluded = load_exclusion_list(listing, root=root)
+            assert excluded == ({spelled} if listing == plain else {resolved}), (listing, root)
+            for split in (real / "train", link / "train"):  # however either is spelled, the file goes
+                index = SampleIndex.scan(split, cache_dir=tmp_path / "c", exclude=excluded)
+                assert "c001_synthetic/zero.JPEG" not in index.paths.tolist() and len(index) == 4
+    assert load_exclusion_list(old_txt) == {resolved}  # without root: read as before, unchecked
+
+
+def test_the_report_records_the_resolved_root(tmp_path):
+    real, _ = _one_bad_file(tmp_path)
+    link = tmp_path / "link"
+    os.symlink(real, link)
+    report = check_dataset(link, workers=1, progress=False)
+    assert report.root == os.path.realpath(real)
+    assert all(f.path.startswith(report.root + os.sep) for f in report.bad)

@@ -152,3 +152,22 @@ def test_a_full_disk_while_checkpointing_is_named(tmp_path, monkeypatch):
         checkpoint.save_checkpoint({"w": torch.ones(2)}, tmp_path / LAST)
     assert err.value.errno == 28 and err.value.filename == str(tmp_path / LAST)
     assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_a_one_class_dataset_is_refused_for_loss_ranking_policies(data, tmp_path):
+    root = tmp_path / "one"
+    for split in ("train", "val"):
+        shutil.copytree(data / split / "class_0", root / split / "class_0")
+    for policy in ("orderdp", "infobatch"):
+        with pytest.raises(DatasetError, match=rf"holds a single class: .*policy '{policy}' would rank noise"):
+            run_training(cfg(root, tmp_path / "c", f"policy.name={policy}"), output_dir=tmp_path / policy)
+    assert len(run_training(cfg(root, tmp_path / "c", "train.epochs=1"), output_dir=tmp_path / "full")) == 1
+
+
+def test_an_exclusion_list_of_another_dataset_is_refused(data, cache, tmp_path):
+    from orderdp_dali.check_data import check_dataset, write_report
+
+    other = write_colour_dataset(tmp_path / "other", train_per_class=3, val_per_class=1)
+    listed = write_report(check_dataset(other, workers=1, progress=False), tmp_path / "bad.json")
+    with pytest.raises(DatasetError, match=r"data.exclude_file: .*bad.json was written .* for .*other"):
+        run_training(cfg(data, cache, f"data.exclude_file={listed}"), output_dir=tmp_path / "run")

@@ -31,21 +31,6 @@ def test_extension_rule_and_non_images(tmp_path):
     assert len(index) == len(ImageFolder(str(root)))
 
 
-def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
-    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=3)
-    first = SampleIndex.scan(root, cache_dir=tmp_path / "cache")
-    calls = []
-    real_scan = si._scan
-    monkeypatch.setattr(si, "_scan", lambda d: calls.append(d) or real_scan(d))
-    again = SampleIndex.scan(root, cache_dir=tmp_path / "cache")
-    assert calls == [] and again.fingerprint == first.fingerprint
-    # Adding a file changes its class folder's mtime: the cache must not be trusted.
-    shutil.copy(root / "class_01" / "img_000.JPEG", root / "class_01" / "img_new.JPEG")
-    os.utime(root / "class_01", ns=(1, os.stat(root / "class_01").st_mtime_ns + 10**9))
-    fresh = SampleIndex.scan(root, cache_dir=tmp_path / "cache")
-    assert len(calls) == 1 and len(fresh) == len(first) + 1
-
-
 def test_fingerprint_tells_datasets_apart(tmp_path):
     a = SampleIndex.scan(write_jpeg_folder(tmp_path / "a", 2, 3), cache_dir=tmp_path / "c")
     b = SampleIndex.scan(write_jpeg_folder(tmp_path / "b", 2, 4), cache_dir=tmp_path / "c")
@@ -94,3 +79,170 @@ def test_unicode_space_and_symlinked_class(tmp_path):
     assert list(index.classes) == ["klasse ü", "linked"]
     assert index.labels.tolist() == [0, 0, 1]
     assert all(index.path(i).exists() for i in range(len(index)))
+
+
+# ------------------------------------------------------------ one walker, a cache that cannot go stale
+def _age(root, seconds=60):
+    """Make every folder's mtime ``seconds`` old, so the cache is not 'racy' (modified while scanned)."""
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in [dirpath, *(os.path.join(dirpath, n) for n in dirnames)]:
+            if not os.path.islink(d):
+                st = os.stat(d)
+                os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 10**9))
+
+
+def _count_scans(monkeypatch):
+    calls = []
+    real_walk = si.walk_split
+    monkeypatch.setattr(si, "walk_split", lambda d: calls.append(d) or real_walk(d))
+    return calls
+
+
+def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=3)
+    _age(root)
+    first = SampleIndex.scan(root, cache_dir=tmp_path / "cache")
+    calls = _count_scans(monkeypatch)
+    again = SampleIndex.scan(root, cache_dir=tmp_path / "cache")
+    assert calls == [] and again.fingerprint == first.fingerprint
+    # Adding a file changes its class folder's mtime: the cache must not be trusted.
+    shutil.copy(root / "class_01" / "img_000.JPEG", root / "class_01" / "img_new.JPEG")
+    fresh = SampleIndex.scan(root, cache_dir=tmp_path / "cache")
+    assert len(calls) == 1 and len(fresh) == len(first) + 1
+
+
+@pytest.mark.parametrize("change", ["delete", "add", "rename_dir", "delete_in_linked"])
+def test_a_change_in_a_nested_folder_means_a_rescan(tmp_path, change):
+    """Issue 9.5: the cache was keyed by class-folder mtimes only; deleting class/sub/x.JPEG left it stale."""
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=2)
+    deep = root / "class_00" / "sub" / "deeper"
+    deep.mkdir(parents=True)
+    shutil.copy(root / "class_00" / "img_000.JPEG", deep / "x.JPEG")
+    other = write_jpeg_folder(tmp_path / "other", classes=1, per_class=3)
+    os.symlink(other / "class_00", root / "class_01" / "linked")
+    _age(tmp_path)
+    cache = tmp_path / "cache"
+    before = SampleIndex.scan(root, cache_dir=cache)
+    assert "class_00/sub/deeper/x.JPEG" in before.paths.tolist() and len(before) == 2 + 2 + 1 + 3
+    assert SampleIndex.scan(root, cache_dir=cache).fingerprint == before.fingerprint
+    if change == "delete":
+        (deep / "x.JPEG").unlink()
+    elif change == "add":
+        shutil.copy(deep / "x.JPEG", deep / "y.JPEG")
+    elif change == "rename_dir":
+        os.rename(deep, deep.parent / "renamed")
+    else:  # a file removed inside a symlinked folder (outside the split)
+        (other / "class_00" / "img_001.JPEG").unlink()
+    after = SampleIndex.scan(root, cache_dir=cache)
+    assert after.paths.tolist() == SampleIndex.scan(root, cache_dir=tmp_path / "fresh").paths.tolist()
+    assert all(after.path(i).exists() for i in range(len(after)))
+    assert len(after) == len(before) + (1 if change == "add" else 0 if change == "rename_dir" else -1)
+
+
+def test_cached_load_stats_each_folder_once_and_lists_none(tmp_path, monkeypatch):
+    """The cache check costs one stat per folder (not per file) and no directory listing."""
+    root = write_jpeg_folder(tmp_path / "train", classes=3, per_class=5)
+    (root / "class_02" / "nested").mkdir()
+    shutil.copy(root / "class_02" / "img_000.JPEG", root / "class_02" / "nested" / "n.JPEG")
+    _age(root)
+    first = SampleIndex.scan(root, cache_dir=tmp_path / "cache")
+    folders = 1 + 3 + 1  # split, classes, nested
+    stats = []
+    real_stat = os.stat
+
+    def counting_stat(p, *a, **k):
+        if str(p).startswith(str(root)):
+            stats.append(str(p))
+        return real_stat(p, *a, **k)
+
+    def no_listing(*a, **k):
+        raise AssertionError("a cached load must not list folders")
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    monkeypatch.setattr(os, "scandir", no_listing)
+    monkeypatch.setattr(os, "listdir", no_listing)
+    again = SampleIndex.scan(root, cache_dir=tmp_path / "cache")
+    assert again.fingerprint == first.fingerprint
+    assert len(stats) <= folders + 2, "\n".join(stats)  # + Path.resolve() and is_dir() of the split
+
+
+def test_nested_folder_order_matches_imagefolder(tmp_path):
+    """ImageFolder sorts os.walk's folders by path: 'a', 'a b', 'a/x' (a space sorts before '/')."""
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=1)
+    src = root / "class_00" / "img_000.JPEG"
+    for sub in ("a", "a b", "a/x", "a-z", "B"):
+        (root / "class_00" / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, root / "class_00" / sub / "i.jpg")
+    index = SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    ref = ImageFolder(str(root))
+    assert [str(index.path(i)) for i in range(len(index))] == [p for p, _ in ref.samples]
+    assert index.labels.tolist() == [c for _, c in ref.samples]
+
+
+def test_symlink_loop_is_skipped_once_and_both_walkers_agree(tmp_path, caplog):
+    """Issue 9.5: a symlink loop in a class gave SampleIndex 41 samples and check-data 1 file plus 'skipped'."""
+    from orderdp_dali import check_data
+
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=1)
+    (root / "class_00" / "sub").mkdir()
+    os.symlink("..", root / "class_00" / "sub" / "loop")
+    os.symlink(root / "class_01", root / "class_01" / "self")
+    with caplog.at_level("WARNING", logger=si.__name__):
+        index = SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    assert sorted(index.paths.tolist()) == ["class_00/img_000.JPEG", "class_01/img_000.JPEG"]
+    assert "class_00/sub/loop" in caplog.text and "class_01/self" in caplog.text
+    report = check_data.check_dataset(root, workers=1, progress=False)
+    assert report.num_files == len(index)
+    assert {(f.relpath, f.reason) for f in report.warnings} == {
+        ("class_00/sub/loop", "symlink_loop"), ("class_01/self", "symlink_loop")
+    }
+    # The same folder reached twice without a loop is two folders to ImageFolder too: kept twice.
+    os.symlink(root / "class_01", root / "class_00" / "twin")
+    index = SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    assert "class_00/twin/img_000.JPEG" in index.paths.tolist()
+    assert check_data.check_dataset(root, workers=1, progress=False).num_files == len(index)
+    assert check_data.walk_split is si.walk_split  # one walker for both
+
+
+def test_an_unreadable_folder_is_an_error_unless_excluded(tmp_path, monkeypatch):
+    """os.walk (and so ImageFolder) silently skips a folder it cannot list; losing its images silently is worse."""
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=2)
+    locked = root / "class_01" / "locked"
+    locked.mkdir()
+    shutil.copy(root / "class_01" / "img_000.JPEG", locked / "x.JPEG")
+    real_scandir = os.scandir
+
+    def scandir(p="."):
+        if os.fspath(p) == os.path.realpath(locked):
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_scandir(p)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DatasetError, match=r"cannot list .*class_01/locked .*Permission denied.*exclude"):
+        SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    index = SampleIndex.scan(root, cache_dir=tmp_path / "c", exclude=[locked])
+    assert len(index) == 4
+    assert not list((tmp_path / "c").glob("*.npz"))  # a walk that missed a folder is never cached
+
+
+def test_single_class_split_warns(tmp_path, caplog):
+    """Issue 9.6: one class trains silently to loss 0 and 100% accuracy."""
+    root = write_jpeg_folder(tmp_path / "train", classes=1, per_class=3)
+    with caplog.at_level("WARNING", logger=si.__name__):
+        index = SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    assert len(index.classes) == 1  # what training checks to refuse loss-ranking policies
+    assert "single class" in caplog.text and "class_00" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=si.__name__):
+        SampleIndex.scan(write_jpeg_folder(tmp_path / "two", 2, 1), cache_dir=tmp_path / "c")
+    assert "single class" not in caplog.text
+
+
+def test_empty_class_errors_say_how_to_proceed(tmp_path):
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=1)
+    (root / "class_01b_empty").mkdir()
+    with pytest.raises(DatasetError, match=r"class_01b_empty.*add images.*or delete the folder.*every split"):
+        SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    (root / "class_01b_empty").rmdir()
+    with pytest.raises(DatasetError, match=r"class_00.*cannot skip a class.*replace .*or delete the folder"):
+        SampleIndex.scan(root, cache_dir=tmp_path / "c", exclude=["class_00/img_000.JPEG"])

@@ -136,6 +136,8 @@ class Policy(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: Whether plans depend on the samples' losses (a one-class dataset leaves nothing to rank).
+    ranks_by_loss: ClassVar[bool] = False
     #: Fraction of the epochs that prune; later epochs train on all samples. None: every epoch prunes.
     anneal_delta: Optional[float] = None
 

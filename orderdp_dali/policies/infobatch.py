@@ -108,6 +108,7 @@ class InfoBatch(Policy):
     """
 
     name = "infobatch"
+    ranks_by_loss = True
 
     def __init__(
         self,

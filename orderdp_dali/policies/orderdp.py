@@ -189,6 +189,7 @@ class OrderDP(Policy):
     """
 
     name = "orderdp"
+    ranks_by_loss = True
 
     def __init__(
         self,
