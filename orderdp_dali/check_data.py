@@ -707,6 +707,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as e:  # argparse already printed the message (or --help)
         return int(e.code or 0)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.workers is not None and args.workers < 1:
+        print(f"orderdp-dali check-data: error: --workers must be an integer >= 1, got {args.workers}", file=sys.stderr)
+        return 2
     try:
         report = check_dataset(
             args.root, deep=args.deep, workers=args.workers, progress=not args.no_progress,

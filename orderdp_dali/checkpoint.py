@@ -70,7 +70,8 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {first}") from e
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         found = state.get("version") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
@@ -120,17 +121,21 @@ def check_resumable(state: Mapping[str, Any], path: PathLike, fingerprint: str, 
     saved_policy = ((state.get("iterator") or {}).get("policy")) or {}
     if saved_policy.get("policy") != policy.name:
         raise CheckpointError(
-            f"checkpoint {path} was made with policy {saved_policy.get('policy')!r} "
-            f"{to_plain(saved_policy.get('config'))}, this run asks for policy {policy.name!r} "
-            f"{to_plain(policy.config())}; resume with the same policy settings (and train.seed) or start a fresh run"
+            f"checkpoint {path} was made with policy {saved_policy.get('policy')!r}, this run asks for "
+            f"{policy.name!r}; resume with the same policy (policy.name) or start a fresh run"
         )
-    conflict = policy.settings_conflict(to_plain(saved_policy.get("config") or {}))
+    saved_settings = to_plain(saved_policy.get("config") or {})
+    conflict = policy.settings_conflict(saved_settings)
     if conflict is not None:
-        raise CheckpointError(
-            f"checkpoint {path} was made with policy {saved_policy.get('policy')!r} "
-            f"{to_plain(saved_policy.get('config'))}, this run asks for policy {policy.name!r} "
-            f"{to_plain(policy.config())}: {conflict}"
+        now = to_plain(policy.config())
+        changed = ", ".join(
+            f"{k} {saved_settings.get(k)!r} -> {now.get(k)!r}"
+            for k in sorted(set(saved_settings) | set(now)) if saved_settings.get(k) != now.get(k)
         )
+        reason = conflict if conflict.startswith("changing the epoch count") else (
+            "resume with the checkpoint's settings (policy.params, train.seed, train.epochs) or start a fresh run"
+        )
+        raise CheckpointError(f"checkpoint {path} was made with other {policy.name} settings ({changed}): {reason}")
 
 
 def numpy_to_torch(obj: Any) -> Any:

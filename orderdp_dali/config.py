@@ -230,7 +230,7 @@ def parse_override(item: str) -> Tuple[str, Any]:
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"{key}: cannot parse value {text!r}: {e}") from None
+        raise ConfigError(f"{key}: cannot parse value {text!r}: {getattr(e, 'problem', None) or e}") from None
     return key, value
 
 
@@ -245,7 +245,10 @@ def _read_yaml(path: Path, chain: Tuple[Path, ...]) -> Dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"invalid YAML in {path}: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"invalid YAML in {path}{where}: {problem}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

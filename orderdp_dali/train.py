@@ -186,9 +186,11 @@ def build_data(cfg: Config) -> Data:
     else:
         val = SampleIndex.scan(root / d.val_split, cache_dir=d.cache_dir, exclude=exclude)
     if val is not None and val.classes != train.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
         raise DatasetError(
-            f"class folders differ between {train.root} ({len(train.classes)} classes) and "
-            f"{val.root} ({len(val.classes)} classes): labels would not match"
+            f"class folders differ between {train.root} and {val.root} (only in train: {only_train[:5]}, only in "
+            f"val: {only_val[:5]}): labels would not match; give both splits the same class folders"
         )
     pipe = ImagePipelineConfig(crop=d.crop, val_resize=d.val_resize, dtype=d.dtype, hw_decoder_load=d.hw_decoder_load)
     return Data(train, val, len(train.classes), DALIPlanIterator, pipe)
@@ -311,7 +313,10 @@ def train_one_epoch(
     lr = optimizer.param_groups[0]["lr"]
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not (rt.is_main and cfg.train.progress), leave=False)
     start = time.perf_counter()
-    batches = iter(it)
+    try:
+        batches = iter(it)
+    except ValueError as e:  # drop_last with a shard smaller than a batch: name the settings
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} with data.drop_last=true: {e}") from None
     step = 0
     while True:
         t = time.perf_counter()
@@ -464,19 +469,28 @@ def _save(state: Dict[str, Any], out: Path, epoch_done: int, cfg: Config) -> Non
 
 
 def _resume(
-    path: Path, model: nn.Module, optimizer: Any, scaler: Any, it: Any, fingerprint: str
+    path: Path, model: nn.Module, optimizer: Any, scaler: Any, it: Any, fingerprint: str, cfg: Config
 ) -> Tuple[int, List[int], Optional[Dict[str, Any]]]:
     """Load ``path`` into the training objects; return (next epoch, plan sizes so far, the
     metrics line of the epoch before it as the checkpoint recorded it, if any)."""
     state = load_checkpoint(path)
     check_resumable(state, path, fingerprint, it.policy)
+    saved_cfg = state.get("config") or {}
+    for section, key, now in (("model", "name", cfg.model.name), ("optim", "name", cfg.optim.name)):
+        then = (saved_cfg.get(section) or {}).get(key)
+        if then is not None and then != now:
+            raise CheckpointError(
+                f"checkpoint {path} was made with {section}.{key}={then}, this run asks for {now}: "
+                f"resume with {section}.{key}={then} or start a fresh run"
+            )
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         it.load_state_dict(state["iterator"])
     except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"cannot resume from {path}: {e}") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise CheckpointError(f"cannot resume from {path}: {first}") from e
     epoch = int(state["epoch"])
     if it.epoch != epoch:
         raise CheckpointError(f"{path}: iterator is at epoch {it.epoch} but the checkpoint says {epoch}")
@@ -511,7 +525,10 @@ def run_training(
         DistributedError: another rank died or stopped responding (within
             ``train.dist_timeout_s``); the message names the phase and the last checkpoint.
     """
-    out = Path(output_dir if output_dir is not None else cfg.train.output_dir).expanduser()
+    chosen = output_dir if output_dir is not None else cfg.train.output_dir
+    if not str(chosen).strip():
+        raise ConfigError("train.output_dir (or --output-dir) is empty: name the folder the run writes to")
+    out = Path(chosen).expanduser()
     rt = init_runtime(cfg)
     train_it = val_it = None
     phase = "start-up"  # named in the error if a peer rank dies
@@ -529,7 +546,7 @@ def run_training(
         start, planned, last_record = 0, [], None
         ckpt = resolve_resume(resume, out)
         if ckpt is not None:
-            start, planned, last_record = _resume(ckpt, bare, optimizer, scaler, train_it, fingerprint)
+            start, planned, last_record = _resume(ckpt, bare, optimizer, scaler, train_it, fingerprint, cfg)
             if rt.is_main:
                 print(f"resumed from {ckpt}: continuing at epoch {start}", flush=True)
         elif rt.is_main and not overwrite:

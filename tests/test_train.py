@@ -157,10 +157,13 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, data, cache, tmp_pa
 def test_resume_refuses_another_policy_or_dataset(uninterrupted, data, cache, tmp_path):
     ckpt = str(uninterrupted[0] / LAST)
     other_policy = make_cfg(data, cache, *RESUME, "policy.params.top_q_ratio=0.6")
-    other = r"policy 'orderdp' .*top_q_ratio': 0.5.*this run asks for policy 'orderdp' .*0.6"
+    other = r"was made with other orderdp settings \(top_q_ratio 0.5 -> 0.6\): resume with the checkpoint's settings"
     with pytest.raises(CheckpointError, match=other):
         run_training(other_policy, output_dir=tmp_path, resume=ckpt)
-    with pytest.raises(CheckpointError, match="policy 'orderdp'.*asks for policy 'full'"):
+    model = "model.name=tiny, this run asks for resnet18: resume with model.name=tiny"
+    with pytest.raises(CheckpointError, match=model):
+        run_training(make_cfg(data, cache, *RESUME, "model.name=resnet18"), output_dir=tmp_path, resume=ckpt)
+    with pytest.raises(CheckpointError, match="policy 'orderdp', this run asks for 'full'"):
         full = make_cfg(data, cache, *RESUME, "policy.name=full", "policy.params={}")
         run_training(full, output_dir=tmp_path, resume=ckpt)
     other_data = write_colour_dataset(tmp_path / "other", train_per_class=17)  # other files
