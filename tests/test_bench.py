@@ -44,7 +44,8 @@ def _tiny_config(tmp_path: Path, root: Path, **extra) -> Path:
         },
         "policies": {
             "full": {},
-            "infobatch": {"prune_ratio": 0.5, "anneal_delta": 0.875},
+            # 2 epochs: with the reference's 0.875 epoch 1 would already anneal (epoch + 1 > 1.75)
+            "infobatch": {"prune_ratio": 0.5, "anneal_delta": 1.0},
             "orderdp": {"random_len_ratio": 0.75, "top_q_ratio": 0.8},
             "uniform": {"random_len_ratio": 0.75, "top_q_ratio": 0.8},
         },
