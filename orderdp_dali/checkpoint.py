@@ -23,7 +23,7 @@ import torch
 
 from orderdp_dali.atomic import write_atomic, write_text_atomic
 from orderdp_dali.config import to_plain
-from orderdp_dali.errors import CheckpointError
+from orderdp_dali.errors import CheckpointError, first_line
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -70,8 +70,7 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {first}") from e
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {first_line(e, 200)}") from e
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         found = state.get("version") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
@@ -97,8 +96,10 @@ def resolve_resume(resume: Optional[str], output_dir: PathLike) -> Optional[Path
     return path
 
 
-def check_resumable(state: Mapping[str, Any], path: PathLike, fingerprint: str, policy: Any) -> None:
-    """Refuse to continue ``state`` on another dataset or with another policy (name or settings).
+def check_resumable(
+    state: Mapping[str, Any], path: PathLike, fingerprint: str, policy: Any, config: Mapping[str, Any]
+) -> None:
+    """Refuse to continue ``state`` on another dataset, model, optimizer or policy (name or settings).
 
     Args:
         state: a loaded checkpoint.
@@ -106,6 +107,8 @@ def check_resumable(state: Mapping[str, Any], path: PathLike, fingerprint: str, 
         fingerprint: this run's training-set fingerprint.
         policy: this run's policy (see :meth:`~orderdp_dali.policies.Policy.settings_conflict`:
             only the epoch count may change, and only where no plan depends on it).
+        config: this run's config as plain data (``Config.to_dict()``): ``model.name`` and
+            ``optim.name`` must be the checkpoint's.
 
     Raises:
         CheckpointError: naming what the checkpoint has and what this run has.
@@ -118,6 +121,14 @@ def check_resumable(state: Mapping[str, Any], path: PathLike, fingerprint: str, 
             f"(data.root {saved_root}), this run's is {fingerprint[:16]}...; "
             "resume on the same training set or start a fresh run"
         )
+    saved_config = state.get("config") or {}
+    for section in ("model", "optim"):
+        then, now = (saved_config.get(section) or {}).get("name"), (config.get(section) or {}).get("name")
+        if then is not None and then != now:
+            raise CheckpointError(
+                f"checkpoint {path} was made with {section}.name={then}, this run asks for {now}: "
+                f"resume with {section}.name={then} or start a fresh run"
+            )
     saved_policy = ((state.get("iterator") or {}).get("policy")) or {}
     if saved_policy.get("policy") != policy.name:
         raise CheckpointError(

@@ -23,3 +23,10 @@ class DistributedError(RuntimeError):
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message names the epoch and step."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``error``'s message, at most ``limit`` characters ("" if none):
+    what a one-line report keeps of a multi-line library message (torch, DALI, gloo)."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else ""

@@ -56,6 +56,7 @@ from orderdp_dali.errors import (
     DecodeError,
     DistributedError,
     NonFiniteLossError,
+    first_line,
 )
 from orderdp_dali.lr_schedule import lr_at, progress, set_lr
 from orderdp_dali.models import build_model
@@ -474,23 +475,14 @@ def _resume(
     """Load ``path`` into the training objects; return (next epoch, plan sizes so far, the
     metrics line of the epoch before it as the checkpoint recorded it, if any)."""
     state = load_checkpoint(path)
-    check_resumable(state, path, fingerprint, it.policy)
-    saved_cfg = state.get("config") or {}
-    for section, key, now in (("model", "name", cfg.model.name), ("optim", "name", cfg.optim.name)):
-        then = (saved_cfg.get(section) or {}).get(key)
-        if then is not None and then != now:
-            raise CheckpointError(
-                f"checkpoint {path} was made with {section}.{key}={then}, this run asks for {now}: "
-                f"resume with {section}.{key}={then} or start a fresh run"
-            )
+    check_resumable(state, path, fingerprint, it.policy, cfg.to_dict())
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         it.load_state_dict(state["iterator"])
     except (KeyError, RuntimeError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise CheckpointError(f"cannot resume from {path}: {first}") from e
+        raise CheckpointError(f"cannot resume from {path}: {first_line(e) or type(e).__name__}") from e
     epoch = int(state["epoch"])
     if it.epoch != epoch:
         raise CheckpointError(f"{path}: iterator is at epoch {it.epoch} but the checkpoint says {epoch}")
@@ -637,12 +629,12 @@ def _is_peer_failure(error: BaseException) -> bool:
 
 
 def _peer_failure_message(error: BaseException, rt: Runtime, out: Path, phase: str) -> str:
-    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    detail = first_line(error, 300)
     last = out / LAST
     saved = (f"the last checkpoint {last} is intact: restart all ranks with --resume auto" if last.is_file()
              else f"no checkpoint in {out} yet")
     return (f"rank {rt.rank}: a peer rank died or stopped responding during {phase} "
-            f"({type(error).__name__}: {detail[:300]}); {saved}")
+            f"({type(error).__name__}: {detail}); {saved}")
 
 
 def _append_metrics(path: Path, record: Dict[str, Any]) -> None:
@@ -718,14 +710,12 @@ def describe_error(error: BaseException) -> Tuple[int, str]:
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return 1, f"cannot write{where}: {error.strerror}; choose a writable --output-dir"
         return 1, f"{error.strerror or error}{where}"
-    text = str(error).strip()
-    if "bad_alloc" in text or isinstance(error, MemoryError):
+    if "bad_alloc" in str(error) or isinstance(error, MemoryError):
         return 1, (
             "out of memory (std::bad_alloc): lower train.batch_size, data.crop or data.num_threads "
             "(run with --debug for the traceback)"
         )
-    first = text.splitlines()[0][:300] if text else ""
-    return 1, f"{type(error).__name__}: {first} (run with --debug for the traceback)"
+    return 1, f"{type(error).__name__}: {first_line(error)} (run with --debug for the traceback)"
 
 
 if __name__ == "__main__":
