@@ -165,6 +165,10 @@ def test_train_and_val_lists_through_build_data(tmp_path):
     (root / "val.txt").write_text("class_0/000.JPEG 0\n")
     data = build_data(load_config(None, base + ["data.classes_file=classes.txt"]))
     assert data.val.classes == ("class_0", "class_1", "class_2") and len(data.val) == 1
+    (root / "all.txt").write_text("train/class_0/000.JPEG 0\nval/class_1/000.JPEG 1\n")  # paths from data.root
+    data = build_data(load_config(None, base + ["data.train_list=all.txt", "data.train_split=."]))
+    assert data.train.root == root.resolve() and data.train.paths.tolist() == ["train/class_0/000.JPEG",
+                                                                               "val/class_1/000.JPEG"]
 
 
 @pytest.mark.parametrize("extra,match", [
@@ -295,3 +299,14 @@ def test_check_data_on_a_flat_val_folder(tmp_path, capsys):
     assert [(f["relpath"], f["reason"]) for f in report["bad_files"]] == [("ILSVRC2012_val_00000002.JPEG", "missing")]
     assert check_data.main([str(flat), "--classes-file", str(csv_file), "--no-progress"]) == 2
     assert "--classes-file: only with --file-list" in capsys.readouterr().err
+
+
+def test_bench_counts_the_listed_samples(tmp_path):
+    from orderdp_dali.bench import run as bench_run
+
+    root = write_colour_dataset(tmp_path / "d", train_per_class=3, val_per_class=1)
+    index = SampleIndex.scan(root / "train", cache_dir=tmp_path / "c")
+    (root / "train.txt").write_text("\n".join(list_lines(index)[:5]) + "\n")
+    bench = {"dataset": {"root": str(root)}, "training": {"data": {"train_list": "train.txt", "crop": 32}}}
+    sizes = bench_run._split_sizes(root, bench)
+    assert sizes["train_size"] == 5 and sizes["val_size"] == 3
