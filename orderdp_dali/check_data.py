@@ -2,7 +2,9 @@
 
 One bad JPEG among 1.28M crashes a DALI pipeline hours into a run; this finds them up front
 and writes a list that :meth:`orderdp_dali.sample_index.SampleIndex.scan` can exclude
-(``exclude=load_exclusion_list(...)``).
+(``exclude=load_exclusion_list(...)``). A file list, or a flat validation folder with Kaggle's
+labels CSV, is checked the same way (``--file-list``, ``--val-labels-csv``; see
+:mod:`orderdp_dali.file_lists`): its listed files, absent ones reported as ``missing``.
 
 Which files are images follows torchvision's ``ImageFolder``: class folders are the
 (symlink-followed) sub-folders of a split, searched recursively; a file is an image when its

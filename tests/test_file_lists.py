@@ -310,3 +310,10 @@ def test_bench_counts_the_listed_samples(tmp_path):
     bench = {"dataset": {"root": str(root)}, "training": {"data": {"train_list": "train.txt", "crop": 32}}}
     sizes = bench_run._split_sizes(root, bench)
     assert sizes["train_size"] == 5 and sizes["val_size"] == 3
+
+
+def test_flat_val_two_rows_one_file(tmp_path):
+    flat, csv_file = _flat(tmp_path, 2)
+    csv_file.write_text(csv_file.read_text() + "ILSVRC2012_val_00000001.JPEG,a 1 2 3 4\n")
+    with pytest.raises(DatasetError, match=r"v\.csv line 4: image 'ILSVRC2012_val_00000001.JPEG' is the file .* 2"):
+        index_flat_val(flat, csv_file, classes=("a", "b"))
