@@ -36,7 +36,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Un
 import numpy as np
 
 from orderdp_dali.errors import DatasetError
-from orderdp_dali.sample_index import IMG_EXTENSIONS, SampleIndex
+from orderdp_dali.sample_index import IMG_EXTENSIONS, SampleIndex, _is_dir  # the walk's rule for folders
 
 __all__ = [
     "index_file_list",
@@ -226,13 +226,6 @@ def missing_files(root: PathLike, paths: Iterable[str]) -> List[int]:
     return out
 
 
-def _is_dir(entry: "os.DirEntry[str]") -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
 def _refuse_missing(index: SampleIndex, where: Dict[str, str], source: str) -> None:
     """DatasetError naming the first few listed files missing under ``index.root`` and their count."""
     missing = missing_files(index.root, index.paths.tolist())
@@ -386,19 +379,21 @@ def index_split(data: Any, split: str, classes: Optional[Sequence[str]] = None,
     """
     root = Path(data.root).expanduser()
     folder = root / (data.train_split if split == "train" else data.val_split)
-    listed = data.train_list if split == "train" else data.val_list
-    if listed:
+    key = f"{split}_list"
+    if getattr(data, key):
+        listed = _config_file(root, key, getattr(data, key))
         source = "the training index"
         if data.classes_file:
-            classes, source = read_classes_file(root / data.classes_file), f"data.classes_file {data.classes_file}"
-        index = index_file_list(root / listed, folder, classes, source, exclude)
+            classes = read_classes_file(_config_file(root, "classes_file", data.classes_file))
+            source = f"data.classes_file {data.classes_file}"
+        index = index_file_list(listed, folder, classes, source, exclude)
         if split == "train":
-            _warn_empty_classes(index, root / listed)
+            _warn_empty_classes(index, listed)
         return index
     if split == "val" and data.val_labels_csv:
         if classes is None:
             raise ValueError("index_split: a validation CSV needs the training classes")
-        return index_flat_val(folder, root / data.val_labels_csv, classes, exclude)
+        return index_flat_val(folder, _config_file(root, "val_labels_csv", data.val_labels_csv), classes, exclude)
     return SampleIndex.scan(folder, cache_dir=data.cache_dir, exclude=exclude)
 
 
@@ -415,6 +410,14 @@ def index_for_check(root: PathLike, file_list: Optional[PathLike] = None, classe
     csv_path = Path(val_labels_csv).expanduser()
     rows = parse_val_solution(_read_text(csv_path, "validation labels CSV"), str(csv_path))
     return index_flat_val(root, csv_path, sorted({syn for _, syn, _ in rows}), check_exists=False)
+
+
+def _config_file(root: Path, key: str, value: str) -> Path:
+    """``root / value``, or a DatasetError naming ``data.<key>`` when it is no file."""
+    path = root / Path(value).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"data.{key}: {path} is not a file (relative paths are relative to data.root)")
+    return path
 
 
 def _warn_empty_classes(index: SampleIndex, source: Path) -> None:

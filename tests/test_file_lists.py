@@ -317,3 +317,12 @@ def test_flat_val_two_rows_one_file(tmp_path):
     csv_file.write_text(csv_file.read_text() + "ILSVRC2012_val_00000001.JPEG,a 1 2 3 4\n")
     with pytest.raises(DatasetError, match=r"v\.csv line 4: image 'ILSVRC2012_val_00000001.JPEG' is the file .* 2"):
         index_flat_val(flat, csv_file, classes=("a", "b"))
+
+
+@pytest.mark.parametrize("key", ["train_list", "classes_file", "val_list", "val_labels_csv"])
+def test_a_missing_config_file_names_its_key(key, tmp_path):
+    root = write_colour_dataset(tmp_path / "d", train_per_class=1, val_per_class=1)
+    (root / "t.txt").write_text("class_0/000.JPEG 0\nclass_1/000.JPEG 1\n")
+    args = ["data.train_list=t.txt"] if key == "classes_file" else []
+    with pytest.raises(DatasetError, match=rf"^data\.{key}: .*nope\.txt is not a file"):
+        build_data(load_config(None, overrides(root, tmp_path / "c", f"data.{key}=nope.txt", *args)))
