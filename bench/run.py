@@ -503,14 +503,19 @@ def _recipe_summary(cfg: Any) -> Dict[str, Any]:
 
 
 def _split_sizes(root: Path, bench: Mapping[str, Any]) -> Dict[str, Any]:
-    from orderdp_dali.sample_index import SampleIndex
+    from orderdp_dali.config import DataConfig
+    from orderdp_dali.file_lists import index_split
 
     train_split = bench["dataset"].get("train_split", "train")
     val_split = bench["dataset"].get("val_split", "val")
     info: Dict[str, Any] = {"root": str(root), "train_root": str(root / train_split)}
-    info["train_size"] = len(SampleIndex.scan(root / train_split))
+    lists = ("train_list", "val_list", "classes_file", "val_labels_csv")  # file lists index as training does
+    listed = {k: v for k, v in (bench["training"].get("data") or {}).items() if k in lists}
+    data = DataConfig(root=str(root), train_split=train_split, val_split=val_split, **listed)
+    train = index_split(data, "train")
+    info["train_size"] = len(train)
     try:
-        info["val_size"] = len(SampleIndex.scan(root / val_split))
+        info["val_size"] = len(index_split(data, "val", classes=train.classes))
     except DatasetError:
         info["val_size"] = None
     try:

@@ -2,7 +2,9 @@
 
 One bad JPEG among 1.28M crashes a DALI pipeline hours into a run; this finds them up front
 and writes a list that :meth:`orderdp_dali.sample_index.SampleIndex.scan` can exclude
-(``exclude=load_exclusion_list(...)``).
+(``exclude=load_exclusion_list(...)``). A file list, or a flat validation folder with Kaggle's
+labels CSV, is checked the same way (``--file-list``, ``--val-labels-csv``; see
+:mod:`orderdp_dali.file_lists`): its listed files, absent ones reported as ``missing``.
 
 Which files are images follows torchvision's ``ImageFolder``: class folders are the
 (symlink-followed) sub-folders of a split, searched recursively; a file is an image when its
@@ -82,6 +84,7 @@ BAD_REASONS = {
     "unsupported_format": "an image format DALI cannot decode (GIF)",
     "truncated": "the image data ends early",
     "decode_error": "full decode failed",
+    "missing": "named by the file list or labels CSV, but not in the folder",
 }
 WARNING_REASONS = {
     "wrong_extension": "decodable, but the content's format does not match the extension",
@@ -320,6 +323,17 @@ def _scan_split(name: str, folder: Path) -> _Split:
     return _Split(name, walk.root, walk.classes, files, walk.empty_classes, list(walk.skipped))
 
 
+def _listed_split(index: Any) -> _Split:
+    """The files of a file list's index (ROOT is its split); absent ones are findings, not checked."""
+    from orderdp_dali.file_lists import missing_files
+
+    paths = index.paths.tolist()
+    missing = set(missing_files(index.root, paths))
+    files = [p for i, p in enumerate(paths) if i not in missing]
+    findings = [(paths[i], "missing", "no such file") for i in sorted(missing)]
+    return _Split("", str(index.root), list(index.classes), files, [], findings)
+
+
 def _find_splits(root: Path, splits: Optional[Sequence[str]]) -> Dict[str, Path]:
     """split name -> folder; ROOT itself (name ``""``) when it has no split folders."""
     if not root.is_dir():
@@ -343,6 +357,7 @@ def check_dataset(
     progress: bool = True,
     splits: Optional[Sequence[str]] = None,
     strict: bool = False,
+    index: Optional[Any] = None,
 ) -> CheckReport:
     """Check every image of an ImageNet-layout folder.
 
@@ -355,6 +370,9 @@ def check_dataset(
         progress: show a progress bar on stderr.
         splits: the split folders to check (default: those of train, val that exist).
         strict: count warnings as bad files.
+        index: check the files of this :class:`~orderdp_dali.sample_index.SampleIndex` (a file
+            list's or labels CSV's, see :func:`orderdp_dali.file_lists.index_for_check`) instead
+            of walking ``root``'s class folders; listed files that are absent are ``missing``.
 
     Returns:
         A :class:`CheckReport`.
@@ -369,7 +387,10 @@ def check_dataset(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     root_path = Path(root).expanduser().absolute()
-    scanned = [_scan_split(name, folder) for name, folder in _find_splits(root_path, splits).items()]
+    if index is not None:
+        scanned = [_listed_split(index)]
+    else:
+        scanned = [_scan_split(name, folder) for name, folder in _find_splits(root_path, splits).items()]
     for split in scanned:
         if not split.classes:
             where = f"split {split.name!r} ({split.root})" if split.name else str(root_path)
@@ -671,6 +692,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="write the bad-file list: JSON if FILE ends in .json, else '<reason>\\t<path>' lines")
     p.add_argument("--split", nargs="+", metavar="NAME",
                    help="split folders to check (default: train val, those present)")
+    p.add_argument("--file-list", metavar="LIST",
+                   help="check the files of this list ('<path> <label>' lines, paths relative to ROOT) instead of "
+                        "ROOT's class folders")
+    p.add_argument("--classes-file", metavar="FILE", help="with --file-list: its class names, one a line")
+    p.add_argument("--val-labels-csv", metavar="CSV",
+                   help="ROOT is a flat validation folder: check the images this LOC_val_solution.csv lists")
     p.add_argument("--strict", action="store_true", help="count warnings (e.g. a PNG named .JPEG) as bad files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -701,6 +728,19 @@ def _print_summary(report: CheckReport, listed: int = 20) -> None:
     print("  result: " + ("clean" if report.ok else "PROBLEMS FOUND"))
 
 
+def _listed_index(args: argparse.Namespace) -> Optional[Any]:
+    """The index of ``--file-list`` / ``--val-labels-csv``, or None to walk ROOT's class folders."""
+    if not (args.file_list or args.val_labels_csv):
+        if args.classes_file:
+            raise DatasetError("--classes-file: only with --file-list")
+        return None
+    if args.split:
+        raise DatasetError("--split: not with --file-list or --val-labels-csv (ROOT is the folder they list)")
+    from orderdp_dali.file_lists import index_for_check
+
+    return index_for_check(args.root, args.file_list, args.classes_file, args.val_labels_csv)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = get_args_parser().parse_args(argv)
@@ -711,9 +751,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"orderdp-dali check-data: error: --workers must be an integer >= 1, got {args.workers}", file=sys.stderr)
         return 2
     try:
+        index = _listed_index(args)
         report = check_dataset(
             args.root, deep=args.deep, workers=args.workers, progress=not args.no_progress,
-            splits=args.split, strict=args.strict,
+            splits=args.split, strict=args.strict, index=index,
         )
     except (DatasetError, ValueError) as e:
         print(f"orderdp-dali check-data: error: {e}", file=sys.stderr)

@@ -71,6 +71,11 @@ class DataConfig:
     ``prefetch``: batches decoded ahead. ``dtype``: the images' type (``float16`` halves
     the pipeline's output; the model still runs under ``train.amp``). ``hw_decoder_load``:
     the share of JPEGs the GPU's hardware decoder takes (A100/H100/H200).
+    ``train_list`` / ``val_list``: a file list (``<relative path> <label>`` lines, paths
+    relative to the split folder) instead of class folders; ``classes_file`` names the
+    list's classes (line i = class i). ``val_labels_csv``: the split folder ``val_split`` is
+    flat and Kaggle's ``LOC_val_solution.csv`` labels it. These files are relative to
+    ``root`` (see :mod:`orderdp_dali.file_lists`).
     """
 
     dataset: str = _opt("folder", choices=("folder", "cifar10", "cifar100"))
@@ -87,6 +92,10 @@ class DataConfig:
     drop_last: bool = False
     exclude_file: Optional[str] = None
     cache_dir: Optional[str] = None
+    train_list: Optional[str] = None
+    val_list: Optional[str] = None
+    classes_file: Optional[str] = None
+    val_labels_csv: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -385,6 +394,7 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError("data.root: required (the dataset folder), e.g. data.root=/datasets/imagenet")
     if cfg.data.dataset == "folder" and cfg.data.val_resize < cfg.data.crop:
         raise ConfigError(f"data.val_resize: {cfg.data.val_resize} is smaller than data.crop={cfg.data.crop}")
+    _check_file_list_keys(cfg.data)
     _check_model_name(cfg.model.name)
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas: need two numbers in [0, 1), got {list(cfg.optim.betas)}")
@@ -398,6 +408,20 @@ def _check_cross_fields(cfg: Config) -> None:
             f"schedule.milestones: need non-negative epochs in increasing order, got {list(sched.milestones)}"
         )
     _check_policy(cfg.policy, cfg.train)
+
+
+def _check_file_list_keys(data: DataConfig) -> None:
+    """File lists, classes file, validation CSV: only for image files, only together where they mean something."""
+    given = [k for k in ("train_list", "val_list", "classes_file", "val_labels_csv") if getattr(data, k)]
+    if given and data.dataset != "folder":
+        raise ConfigError(f"data.{given[0]}: only with data.dataset=folder ({data.dataset} reads its own batch files)")
+    if data.val_list and data.val_labels_csv:
+        raise ConfigError("data.val_labels_csv: the validation split comes from data.val_list already; set one of them")
+    if data.classes_file and not data.train_list:
+        raise ConfigError(
+            "data.classes_file: names the classes of data.train_list; without a training list the class folders of "
+            "data.train_split name them"
+        )
 
 
 def _check_model_name(name: str) -> None:

@@ -337,8 +337,9 @@ class SampleIndex:
         removed = int((~keep).sum())
         log.warning("excluding %d of %d files of %s listed as bad", removed, len(self), self.root)
         counts = np.bincount(self.labels[keep], minlength=len(self.classes))
-        if np.any(counts == 0):
-            empty = [self.classes[k] for k in np.flatnonzero(counts == 0)]
+        emptied = (counts == 0) & (np.bincount(self.labels, minlength=len(self.classes)) > 0)  # a list may lack some
+        if np.any(emptied):
+            empty = [self.classes[k] for k in np.flatnonzero(emptied)]
             raise _empty_class_error(
                 self.root, empty, "excluding the files listed as bad leaves class folder(s) without any image",
                 "replace the bad files with good images",

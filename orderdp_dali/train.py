@@ -176,16 +176,16 @@ def build_data(cfg: Config) -> Data:
         val = load_cifar(root, d.dataset, "val") if cfg.train.eval_every > 0 else None
         pipe = CifarPipelineConfig(size=int(train.images.shape[1]), dtype=d.dtype)
         return Data(train, val, len(train.classes), ArrayPlanIterator, pipe)
+    from orderdp_dali.file_lists import index_split
     from orderdp_dali.iterator import DALIPlanIterator
     from orderdp_dali.pipelines import ImagePipelineConfig
-    from orderdp_dali.sample_index import SampleIndex
 
     exclude = _read_exclude(d.exclude_file, root)
-    train = SampleIndex.scan(root / d.train_split, cache_dir=d.cache_dir, exclude=exclude)
+    train = index_split(d, "train", exclude=exclude)  # class folders, or data.train_list
     if cfg.train.eval_every <= 0:  # no evaluation: the validation split need not exist
         val = None
     else:
-        val = SampleIndex.scan(root / d.val_split, cache_dir=d.cache_dir, exclude=exclude)
+        val = index_split(d, "val", classes=train.classes, exclude=exclude)  # or data.val_list / val_labels_csv
     if val is not None and val.classes != train.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))
