@@ -181,11 +181,17 @@ def build_data(cfg: Config) -> Data:
     from orderdp_dali.sample_index import SampleIndex
 
     exclude = _read_exclude(d.exclude_file, root)
-    train = SampleIndex.scan(root / d.train_split, cache_dir=d.cache_dir, exclude=exclude)
+    scan = SampleIndex.scan
+    if d.dataset == "tar":  # root/<split>/*.tar shards (orderdp_dali.tar_shards)
+        from orderdp_dali.tar_shards import TarIndex
+
+        scan = TarIndex.scan
+    train = scan(root / d.train_split, cache_dir=d.cache_dir, exclude=exclude)
     if cfg.train.eval_every <= 0:  # no evaluation: the validation split need not exist
         val = None
     else:
-        val = SampleIndex.scan(root / d.val_split, cache_dir=d.cache_dir, exclude=exclude)
+        same = {"classes": train.classes} if d.dataset == "tar" else {}  # shard labels index the train classes
+        val = scan(root / d.val_split, cache_dir=d.cache_dir, exclude=exclude, **same)
     if val is not None and val.classes != train.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))
