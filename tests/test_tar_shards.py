@@ -1,6 +1,5 @@
 """Tar shards: a folder dataset and its tar copy train identically; every bad shard names shard and key."""
 import io
-import json
 import os
 import tarfile
 import time
@@ -266,8 +265,3 @@ def test_labels_outside_the_classes_file_and_member_names(tmp_path):
     assert split_member_name("a.b/c.JPEG") == ("a.b/c", "jpeg")
     assert split_member_name("._c.jpg") == ("", "")
 
-
-def test_config_accepts_tar(tmp_path):
-    cfg = load_config(None, [f"data.root={tmp_path}", "data.dataset=tar"])
-    assert cfg.data.dataset == "tar"
-    assert json.loads(json.dumps(cfg.to_dict()))["data"]["dataset"] == "tar"
