@@ -50,7 +50,7 @@ import numpy as np
 
 from orderdp_dali.atomic import write_atomic, write_text_atomic
 from orderdp_dali.errors import DatasetError
-from orderdp_dali.sample_index import IMG_EXTENSIONS, RACY_NS, SampleIndex, _covered, _relative
+from orderdp_dali.sample_index import IMG_EXTENSIONS, RACY_NS, SampleIndex, _covered, _is_dir, _relative
 
 __all__ = [
     "CLASSES_FILE",
@@ -99,11 +99,14 @@ def list_shards(split_dir: PathLike) -> List[str]:
 
 
 def is_tar_split(folder: PathLike) -> bool:
-    """Whether ``folder`` holds tar shards (then it is read as a tar split, not class folders)."""
+    """Whether ``folder`` is a split of tar shards: ``*.tar`` files and no sub-folder (a stray
+    archive beside class folders does not make a folder split a tar split)."""
     try:
-        return bool(list_shards(folder))
+        with os.scandir(folder) as it:
+            entries = list(it)
     except OSError:
         return False
+    return any(e.name.endswith(".tar") and _is_file(e) for e in entries) and not any(_is_dir(e) for e in entries)
 
 
 def _is_file(entry: "os.DirEntry[str]") -> bool:
@@ -593,6 +596,7 @@ def folder_to_shards(
     shard_size: int = 1000,
     prefix: Optional[str] = None,
     splits: Optional[Sequence[str]] = None,
+    cache_dir: Optional[PathLike] = None,
 ) -> Dict[str, List[Path]]:
     """Convert class-folder splits ``src_root/<split>/<class>/<image>`` into tar shards.
 
@@ -603,6 +607,7 @@ def folder_to_shards(
     Args:
         splits: split folders to convert (default: those of ``train``, ``val`` present).
         prefix: shard name prefix (default: the name of ``src_root``).
+        cache_dir: the folder splits' index cache (see :meth:`SampleIndex.scan`).
 
     Returns:
         split -> the shards written.
@@ -616,7 +621,7 @@ def folder_to_shards(
     written: Dict[str, List[Path]] = {}
     classes: Optional[Tuple[str, ...]] = None
     for split in names:
-        index = SampleIndex.scan(src / split)
+        index = SampleIndex.scan(src / split, cache_dir=cache_dir)
         if classes is not None and index.classes != classes:
             raise DatasetError(f"class folders differ between the splits of {src}: labels would not match")
         classes = index.classes

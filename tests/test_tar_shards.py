@@ -1,6 +1,7 @@
 """Tar shards: a folder dataset and its tar copy train identically; every bad shard names shard and key."""
 import io
 import os
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ def pair(tmp_path_factory):
     base = tmp_path_factory.mktemp("pair")
     write_jpeg_folder(base / "folder" / "train", classes=4, per_class=13)
     write_jpeg_folder(base / "folder" / "val", classes=4, per_class=3, seed=1)
-    written = folder_to_shards(base / "folder", base / "tar", shard_size=5)
+    written = folder_to_shards(base / "folder", base / "tar", shard_size=5, cache_dir=base / "cache")
     assert [len(v) for v in written.values()] == [11, 3]  # 52 -> 11 shards (boundaries inside classes)
     return base / "folder", base / "tar"
 
@@ -86,7 +87,8 @@ def test_validation_split_uses_the_training_classes_and_build_data_selects_tar(p
     assert f_val[1].tolist() == list(range(12))
 
 
-def test_make_data_format_tar_writes_shards_of_the_generated_folder(tmp_path, capsys):
+def test_make_data_format_tar_writes_shards_of_the_generated_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORDERDP_DALI_CACHE", str(tmp_path / "cache"))
     from orderdp_dali.make_data import main
 
     out = tmp_path / "gen"
@@ -101,7 +103,8 @@ def test_make_data_format_tar_writes_shards_of_the_generated_folder(tmp_path, ca
         assert data.tobytes() == f.path(i).read_bytes()
 
 
-def test_a_rerun_with_bigger_shards_leaves_no_stale_shard(pair, tmp_path):
+def test_a_rerun_with_bigger_shards_leaves_no_stale_shard(pair, tmp_path, monkeypatch):
+    monkeypatch.setenv("ORDERDP_DALI_CACHE", str(tmp_path / "cache"))
     folder, _ = pair
     folder_to_shards(folder, tmp_path / "t", shard_size=5, splits=["train"])
     folder_to_shards(folder, tmp_path / "t", shard_size=20, splits=["train"])
@@ -191,6 +194,11 @@ def test_check_data_names_every_bad_sample_and_its_list_excludes_them(tmp_path, 
                                                         ("e.jpg", _jpeg(7))])
     _tar(split / "d-train-0002.tar", _good("f", 3))
     _cut_inside(split / "d-train-0002.tar", "f2.jpg")
+    (tmp_path / "ds" / "val" / "c").mkdir(parents=True)  # a class-folder split beside a tar split
+    _tar(tmp_path / "ds" / "val" / "stray.tar", _good())
+    with pytest.raises(DatasetError, match="split.s. val hold no tar shards"):
+        check_dataset(tmp_path / "ds", progress=False, workers=1)
+    shutil.rmtree(tmp_path / "ds" / "val")
     shallow = check_dataset(tmp_path / "ds", progress=False, workers=1)
     deep = check_dataset(tmp_path / "ds", deep=True, progress=False, workers=2)
     assert deep.num_files == 4 + 4 + 2
@@ -267,7 +275,8 @@ def test_labels_outside_the_classes_file_and_member_names(tmp_path):
 
 
 
-def test_source_bench_smoke(tmp_path):
+def test_source_bench_smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORDERDP_DALI_CACHE", str(tmp_path / "cache"))
     from orderdp_dali.bench.source_bench import render, run_source_bench
 
     r = run_source_bench(str(tmp_path / "gen"), mode="small", classes=2, per_class=6, shard_size=4, batch_size=4,
