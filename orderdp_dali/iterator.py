@@ -50,7 +50,8 @@ class DALIPlanIterator:
     """Iterates one epoch per ``iter()``: this rank's shard of the policy's plan, through DALI.
 
     Args:
-        index: the samples of the split (see :class:`~orderdp_dali.sample_index.SampleIndex`).
+        index: the samples of the split (see :class:`~orderdp_dali.sample_index.SampleIndex`;
+            a :class:`~orderdp_dali.tar_shards.TarIndex` reads tar shards).
         policy: chooses each epoch's plan; ``None`` means every sample once, in order
             (evaluation).
         batch_size: per-rank batch size.

@@ -332,7 +332,10 @@ class TarIndex:
         if loaded is None:
             log.info("indexing %d tar shards in %s (no current index cache in %s)", len(shards), root, cache)
             started_ns = time.time_ns()
-            stamps = [_stamp(root / s) for s in shards]
+            try:
+                stamps = [_stamp(root / s) for s in shards]
+            except OSError as e:
+                raise DatasetError(f"cannot stat a shard of {root}: {e}") from None
             found = _index_shards([str(root / s) for s in shards], workers)
             index = _assemble(root, shards, found)
             problems = [(s, *p) for s, f in zip(shards, found) for p in f.problems]
@@ -442,7 +445,10 @@ def _load_cache(cache: Path, root: Path, shards: List[str]) -> Optional[Tuple[Ta
                 return None
             racy = int(meta["started_ns"]) - RACY_NS
             stamps = [tuple(s) for s in z["stamps"].tolist()]
-            now = [_stamp(root)] + [_stamp(root / s) for s in shards]
+            try:
+                now = [_stamp(root)] + [_stamp(root / s) for s in shards]
+            except OSError:
+                return None  # a shard vanished: re-index (which names it)
             for (name, old, new) in zip(["."] + shards, stamps, now):
                 if old[1] >= racy or old != new:
                     log.info("tar index cache %s is out of date: %s changed", cache, root / name)
