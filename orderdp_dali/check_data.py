@@ -35,6 +35,7 @@ belongs to the dataset a training run reads.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ from collections import Counter
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from tqdm import tqdm
 
@@ -62,6 +63,7 @@ __all__ = [
     "Finding",
     "CheckReport",
     "check_dataset",
+    "check_bytes",
     "check_file",
     "load_exclusion_list",
     "write_report",
@@ -85,6 +87,12 @@ BAD_REASONS = {
     "truncated": "the image data ends early",
     "decode_error": "full decode failed",
     "missing": "named by the file list or labels CSV, but not in the folder",
+    # tar shards (orderdp_dali.tar_shards): the path is <shard>.tar/<member>
+    "not_a_tar": "not an uncompressed tar file",
+    "missing_label": "an image without its .cls member",
+    "missing_image": "a .cls member without an image",
+    "bad_label": "the .cls member is no class index",
+    "duplicate_key": "the same key twice in one shard",
 }
 WARNING_REASONS = {
     "wrong_extension": "decodable, but the content's format does not match the extension",
@@ -216,8 +224,8 @@ def _sniff(head: bytes) -> Optional[str]:
     return None
 
 
-def _decode(path: str) -> _Result:
-    """Fully decode ``path`` with PIL; None if it decodes, else (reason, message)."""
+def _decode(path: Union[str, IO[bytes]]) -> _Result:
+    """Fully decode ``path`` (a file name or a binary file) with PIL; None if it decodes, else (reason, message)."""
     from PIL import Image, ImageFile
 
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
@@ -266,7 +274,20 @@ def check_file(path: str, deep: bool = True) -> _Result:
             os.close(fd)
     except OSError as e:
         return "unreadable", e.strerror or str(e)
+    return _check_content(head, tail, os.path.splitext(path)[1].lower(), lambda: _decode(path), deep)
 
+
+def check_bytes(data: Union[bytes, memoryview, Any], name: str, deep: bool = True) -> _Result:
+    """:func:`check_file` of an image held in memory (e.g. a tar shard member); ``name`` gives the extension."""
+    data = memoryview(data).cast("B")
+    if len(data) == 0:
+        return "empty_file", "0 bytes"
+    head, tail = bytes(data[:16]), bytes(data[-_TAIL_BYTES:])
+    return _check_content(head, tail, os.path.splitext(name)[1].lower(), lambda: _decode(io.BytesIO(data)), deep)
+
+
+def _check_content(head: bytes, tail: bytes, ext: str, decode: Callable[[], _Result], deep: bool) -> _Result:
+    """The format, end-marker and (``deep``) decode checks of an image's first and last bytes."""
     fmt = _sniff(head)
     if fmt is None:
         return "not_an_image", f"starts with {head[:8].hex(' ')}"
@@ -279,16 +300,15 @@ def check_file(path: str, deep: bool = True) -> _Result:
         return "truncated", "no IEND chunk at the end of the file"
     if (fmt == "jpeg" and not end.endswith(b"\xff\xd9")) or (fmt == "png" and not end.endswith(_PNG_END)):
         # Truncated, or valid with trailing data: only a decode tells them apart (rare, so cheap).
-        failure = _decode(path)
+        failure = decode()
         if failure is not None:
             return failure if failure[0] != "decode_error" else ("truncated", failure[1])
         warning = "trailing_data", f"no {fmt.upper()} end marker at the end of the file, but it decodes"
         deep = False  # just decoded
     if deep:
-        failure = _decode(path)
+        failure = decode()
         if failure is not None:
             return failure
-    ext = os.path.splitext(path)[1].lower()
     if warning is None and ext not in _FORMAT_EXTENSIONS[fmt]:
         warning = "wrong_extension", f"{fmt.upper()} content in a {ext} file"
     return warning
@@ -390,7 +410,12 @@ def check_dataset(
     if index is not None:
         scanned = [_listed_split(index)]
     else:
-        scanned = [_scan_split(name, folder) for name, folder in _find_splits(root_path, splits).items()]
+        found = _find_splits(root_path, splits)
+        from orderdp_dali.tar_shards import check_tar_dataset, is_tar_split
+
+        if any(is_tar_split(folder) for folder in found.values()):  # <split>/*.tar shards
+            return check_tar_dataset(root_path, found, deep=deep, workers=workers, progress=progress, strict=strict)
+        scanned = [_scan_split(name, folder) for name, folder in found.items()]
     for split in scanned:
         if not split.classes:
             where = f"split {split.name!r} ({split.root})" if split.name else str(root_path)

@@ -15,6 +15,7 @@ COMMANDS = {
     "bench": ("orderdp_dali.bench.run", "compare policies end to end and write a report"),
     "make-data": ("orderdp_dali.make_data", "generate an ImageNet-layout folder of JPEGs"),
     "check-data": ("orderdp_dali.check_data", "find unreadable or undecodable images in a dataset"),
+    "make-shards": ("orderdp_dali.tar_shards", "convert class-folder splits into tar shards"),
 }
 
 

@@ -63,7 +63,8 @@ class DataConfig:
     """Where the samples come from and how DALI reads them.
 
     ``dataset``: ``folder`` (ImageNet layout: ``root/<train_split>/<class>/*.JPEG`` and
-    ``root/<val_split>/...``), ``cifar10`` or ``cifar100`` (python pickle batches under
+    ``root/<val_split>/...``), ``tar`` (webdataset-style shards ``root/<train_split>/*.tar``,
+    see :mod:`orderdp_dali.tar_shards`), ``cifar10`` or ``cifar100`` (python pickle batches under
     ``root``). ``augment=false`` trains on deterministic inputs (center crop / no
     pad-crop or flip). Each training epoch's augmentation is seeded from (train.seed,
     rank, epoch), so a resumed run draws the same crops and flips as an uninterrupted one.
@@ -78,7 +79,7 @@ class DataConfig:
     ``root`` (see :mod:`orderdp_dali.file_lists`).
     """
 
-    dataset: str = _opt("folder", choices=("folder", "cifar10", "cifar100"))
+    dataset: str = _opt("folder", choices=("folder", "tar", "cifar10", "cifar100"))
     root: str = ""
     train_split: str = "train"
     val_split: str = "val"
@@ -392,7 +393,7 @@ CUSTOM_MODELS = ("tiny", "cifar_resnet18", "cifar_resnet34", "cifar_resnet50", "
 def _check_cross_fields(cfg: Config) -> None:
     if not cfg.data.root:
         raise ConfigError("data.root: required (the dataset folder), e.g. data.root=/datasets/imagenet")
-    if cfg.data.dataset == "folder" and cfg.data.val_resize < cfg.data.crop:
+    if cfg.data.dataset in ("folder", "tar") and cfg.data.val_resize < cfg.data.crop:
         raise ConfigError(f"data.val_resize: {cfg.data.val_resize} is smaller than data.crop={cfg.data.crop}")
     _check_file_list_keys(cfg.data)
     _check_model_name(cfg.model.name)

@@ -50,7 +50,8 @@ class DALIPlanIterator:
     """Iterates one epoch per ``iter()``: this rank's shard of the policy's plan, through DALI.
 
     Args:
-        index: the samples of the split (see :class:`~orderdp_dali.sample_index.SampleIndex`).
+        index: the samples of the split (see :class:`~orderdp_dali.sample_index.SampleIndex`;
+            a :class:`~orderdp_dali.tar_shards.TarIndex` reads tar shards).
         policy: chooses each epoch's plan; ``None`` means every sample once, in order
             (evaluation).
         batch_size: per-rank batch size.
@@ -267,13 +268,15 @@ class DALIPlanIterator:
 
     def _make_samples(self) -> Any:
         """What the source yields for a sample (see :mod:`orderdp_dali.samples`): its file path."""
+        if hasattr(self.index, "make_samples"):  # e.g. a TarIndex: encoded bytes from tar shards
+            return self.index.make_samples()
         return FileSamples(self.index.root, self.index.paths.tolist(), self.index.labels)
 
     def _make_pipeline(self, feed: BatchFeed, **kwargs: Any) -> Any:
         """The (unbuilt) DALI pipeline over ``feed``; ``kwargs`` are :func:`image_pipeline`'s."""
         from orderdp_dali.pipelines import image_pipeline
 
-        return image_pipeline(feed, **kwargs)
+        return image_pipeline(feed, read_files=not getattr(feed.samples, "encoded", False), **kwargs)
 
     def _pass_seed(self, epoch: int) -> int:
         """The pipeline seed of ``epoch`` on this rank: a pure function of (seed, rank, epoch)."""

@@ -426,7 +426,7 @@ def _prepare_out_dir(root: Path, request: Dict[str, Any], force: bool) -> None:
         raise DatasetError(f"output path {root} exists and is not a directory")
     root.mkdir(parents=True, exist_ok=True)
     entries = set(os.listdir(root))
-    ours = set(SPLITS) | {MANIFEST_NAME, PARTIAL_NAME}
+    ours = set(SPLITS) | {MANIFEST_NAME, PARTIAL_NAME, "tar"}  # tar/: make-data --format tar
     if not force and entries:
         manifest = read_manifest(root)
         if manifest is not None:
@@ -589,6 +589,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=_int_at_least(1), default=None,
                    help=f"worker processes (default: all {os.cpu_count()} CPUs)")
+    p.add_argument("--format", choices=("folder", "tar"), default="folder",
+                   help="tar: also write the dataset as tar shards OUT_DIR/tar/<split>/*.tar (data.dataset=tar)")
+    p.add_argument("--shard-size", type=_int_at_least(1), default=1000, help="samples per tar shard (default 1000)")
     p.add_argument("--force", action="store_true",
                    help="regenerate even if a matching dataset exists, replacing OUT_DIR's train/ and val/")
     return p
@@ -615,6 +618,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError) as e:  # DatasetError is a ValueError
         print(f"orderdp-dali make-data: error: {e}", file=sys.stderr)
         return 2
+    if args.format == "tar":
+        from orderdp_dali.tar_shards import folder_to_shards
+
+        try:
+            shards = folder_to_shards(root, root / "tar", shard_size=args.shard_size)
+        except (ValueError, OSError) as e:
+            print(f"orderdp-dali make-data: error: {e}", file=sys.stderr)
+            return 2
+        print(f"tar shards: {', '.join(f'{s} {len(v)}' for s, v in shards.items())} in {root / 'tar'}")
     manifest = read_manifest(root) or {}
     counts, stats = manifest.get("counts", {}), manifest.get("stats", {})
     print(f"dataset: {root}")

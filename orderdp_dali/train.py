@@ -181,11 +181,18 @@ def build_data(cfg: Config) -> Data:
     from orderdp_dali.pipelines import ImagePipelineConfig
 
     exclude = _read_exclude(d.exclude_file, root)
-    train = index_split(d, "train", exclude=exclude)  # class folders, or data.train_list
-    if cfg.train.eval_every <= 0:  # no evaluation: the validation split need not exist
+    if d.dataset == "tar":  # root/<split>/*.tar shards (orderdp_dali.tar_shards)
+        from orderdp_dali.tar_shards import TarIndex
+
+        train = TarIndex.scan(root / d.train_split, cache_dir=d.cache_dir, exclude=exclude)
         val = None
+        if cfg.train.eval_every > 0:  # shard labels index the training classes
+            val = TarIndex.scan(root / d.val_split, cache_dir=d.cache_dir, exclude=exclude, classes=train.classes)
     else:
-        val = index_split(d, "val", classes=train.classes, exclude=exclude)  # or data.val_list / val_labels_csv
+        train = index_split(d, "train", exclude=exclude)  # class folders, or data.train_list
+        val = None
+        if cfg.train.eval_every > 0:  # no evaluation: the validation split need not exist
+            val = index_split(d, "val", classes=train.classes, exclude=exclude)  # or data.val_list / val_labels_csv
     if val is not None and val.classes != train.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))

@@ -114,6 +114,7 @@ def image_pipeline(
     train: bool,
     device: str = "cpu",
     config: ImagePipelineConfig = ImagePipelineConfig(),
+    read_files: bool = True,
     **settings: Any,
 ) -> Pipeline:
     """Build (not start) a classification pipeline whose outputs are (images, labels, indices, weights).
@@ -124,6 +125,8 @@ def image_pipeline(
             in the training process, and ``fn.io.file.read`` reads the files in DALI's threads.
         train: random-resized crop + flip (True) or resize + center crop (False).
         device: ``"gpu"`` (mixed decoding, needs ``device_id``) or ``"cpu"``.
+        read_files: the source yields file paths to read (True) or the encoded images
+            themselves (False: tar shards, see :mod:`orderdp_dali.tar_shards`).
         settings: ``batch_size`` and the other pipeline settings of
             :func:`~orderdp_dali.pipelines.common.plan_pipeline`.
 
@@ -132,7 +135,7 @@ def image_pipeline(
     """
 
     def read_decode_augment(paths):
-        jpegs = fn.io.file.read(paths, dont_use_mmap=not config.use_mmap)
+        jpegs = fn.io.file.read(paths, dont_use_mmap=not config.use_mmap) if read_files else paths
         return decode_and_augment(jpegs, train=train, device=device, config=config)
 
     return plan_pipeline(source, read_decode_augment, device=device, **settings)

@@ -1,0 +1,286 @@
+"""Tar shards: a folder dataset and its tar copy train identically; every bad shard names shard and key."""
+import io
+import os
+import shutil
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_jpeg_folder
+
+from orderdp_dali import DALIPlanIterator, SampleIndex, make_policy
+from orderdp_dali import tar_shards as ts
+from orderdp_dali.check_data import check_dataset, load_exclusion_list
+from orderdp_dali.check_data import main as check_main
+from orderdp_dali.config import load_config
+from orderdp_dali.errors import DatasetError, DecodeError
+from orderdp_dali.pipelines import ImagePipelineConfig
+from orderdp_dali.tar_shards import TarIndex, folder_to_shards, split_member_name
+
+SMALL = ImagePipelineConfig(crop=16, val_resize=20)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A folder dataset (train 4 classes x 13, val 4 x 3) and its tar copy, 5 samples a shard."""
+    base = tmp_path_factory.mktemp("pair")
+    write_jpeg_folder(base / "folder" / "train", classes=4, per_class=13)
+    write_jpeg_folder(base / "folder" / "val", classes=4, per_class=3, seed=1)
+    written = folder_to_shards(base / "folder", base / "tar", shard_size=5, cache_dir=base / "cache")
+    assert [len(v) for v in written.values()] == [11, 3]  # 52 -> 11 shards (boundaries inside classes)
+    return base / "folder", base / "tar"
+
+
+def _iterate(index, policy, epochs, augment=False):
+    it = DALIPlanIterator(index, policy, 8, device="cpu", num_threads=1, augment=augment,
+                          pipeline_config=SMALL, sync_scores=False, train=policy is not None)
+    out = []
+    with it:
+        for _ in range(epochs):
+            data, idx, labels = [], [], []
+            for b in it:
+                data.append(b["data"])
+                idx.append(b["index"])
+                labels.append(b["label"])
+                if policy is not None:
+                    it.update(b["index"], b["data"].mean(dim=(1, 2, 3)))  # a loss that depends on the pixels
+            out.append((torch.cat(data), torch.cat(idx), torch.cat(labels)))
+    return out
+
+
+def test_folder_and_its_tar_copy_give_the_same_plans_labels_and_images(pair, tmp_path):
+    folder, tar = pair
+    f = SampleIndex.scan(folder / "train", cache_dir=tmp_path)
+    t = TarIndex.scan(tar / "train", cache_dir=tmp_path)
+    assert len(t) == len(f) == 52 and t.classes == f.classes  # class names from classes.txt
+    assert t.labels.tolist() == f.labels.tolist()
+    assert [t.key(i) for i in range(len(t))] == [os.path.splitext(p)[0] for p in f.paths.tolist()]
+    runs = []
+    for index in (f, t):
+        policy = make_policy("orderdp", len(index), seed=7, random_len_ratio=0.75, top_q_ratio=0.6)
+        runs.append(_iterate(index, policy, epochs=3))
+    for (fd, fi, fl), (td, ti, tl) in zip(*runs):
+        assert fi.tolist() == ti.tolist()  # same plans (scores came from the decoded pixels)
+        assert fl.tolist() == tl.tolist() == f.labels[fi.numpy()].tolist()
+        assert torch.equal(fd, td)  # the same bytes through the same decoder
+    assert len({tuple(r[1].tolist()) for r in runs[0]}) == 3  # the epochs' plans differ
+
+
+def test_validation_split_uses_the_training_classes_and_build_data_selects_tar(pair, tmp_path):
+    from orderdp_dali.train import build_data
+
+    _, tar = pair
+    (tar / "classes.txt").rename(tar / "classes.bak")
+    try:
+        cfg = load_config(None, [f"data.root={tar}", "data.dataset=tar", f"data.cache_dir={tmp_path}",
+                                 "model.name=tiny"])
+        data = build_data(cfg)
+        assert isinstance(data.train, TarIndex) and isinstance(data.val, TarIndex)
+        assert data.train.classes == data.val.classes == ("0", "1", "2", "3")  # num_classes = max label + 1
+        assert data.num_classes == 4 and len(data.val) == 12
+    finally:
+        (tar / "classes.bak").rename(tar / "classes.txt")
+    (f_val,) = [r for r in _iterate(data.val, None, epochs=1)]
+    assert f_val[1].tolist() == list(range(12))
+
+
+def test_make_data_format_tar_writes_shards_of_the_generated_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORDERDP_DALI_CACHE", str(tmp_path / "cache"))
+    from orderdp_dali.make_data import main
+
+    out = tmp_path / "gen"
+    assert main([str(out), "--classes", "3", "--train-per-class", "5", "--val-per-class", "2", "--workers", "1",
+                 "--format", "tar", "--shard-size", "4"]) == 0
+    assert sorted(p.name for p in (out / "tar" / "train").iterdir()) == [f"gen-train-000{k}.tar" for k in range(4)]
+    f = SampleIndex.scan(out / "train", cache_dir=tmp_path)
+    t = TarIndex.scan(out / "tar" / "train", cache_dir=tmp_path)
+    assert t.classes == f.classes and t.labels.tolist() == f.labels.tolist()
+    for i in (0, 7, 14):  # the bytes are the files'
+        data = ts.TarSamples(t).fetch(np.array([i]))[0]
+        assert data.tobytes() == f.path(i).read_bytes()
+
+
+def test_a_rerun_with_bigger_shards_leaves_no_stale_shard(pair, tmp_path, monkeypatch):
+    monkeypatch.setenv("ORDERDP_DALI_CACHE", str(tmp_path / "cache"))
+    folder, _ = pair
+    folder_to_shards(folder, tmp_path / "t", shard_size=5, splits=["train"])
+    folder_to_shards(folder, tmp_path / "t", shard_size=20, splits=["train"])
+    assert len(list((tmp_path / "t" / "train").glob("*.tar"))) == 3
+    assert len(TarIndex.scan(tmp_path / "t" / "train", cache_dir=tmp_path)) == 52
+
+
+# ----------------------------------------------------------------------------- bad shards
+
+
+def _jpeg(seed=0) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _tar(path: Path, members) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _good(prefix="k", n=3, label=0):
+    return [m for i in range(n) for m in ((f"{prefix}{i}.jpg", _jpeg(i)), (f"{prefix}{i}.cls", str(label).encode()))]
+
+
+def _cut_inside(path: Path, member: str) -> None:
+    """Truncate ``path`` in the middle of ``member``'s data."""
+    with tarfile.open(path) as tf:
+        m = tf.getmember(member)
+    with open(path, "r+b") as f:
+        f.truncate(m.offset_data + m.size // 2)
+
+
+@pytest.mark.parametrize(
+    "members, cut, reason, key",
+    [
+        (_good() + [("x.jpg", _jpeg(9))], None, "missing_label", "x"),
+        (_good() + [("x.cls", b"1")], None, "missing_image", "x"),
+        (_good() + [("x.jpg", _jpeg(9)), ("x.cls", b"one")], None, "bad_label", "x"),
+        (_good() + [("x.jpg", _jpeg(9)), ("x.cls", b"-1")], None, "bad_label", "x"),
+        (_good() + [("k1.jpg", _jpeg(9))], None, "duplicate_key", "k1"),
+        (_good(), "k1.jpg", "truncated", "k1"),
+        (_good(), "k2.cls", "truncated", "k2"),
+    ],
+)
+def test_a_bad_shard_is_an_error_naming_shard_and_key(tmp_path, members, cut, reason, key):
+    split = tmp_path / "train"
+    _tar(split / "a-train-0000.tar", _good("a"))
+    shard = _tar(split / "a-train-0001.tar", members)
+    if cut:
+        _cut_inside(shard, cut)
+    with pytest.raises(DatasetError) as e:
+        TarIndex.scan(split, cache_dir=tmp_path)
+    msg = str(e.value)
+    assert f"{shard}, key {key}: {reason}" in msg and "\n" not in msg
+
+
+def test_a_shard_cut_at_a_header_or_not_a_tar_is_an_error(tmp_path):
+    split = tmp_path / "train"
+    shard = _tar(split / "s-0000.tar", _good())
+    with tarfile.open(shard) as tf:
+        end = tf.getmember("k1.cls").offset_data + 512  # k1.cls's data block; k2.jpg's header follows
+    with open(shard, "r+b") as f:
+        f.truncate(end + 100)  # inside k2.jpg's header
+    with pytest.raises(DatasetError, match=r"s-0000\.tar, key k1: truncated: the shard ends inside the member after"):
+        TarIndex.scan(split, cache_dir=tmp_path)
+    shard.write_bytes(b"\x1f\x8b" + bytes(600))  # gzip magic: a compressed shard
+    with pytest.raises(DatasetError, match=r"s-0000\.tar: not_a_tar"):
+        TarIndex.scan(split, cache_dir=tmp_path)
+
+
+def test_check_data_names_every_bad_sample_and_its_list_excludes_them(tmp_path, capsys):
+    split = tmp_path / "ds" / "train"
+    good = _jpeg(5)
+    corrupt = good[: len(good) // 2] + bytes(range(256)) + good[len(good) // 2 + 256 :]  # only a decode sees it
+    _tar(split / "d-train-0000.tar", _good("a", 4))
+    _tar(split / "d-train-0001.tar", _good("b", 2) + [("c.jpg", corrupt), ("c.cls", b"1"),
+                                                        ("d.jpg", _jpeg(6)[:-300]), ("d.cls", b"1"),
+                                                        ("e.jpg", _jpeg(7))])
+    _tar(split / "d-train-0002.tar", _good("f", 3))
+    _cut_inside(split / "d-train-0002.tar", "f2.jpg")
+    (tmp_path / "ds" / "val" / "c").mkdir(parents=True)  # a class-folder split beside a tar split
+    _tar(tmp_path / "ds" / "val" / "stray.tar", _good())
+    with pytest.raises(DatasetError, match="split.s. val hold no tar shards"):
+        check_dataset(tmp_path / "ds", progress=False, workers=1)
+    shutil.rmtree(tmp_path / "ds" / "val")
+    shallow = check_dataset(tmp_path / "ds", progress=False, workers=1)
+    deep = check_dataset(tmp_path / "ds", deep=True, progress=False, workers=2)
+    assert deep.num_files == 4 + 4 + 2
+    found = {(f.relpath, f.reason) for f in deep.bad}
+    assert found == {("d-train-0001.tar/c.jpg", "decode_error"), ("d-train-0001.tar/d.jpg", "truncated"),
+                     ("d-train-0001.tar/e.jpg", "missing_label"), ("d-train-0002.tar/f2.jpg", "truncated")}
+    assert {(f.relpath, f.reason) for f in shallow.bad} == found - {("d-train-0001.tar/c.jpg", "decode_error")}
+    out = tmp_path / "bad.txt"
+    assert check_main([str(tmp_path / "ds"), "--deep", "--no-progress", "--output", str(out), "--workers", "1"]) == 1
+    assert "d-train-0001.tar/e.jpg: missing_label" in capsys.readouterr().out
+    listed = load_exclusion_list(out, tmp_path / "ds")
+    index = TarIndex.scan(split, cache_dir=tmp_path, exclude=listed)
+    assert len(index) == 4 + 2 + 2  # c and d dropped; e and f2 never were samples
+    assert "d-train-0001.tar/b1.jpg" in index.ids and "d-train-0001.tar/c.jpg" not in index.ids
+    whole = TarIndex.scan(split, cache_dir=tmp_path, exclude=listed | {str(split / "d-train-0000.tar")})
+    assert len(whole) == 4
+
+
+def test_a_corrupt_jpeg_in_a_shard_fails_the_pipeline_naming_shard_and_key(tmp_path):
+    split = tmp_path / "train"
+    shard = _tar(split / "s-train-0000.tar", _good("a", 6) + _good("b", 6, label=1))
+    index = TarIndex.scan(split, cache_dir=tmp_path)
+    bad = index.key(8)
+    with open(shard, "r+b") as f:  # same length, not an image any more: the index stays valid
+        f.seek(int(index.offsets[8]))
+        f.write(b"garbage!" * (int(index.sizes[8]) // 8))
+    it = DALIPlanIterator(index, None, 4, device="cpu", num_threads=1, pipeline_config=SMALL)
+    with pytest.raises(DecodeError) as e:
+        for _ in it:
+            pass
+    assert f"sample 8 ({shard}, key {bad}) in epoch 0, step 2: not_an_image" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- the index cache
+
+
+def _age(*paths: Path, seconds: float = 30) -> None:
+    t = time.time() - seconds
+    for p in paths:
+        os.utime(p, (t, t))
+
+
+def test_the_index_cache_is_used_until_a_shard_changes(tmp_path, monkeypatch):
+    split = tmp_path / "train"
+    a = _tar(split / "s-0000.tar", _good("a"))
+    b = _tar(split / "s-0001.tar", _good("b", label=1))
+    _age(a, b, split)
+    first = TarIndex.scan(split, cache_dir=tmp_path)
+    calls = []
+    real = ts._index_shards
+    monkeypatch.setattr(ts, "_index_shards", lambda paths, workers=None: calls.append(paths) or real(paths, workers))
+    again = TarIndex.scan(split, cache_dir=tmp_path)
+    assert calls == [] and again.fingerprint == first.fingerprint
+    _tar(b, _good("b", 4, label=1))  # rewritten in place: size and mtime change
+    _age(b, split, seconds=20)
+    assert len(TarIndex.scan(split, cache_dir=tmp_path)) == 7 and len(calls) == 1
+    c = _tar(split / "s-0002.tar", _good("c", 1))  # a new shard
+    _age(c, split, seconds=10)
+    assert len(TarIndex.scan(split, cache_dir=tmp_path)) == 8 and len(calls) == 2
+    assert len(TarIndex.scan(split, cache_dir=tmp_path)) == 8 and len(calls) == 2
+
+
+def test_labels_outside_the_classes_file_and_member_names(tmp_path):
+    split = tmp_path / "train"
+    _tar(split / "s-0000.tar", _good("a", 2, label=0) + _good("b", 1, label=2))
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    with pytest.raises(DatasetError, match=r"s-0000\.tar, key b0: label 2 is outside the 2 classes"):
+        TarIndex.scan(split, cache_dir=tmp_path)
+    (split / "classes.txt").write_text("cat\ndog\nemu\n")  # the split's own file comes first
+    assert TarIndex.scan(split, cache_dir=tmp_path).classes == ("cat", "dog", "emu")
+    assert split_member_name("n01/x_1.tar.gz") == ("n01/x_1", "tar.gz")
+    assert split_member_name("a.b/c.JPEG") == ("a.b/c", "jpeg")
+    assert split_member_name("._c.jpg") == ("", "")
+
+
+
+def test_source_bench_smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORDERDP_DALI_CACHE", str(tmp_path / "cache"))
+    from orderdp_dali.bench.source_bench import render, run_source_bench
+
+    r = run_source_bench(str(tmp_path / "gen"), mode="small", classes=2, per_class=6, shard_size=4, batch_size=4,
+                         workers=1, crop=16, warmup=0, repeats=1, feed_tile=2, progress=False)
+    assert r["samples"] == 12 and r["shards"] == 3
+    assert r["decode"]["tar_over_folder"] > 0 and r["feed"]["tar_over_folder"] > 0
+    assert "tar / folder" in render(r)
