@@ -137,7 +137,7 @@ def load_bench_config(path: Optional[str], overrides: Sequence[str] = ()) -> Ben
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"invalid YAML in {path}: {first_problem(e)}") from None
+            raise ConfigError(f"invalid YAML in {path}: {_first_problem(e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"bench config {path} must hold a mapping, got {type(data).__name__}")
     data = copy.deepcopy(data)
@@ -154,7 +154,7 @@ def load_bench_config(path: Optional[str], overrides: Sequence[str] = ()) -> Ben
     return bench
 
 
-def first_problem(error: yaml.YAMLError) -> str:
+def _first_problem(error: yaml.YAMLError) -> str:
     return str(getattr(error, "problem", None) or str(error).splitlines()[0])
 
 
