@@ -1,47 +1,68 @@
-"""Loader-only throughput: our plan iterator against two references, over the same plan.
+"""The loader comparison: our plan iterator against DALI's reader and torchvision, side by side.
 
-Three loaders read and augment the *same* planned samples (random-resized crop, flip,
-normalise, CHW float32) with the same batch size and number of CPU workers:
+::
 
-* ``dali-plan``: :class:`~orderdp_dali.iterator.DALIPlanIterator` (each planned batch's
-  paths from a main-process ``fn.external_source``, read by ``fn.io.file.read``; this library).
-* ``dali-reader``: DALI's own ``fn.readers.file`` over the plan's files in plan order, with
-  the same decode and augmentation: what a static file list costs, hence "the price of
-  dynamic plans" is ``dali-plan / dali-reader``.
-* ``per-sample-feed`` (feeding only, with ``feed_only`` variants of the two DALI loaders):
-  the path this library replaced, a per-sample ``external_source(parallel=True)`` callback
-  in spawned worker processes.
-* ``torchvision``: the research release's loader: ``ImageFolder`` + ``DataLoader`` with
-  ``RandomResizedCrop`` + ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize``, the plan
-  as its sampler.
+    python -m orderdp_dali.bench.loader_compare                 # generates 3,000 JPEGs on first use
+    python -m orderdp_dali.bench.loader_compare --root DIR/train --device gpu --json loader.json
 
-:func:`compare` times them side by side: warm-up epochs first (worker start-up, page
-cache), then ``repeats`` rounds in which every loader runs one epoch, the order rotating
-each round so slow drift of a shared machine hits all of them alike; the median of the
-rounds is reported. Only steady-state epochs are timed (start-up is reported apart).
+Every loader reads the *same* planned samples (an OrderDP plan keeping 60% by default,
+after one epoch of random scores) with the same batch size, augmentation (random-resized
+crop, flip, normalise; CHW float32) and number of CPU workers:
 
-Run as a script for a quick comparison::
+* ``dali-plan``: :class:`~orderdp_dali.iterator.DALIPlanIterator` over the pruned plan
+  (each planned batch's paths from a main-process ``fn.external_source``, read by
+  ``fn.io.file.read``); ``dali-plan-full``: the same over every sample;
+* ``dali-reader``: DALI's own ``fn.readers.file`` over the plan's files in plan order, same
+  decode and augmentation (a static file list);
+* ``torchvision``: ``ImageFolder`` + ``DataLoader`` with the plan as its sampler (the
+  research release's loader);
+* feeding only (the byte count of each read file instead of decoding, over 10x longer
+  passes): ``dali-plan-feed``, ``dali-reader-feed`` and ``per-sample-feed`` (the path this
+  library replaced: a per-sample ``external_source(parallel=True)`` callback in worker
+  processes).
 
-    python -m orderdp_dali.bench.loader_compare --root data/bench_imagenet_like/train --keep 0.6
+Measured (medians of per-round ratios; each round runs one epoch of every loader, the
+order rotating, after untimed warm-up rounds; the decoding loaders first, then the
+feeding-only ones in rounds of their own):
+
+(a) ``(dali-plan epoch time / dali-plan-full epoch time) / kept fraction``: does a pruned
+    epoch cost its share? Goal <= 1.05.
+(b) ``dali-plan / dali-reader`` images/s: the price of dynamic plans. Goal >= 0.98.
+(c) ``dali-plan / torchvision`` images/s. Goal >= 1.8.
+(d) feeding only: ``dali-plan-feed / dali-reader-feed`` (goal >= 0.7) and
+    ``dali-plan-feed / per-sample-feed`` (goal >= 2.5).
+
+Also each epoch's cold pipeline start (build and first scheduling; start to first batch),
+as every training epoch runs a fresh pipeline seeded from (seed, rank, epoch). The same
+ratios from CPU seconds stand beside (steadier on a shared machine). ``orderdp-dali bench``
+runs this comparison in ``mode: loader`` or ``both``.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
-import statistics
+import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from orderdp_dali.atomic import write_text_atomic
+from orderdp_dali.bench.config import LOADER_NAMES
+from orderdp_dali.bench.machine import Usage, environment, load_average, usable_cpus
+from orderdp_dali.bench.report import LOADER_FIGURES, loader_lines, spread
 from orderdp_dali.plan import EpochPlan
 from orderdp_dali.policies.base import Policy
 from orderdp_dali.sample_index import SampleIndex
 
 __all__ = [
+    "LOADERS",
+    "DEFAULT_DATA",
     "FixedPlan",
     "orderdp_plan",
     "DaliPlanLoader",
@@ -49,12 +70,20 @@ __all__ = [
     "PerSampleWorkerLoader",
     "TorchvisionLoader",
     "compare",
+    "measure_pipeline_start",
     "run_loader_comparison",
+    "render_markdown",
     "main",
 ]
 
 log = logging.getLogger(__name__)
-LOADERS = ("dali-plan", "dali-reader", "torchvision")
+LOADERS = LOADER_NAMES
+DECODING = ("dali-plan", "dali-plan-full", "dali-reader", "torchvision")
+FEEDING = ("dali-plan-feed", "dali-reader-feed", "per-sample-feed")
+FEED_TILE = 10  # feeding alone runs ~20x faster than decoding: longer passes, so the rate is measured, not the start
+# The same request as configs/bench_loader_cpu.yaml, so both reuse one generated folder.
+DEFAULT_DATA = {"root": "data/bench_imagenet_like", "mode": "imagenet-like", "num_classes": 10,
+                "train_per_class": 300, "val_per_class": 20, "seed": 0}
 
 
 class FixedPlan(Policy):
@@ -110,7 +139,7 @@ class DaliPlanLoader:
     epoch ends (``prefetch_next_epoch``), outside the timed epoch: DALI's own reader
     (:class:`DaliReaderLoader`) runs ahead into its next epoch in the same way, so neither
     gets a head start the other lacks. The cold start is measured apart
-    (``iterator_bench.measure_pipeline_start``).
+    (:func:`measure_pipeline_start`).
     """
 
     name = "dali-plan"
@@ -391,48 +420,22 @@ def _check_same_samples(index: SampleIndex, dataset: Any) -> None:
         )
 
 
+def _feeding(cls: type) -> Callable[..., Any]:
+    def make(*args: Any, **kwargs: Any) -> Any:
+        return cls(*args, feed_only=True, **kwargs)
+
+    return make
+
+
 LOADER_CLASSES: Dict[str, Callable[..., Any]] = {
     "dali-plan": DaliPlanLoader,
+    "dali-plan-full": DaliPlanLoader,
     "dali-reader": DaliReaderLoader,
     "torchvision": TorchvisionLoader,
+    "dali-plan-feed": _feeding(DaliPlanLoader),
+    "dali-reader-feed": _feeding(DaliReaderLoader),
+    "per-sample-feed": PerSampleWorkerLoader,
 }
-
-
-def _children_cpu() -> Dict[int, float]:
-    """CPU seconds (user + system) of every live process whose parent is this one (Linux /proc).
-
-    DALI's file-reading workers and torchvision's DataLoader workers are such children; an
-    empty dict where /proc is unavailable.
-    """
-    me = os.getpid()
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    out: Dict[int, float] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        if int(fields[1]) == me:
-            out[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    return out
-
-
-def _cpu_snapshot() -> Tuple[float, Dict[int, float]]:
-    t = os.times()
-    return t.user + t.system, _children_cpu()
-
-
-def _cpu_between(a: Tuple[float, Dict[int, float]], b: Tuple[float, Dict[int, float]]) -> float:
-    """CPU seconds used between two snapshots by this process (all threads) and its live children."""
-    kids = sum(b[1][pid] - a[1][pid] for pid in b[1].keys() & a[1].keys())
-    return (b[0] - a[0]) + kids
 
 
 def compare(
@@ -444,21 +447,16 @@ def compare(
 ) -> Dict[str, Dict[str, Any]]:
     """Time one epoch of every loader per round, rotating the order each round.
 
-    Besides wall time, each epoch's CPU time is measured (this process, all threads, plus
-    its worker processes). On a shared machine other jobs stretch wall time but barely
-    change the CPU seconds a loader spends per image, so ``cpu_ms_per_image`` is the
-    steadier figure there; on an idle machine wall-clock throughput is what counts.
-
     Args:
-        loaders: name -> object with ``epoch() -> images`` (and ``samples``).
+        loaders: name -> object with ``epoch() -> images`` and ``samples``.
         warmup: untimed rounds first (worker spawn, page cache, allocator warm-up).
-        repeats: timed rounds; each loader's statistics are over these.
+        repeats: timed rounds.
         progress: called with a one-line status before each epoch.
 
     Returns:
-        name -> ``{"images_per_s": [...], "seconds": [...], "cpu_seconds": [...], "median",
-        "min", "max", "median_seconds", "cpu_ms_per_image", "images"}`` (per round, in
-        round order; ``median``/``min``/``max`` are of images/s).
+        name -> ``{"images", "seconds": [...], "cpu_seconds": [...], "images_per_s": [...],
+        "median", "min", "max" (of images/s), "median_seconds", "cpu_ms_per_image"}``, per
+        round in round order.
     """
     if repeats < 1:
         raise ValueError(f"Invalid repeats: {repeats!r} (need >= 1)")
@@ -467,87 +465,80 @@ def compare(
     names = list(loaders)
     times: Dict[str, List[float]] = {k: [] for k in names}
     cpus: Dict[str, List[float]] = {k: [] for k in names}
-    images: Dict[str, int] = {}
-    total = warmup + repeats
-    for rnd in range(total):
-        order = names[rnd % len(names) :] + names[: rnd % len(names)]
-        for name in order:
-            tag = "warm-up" if rnd < warmup else f"round {rnd - warmup + 1}/{repeats}"
+    for rnd in range(warmup + repeats):
+        k = rnd % len(names)
+        for name in names[k:] + names[:k]:
             if progress:
-                progress(f"{name}: {tag}")
-            c0 = _cpu_snapshot()
-            t0 = time.perf_counter()
-            n = loaders[name].epoch()
-            dt = time.perf_counter() - t0
-            c1 = _cpu_snapshot()
+                progress(f"{name}: {'warm-up' if rnd < warmup else f'round {rnd - warmup + 1}/{repeats}'}")
+            with Usage() as used:
+                n = loaders[name].epoch()
             if n != loaders[name].samples:
                 raise RuntimeError(f"loader {name} produced {n} images, its plan holds {loaders[name].samples}")
-            images[name] = n
             if rnd >= warmup:
-                times[name].append(dt)
-                cpus[name].append(_cpu_between(c0, c1))
+                times[name].append(used.wall_s)
+                cpus[name].append(used.cpu_s)
     out: Dict[str, Dict[str, Any]] = {}
     for name in names:
-        rates = [images[name] / t for t in times[name]]
+        images = loaders[name].samples
+        rates = [images / t for t in times[name]]
+        stat = spread(rates)
         out[name] = {
-            "images": images[name],
+            "images": images,
             "seconds": times[name],
             "cpu_seconds": cpus[name],
             "images_per_s": rates,
-            "median": statistics.median(rates),
-            "min": min(rates),
-            "max": max(rates),
-            "median_seconds": statistics.median(times[name]),
-            "cpu_ms_per_image": 1000.0 * statistics.median(cpus[name]) / max(1, images[name]),
+            "median": stat["median"],
+            "min": stat["min"],
+            "max": stat["max"],
+            "median_seconds": spread(times[name])["median"],
+            "cpu_ms_per_image": 1000.0 * spread(cpus[name])["median"] / max(1, images),
         }
     return out
 
 
-def paired_ratio(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
-    """Median over rounds of ``rate_a / rate_b`` (same round: same machine conditions)."""
-    return statistics.median(x / y for x, y in zip(a["images_per_s"], b["images_per_s"]))
+def _per_round(a: Mapping[str, Any], b: Mapping[str, Any], cpu: bool = False) -> List[float]:
+    """Per-round ratios of ``a``'s rate to ``b``'s (images per second, or per CPU-second)."""
+    if not cpu:
+        return [x / y for x, y in zip(a["images_per_s"], b["images_per_s"])]
+    return [(a["images"] / ca) / (b["images"] / cb)
+            for ca, cb in zip(a["cpu_seconds"], b["cpu_seconds"]) if ca > 0 and cb > 0]
 
 
-def cpu_ratio(a: Mapping[str, Any], b: Mapping[str, Any]) -> Optional[float]:
-    """Images per CPU-second of ``a`` over those of ``b`` (median of per-round ratios).
+def measure_pipeline_start(index: Any, plan: Any, *, repeats: int, batch_size: int, workers: int, device: str,
+                           seed: int, pipeline_config: Any) -> Dict[str, Any]:
+    """The cost of an epoch's fresh pipeline when nothing started it early: medians over
+    ``repeats`` cold starts of ``plan`` (build and first scheduling; start to first batch)."""
+    from orderdp_dali.iterator import DALIPlanIterator
 
-    None when no round measured CPU time for both (a clock tick is 10 ms: tiny epochs).
-    """
-    pairs = [
-        (a["images"] / ca) / (b["images"] / cb)
-        for ca, cb in zip(a["cpu_seconds"], b["cpu_seconds"])
-        if ca > 0 and cb > 0
-    ]
-    return statistics.median(pairs) if pairs else None
+    it = DALIPlanIterator(index, FixedPlan(len(index), plan), batch_size, device=device, num_threads=workers,
+                          seed=seed, sync_scores=False, prefetch_next_epoch=False, pipeline_config=pipeline_config)
+    builds, firsts = [], []
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            batches = iter(it)
+            next(batches)
+            firsts.append(time.perf_counter() - t0)
+            batches.close()  # abandon the pass: the next iter() starts a fresh pipeline
+            builds.append(it.last_pass["start_s"])
+    finally:
+        it.close()
+    return {"build_and_schedule_s": spread(builds)["median"], "start_to_first_batch_s": spread(firsts)["median"],
+            "epochs": repeats}
 
 
-def build_loaders(
-    names: Sequence[str],
-    index: SampleIndex,
-    plan: EpochPlan,
-    *,
-    batch_size: int,
-    workers: int,
-    device: str,
-    seed: int = 0,
-    pipeline_config: Any = None,
-) -> Dict[str, Any]:
-    """The named loaders over ``plan`` (see :data:`LOADERS`)."""
-    unknown = [n for n in names if n not in LOADER_CLASSES]
-    if unknown:
-        raise ValueError(f"Unknown loader(s) {unknown}; choose from {list(LOADER_CLASSES)}")
-    return {
-        n: LOADER_CLASSES[n](
-            index,
-            plan,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            seed=seed,
-            pipeline_config=pipeline_config,
-        )
-        for n in names
-    }
+def _tiled(plan: EpochPlan, times: int) -> EpochPlan:
+    """``plan`` repeated ``times`` over (a longer epoch over the same files)."""
+    return EpochPlan(plan.epoch, np.tile(plan.indices, times), np.tile(plan.weights, times))
+
+
+# Ratios: figure key -> (numerator loader, denominator loader).
+RATIOS = {
+    "b_plan_vs_dali_reader": ("dali-plan", "dali-reader"),
+    "c_dali_vs_torchvision": ("dali-plan", "torchvision"),
+    "d_feed_plan_vs_dali_reader": ("dali-plan-feed", "dali-reader-feed"),
+    "d_feed_plan_vs_per_sample": ("dali-plan-feed", "per-sample-feed"),
+}
 
 
 def run_loader_comparison(
@@ -563,44 +554,76 @@ def run_loader_comparison(
     repeats: int = 3,
     seed: int = 0,
     crop: int = 224,
+    tile: int = 1,
+    cold_starts: int = 3,
     progress: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Any]:
-    """Compare ``loaders`` over one OrderDP plan of ``train_root``; plain-data result.
+    """Compare ``loaders`` (any of :data:`LOADERS`) over one OrderDP plan of ``train_root``.
 
-    ``workers`` defaults to every usable CPU. The result holds per-loader statistics and
-    the ratios ``dali-plan / torchvision`` and ``dali-plan / dali-reader`` (medians of
-    per-round ratios).
+    ``workers`` defaults to every usable CPU; ``tile`` runs each plan that many times per
+    epoch; ``cold_starts`` (0: none) times fresh pipeline starts apart. Returns plain data:
+    per-loader statistics, ``figures`` (a)-(d) for the loaders present, the same from CPU
+    seconds, per-round values, and ``ratios`` (``"dali-plan / dali-reader"`` ...).
     """
-    import torch
-
     from orderdp_dali.pipelines import ImagePipelineConfig
 
+    unknown = [n for n in loaders if n not in LOADER_CLASSES]
+    if unknown:
+        raise ValueError(f"Unknown loader(s) {unknown}; choose from {list(LOADER_CLASSES)}")
+    if tile < 1:
+        raise ValueError(f"Invalid tile: {tile!r} (need an int >= 1)")
     if device == "auto":
+        import torch
+
         device = "gpu" if torch.cuda.is_available() else "cpu"
-    workers = workers or _usable_cpus()
+    workers = workers or usable_cpus()
     index = SampleIndex.scan(train_root)
-    plan = orderdp_plan(len(index), random_len_ratio, top_q_ratio, seed=seed)
+    n = len(index)
+    pruned = _tiled(orderdp_plan(n, random_len_ratio, top_q_ratio, seed=seed), tile)
+    full = _tiled(orderdp_plan(n, 1.0, 1.0, seed=seed), tile)  # every sample, random order
+    plans = {"dali-plan-full": full, **{name: _tiled(pruned, FEED_TILE) for name in FEEDING}}
     cfg = ImagePipelineConfig(crop=crop, val_resize=max(crop, ImagePipelineConfig().val_resize))
-    t0 = time.perf_counter()
-    built = build_loaders(
-        loaders, index, plan, batch_size=batch_size, workers=workers, device=device, seed=seed, pipeline_config=cfg
-    )
-    build_s = time.perf_counter() - t0
-    try:
-        stats = compare(built, warmup=warmup, repeats=repeats, progress=progress)
-    finally:
-        for loader in built.values():
-            loader.close()
-    ratios, cpu_ratios = {}, {}
-    for ref in ("torchvision", "dali-reader"):
-        if "dali-plan" in stats and ref in stats:
-            ratios[f"dali-plan / {ref}"] = paired_ratio(stats["dali-plan"], stats[ref])
-            cpu_ratios[f"dali-plan / {ref}"] = cpu_ratio(stats["dali-plan"], stats[ref])
+    common = dict(batch_size=batch_size, workers=workers, device=device, seed=seed, pipeline_config=cfg)
+    stats: Dict[str, Any] = {}
+    build_s = 0.0
+    for group in (DECODING, FEEDING):  # each interleaved within itself; per-sample feeding has its own processes
+        names = [name for name in loaders if name in group]
+        if not names:
+            continue
+        t0 = time.perf_counter()
+        built = {name: LOADER_CLASSES[name](index, plans.get(name, pruned), **common) for name in names}
+        build_s += time.perf_counter() - t0
+        try:
+            stats.update(compare(built, warmup=warmup, repeats=repeats, progress=progress))
+        finally:
+            for loader in built.values():
+                loader.close()
+            del built
+            gc.collect()  # the group's pipelines, threads and worker processes end here
+    kept = len(pruned) / len(full)
+    per_round: Dict[str, List[float]] = {}
+    cpu_round: Dict[str, List[float]] = {}
+    if "dali-plan" in stats and "dali-plan-full" in stats:
+        p, f = stats["dali-plan"], stats["dali-plan-full"]
+        key = "a_pruned_time_ratio_over_kept"
+        per_round[key] = [(tp / tf) / kept for tp, tf in zip(p["seconds"], f["seconds"])]
+        cpu_round[key] = [(cp / cf) / kept for cp, cf in zip(p["cpu_seconds"], f["cpu_seconds"]) if cf > 0]
+    for key, (a, b) in RATIOS.items():
+        if a in stats and b in stats:
+            per_round[key] = _per_round(stats[a], stats[b])
+            cpu_round[key] = _per_round(stats[a], stats[b], cpu=True)
+    figures = {k: spread(v)["median"] for k, v in per_round.items()}
+    cpu_figures = {k: spread(v)["median"] for k, v in cpu_round.items()}
+    start = None
+    if cold_starts > 0 and "dali-plan" in loaders:
+        start = measure_pipeline_start(index, pruned, repeats=cold_starts, **common)
     return {
         "train_root": str(index.root),
-        "dataset_size": len(index),
-        "samples": len(plan),
-        "kept_fraction": len(plan) / len(index),
+        "dataset_size": n,
+        "samples": len(pruned),
+        "kept_fraction": kept,
+        "tile": tile,
+        "orderdp": {"random_len_ratio": random_len_ratio, "top_q_ratio": top_q_ratio},
         "batch_size": batch_size,
         "workers": workers,
         "device": device,
@@ -609,39 +632,85 @@ def run_loader_comparison(
         "repeats": repeats,
         "build_s": build_s,
         "loaders": stats,
-        "ratios": ratios,
-        "cpu_ratios": cpu_ratios,
+        "figures": figures,
+        "cpu_figures": cpu_figures,
+        "per_round": per_round,
+        "goals": {k: {"op": LOADER_FIGURES[k][1], "bound": LOADER_FIGURES[k][2]} for k in figures},
+        # the names gpu_thresholds.py and earlier results use
+        "ratios": {f"{RATIOS[k][0]} / {RATIOS[k][1]}": v for k, v in figures.items() if k in RATIOS},
+        "pipeline_start": start,
     }
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+def render_markdown(result: Mapping[str, Any]) -> str:
+    """A markdown summary of one :func:`run_loader_comparison` result (with its environment)."""
+    env = result["environment"]
+    lines = [
+        f"# Loader comparison ({result['device'].upper()})",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"- machine: {env['cpu_model']}, {env['cpu_usable']} usable CPUs, GPU: {env.get('gpu') or 'none'}; "
+        f"1-minute load average before/after: {result.get('load_before')}/{result.get('load_after')}",
+        f"- versions: python {env['python']}, torch {env['torch']}, torchvision {env['torchvision']}, "
+        f"DALI {env['dali']}, numpy {env['numpy']} (git {env.get('git_commit')})",
+        f"- data: {result['train_root']} ({result['data']['files']} files, {result['data']['mean_kb']:.0f} KB mean)",
+        "",
+    ]
+    lines += loader_lines(result)
+    lines += ["", "The CPU-second column gives the same ratios from the CPU time each loader spent (this process "
+              "with all its threads, plus its worker processes): other jobs on a shared machine stretch wall time "
+              "but hardly change CPU time per image."]
+    for name, s in result["loaders"].items():
+        lines.append(f"Per-round images/s, {name}: {', '.join(f'{x:.1f}' for x in s['images_per_s'])}")
+    if result.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _dataset_stats(root: Path) -> Dict[str, Any]:
+    sizes = [e.stat().st_size for d in os.scandir(root) if d.is_dir() for e in os.scandir(d.path)]
+    return {"files": len(sizes), "mean_kb": sum(sizes) / max(1, len(sizes)) / 1024}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m orderdp_dali.bench.loader_compare", description=__doc__.split("\n")[0])
-    p.add_argument("--root", required=True, help="train split folder (<root>/<class>/*.JPEG)")
+    p = argparse.ArgumentParser(prog="python -m orderdp_dali.bench.loader_compare",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--root", help=f"train split folder (<root>/<class>/*.JPEG); default: {DEFAULT_DATA['root']}/train, "
+                   "generated on first use")
     p.add_argument("--loaders", default=",".join(LOADERS), help=f"comma-separated subset of {','.join(LOADERS)}")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="CPU workers for every loader (default: all usable CPUs)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="DALI decoding: cpu or gpu (mixed)")
     p.add_argument("--random-len-ratio", type=float, default=0.75)
     p.add_argument("--top-q-ratio", type=float, default=0.8)
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write the result here")
+    p.add_argument("--tile", type=int, default=1,
+                   help="repeat each plan this many times per epoch: longer epochs, as a rank's ImageNet epoch is")
+    p.add_argument("--cold-starts", type=int, default=3, help="fresh pipeline starts timed apart (0: none)")
+    p.add_argument("--out", default=None, help="folder for loader_compare_<device>.json and .md")
+    p.add_argument("--json", default=None, help="write the result (JSON) here")
+    p.add_argument("--note", action="append", default=[], help="a line for the markdown's notes (repeatable)")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    say = lambda s: print(f"[loader] {s}", file=sys.stderr, flush=True)  # noqa: E731
+    if args.root:
+        train = Path(args.root)
+    else:
+        from orderdp_dali.make_data import make_dataset
+
+        say(f"data: {DEFAULT_DATA['root']} (generated on first use)")
+        train = make_dataset(**DEFAULT_DATA) / "train"
+    load_before = load_average()
     result = run_loader_comparison(
-        args.root,
+        str(train),
         loaders=[s for s in args.loaders.split(",") if s],
         batch_size=args.batch_size,
         workers=args.workers,
@@ -652,19 +721,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         repeats=args.repeats,
         seed=args.seed,
         crop=args.crop,
-        progress=lambda s: print(f"[loader] {s}", file=sys.stderr, flush=True),
+        tile=args.tile,
+        cold_starts=args.cold_starts,
+        progress=say,
     )
-    for name, s in result["loaders"].items():
-        print(
-            f"{name:12s} {s['median']:8.1f} img/s (min {s['min']:.1f}, max {s['max']:.1f}); "
-            f"{s['cpu_ms_per_image']:.2f} CPU-ms/image"
-        )
-    for k, v in result["ratios"].items():
-        c = result["cpu_ratios"][k]
-        print(f"{k}: {v:.3f} (images/s), {'n/a' if c is None else f'{c:.3f}'} (images per CPU-second)")
+    result.update(
+        command="python -m orderdp_dali.bench.loader_compare " + " ".join(shlex.quote(a) for a in argv_list),
+        environment=environment(), load_before=load_before, load_after=load_average(),
+        data=_dataset_stats(train), notes=list(args.note),
+    )
+    text = render_markdown(result)
+    print(text)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        write_text_atomic(Path(args.json), json.dumps(result, indent=2) + "\n")
+    if args.out:
+        stem = Path(args.out) / f"loader_compare_{result['device']}"
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+        write_text_atomic(stem.with_suffix(".md"), text)
+        print(f"written: {stem}.json, {stem}.md")
     return 0
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "plot_accuracy_vs_wall",
     "plot_samples_per_epoch",
     "plot_inclusion_probability",
+    "plot_efficiency_vs_epoch_size",
     "write_all",
 ]
 
@@ -122,10 +123,44 @@ def plot_inclusion_probability(n: int, s: int, q: int, path: Path, title: Option
     return _save(fig, path)
 
 
+def plot_efficiency_vs_epoch_size(
+    fit: Mapping[str, Any], summary: Sequence[Mapping[str, Any]], path: Path
+) -> Path:
+    """The efficiency the cost fit projects (``b N / (a + b N)``) against samples per rank and epoch,
+    with each policy's measured median (and interquartile range) at its full-data epoch size."""
+    from orderdp_dali.bench.report import IMAGENET_RANKS, IMAGENET_TRAIN, projected_efficiency
+
+    a, b = fit["a_s"], fit["b_s_per_sample"]
+    imagenet = IMAGENET_TRAIN / IMAGENET_RANKS
+    lo, hi = max(1.0, fit["samples_range"][1] / 20), max(imagenet * 5, fit["samples_range"][1] * 10)
+    n = np.logspace(np.log10(lo), np.log10(hi), 200)
+    eff = np.array([np.nan if (e := projected_efficiency(a, b, x)) is None else e for x in n])
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(n, eff, color="k", label=f"fit: a={a:.3f} s, b={1e3 * b:.3f} ms/sample")
+    full = max(fit["samples_range"])
+    for row in summary:
+        e = (row.get("paired") or {}).get("efficiency")
+        if e and e["median"] is not None:
+            ax.errorbar([full], [e["median"]], yerr=[[e["median"] - e["q25"]], [e["q75"] - e["median"]]],
+                        fmt="o", capsize=3, label=f"{row['policy']} (measured, median and IQR)")
+    ax.axvline(imagenet, color="grey", ls="--", label=f"ImageNet / {IMAGENET_RANKS} ranks ({imagenet:,.0f})")
+    ax.axhline(1.0, color="grey", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("samples per rank and epoch (full data)")
+    ax.set_ylabel("efficiency (wall saving / sample saving)")
+    ax.set_title("Efficiency against epoch size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def write_all(
     runs: Sequence[Mapping[str, Any]],
     out_dir: Path,
     orderdp_sizes: Optional[Sequence[int]] = None,
+    fit: Optional[Mapping[str, Any]] = None,
+    summary: Sequence[Mapping[str, Any]] = (),
 ) -> List[str]:
     """All plots of a run into ``out_dir``; returns the file names written.
 
@@ -133,6 +168,8 @@ def write_all(
         runs: ``[{"policy", "seed", "epochs": [records]}]``.
         out_dir: the run folder.
         orderdp_sizes: ``(n, s, q)`` of the OrderDP policy, for the inclusion plot.
+        fit, summary: :func:`~orderdp_dali.bench.report.fit_epoch_cost` and
+            :func:`~orderdp_dali.bench.report.summarize`, for the efficiency plot (skipped without a fit).
     """
     out_dir = Path(out_dir)
     written = [
@@ -143,4 +180,6 @@ def write_all(
     if orderdp_sizes is not None:
         n, s, q = orderdp_sizes
         written.append(plot_inclusion_probability(n, s, q, out_dir / "orderdp_inclusion.png"))
+    if fit is not None:
+        written.append(plot_efficiency_vs_epoch_size(fit, summary, out_dir / "efficiency_vs_epoch_size.png"))
     return [p.name for p in written]

@@ -1,143 +1,108 @@
-"""Summaries and the markdown report of a benchmark run: pure functions over plain data.
+"""Figures and the markdown report of a benchmark run: pure functions over plain data.
 
-A run is a list of per-epoch records (dicts) for every (policy, seed) pair. This module
-turns them into one summary row per policy and renders ``report.md``; it imports neither
-torch nor DALI, so it is cheap to test.
+A run is the list of per-epoch records (dicts) of one (policy, seed) pair, as the training
+loop logs them. This module turns them into one row per policy, fits the epoch cost and
+renders ``report.md``; it imports neither torch nor DALI, so it is cheap to test.
 
-Definitions used in the table (all measured, never assumed):
+Definitions (all measured, never assumed), for a policy P against full data F, for every
+seed s and epoch e that both ran side by side (the policies take turns epoch by epoch):
 
-* **samples used**: training samples drawn over the whole run (sum of the epochs' plans),
-  mean over seeds.
-* **wall-clock**: the sum of the epochs' training wall time (data loading + compute of
-  every step; evaluation excluded: it is the same work for every policy), mean over seeds.
-* **wall saving** = ``1 - wall / wall_full``; **sample saving** = ``1 - samples / samples_full``.
-* **efficiency** = wall saving / sample saving: 1.0 means the time saved is exactly
-  proportional to the samples skipped; below 1 some cost does not shrink with the plan
-  (start-up, fixed per-epoch work, scoring). Undefined for the full-data baseline.
+* per-epoch **sample saving** ``1 - N_P(s,e) / N_F(s,e)`` and **wall saving**
+  ``1 - W_P(s,e) / W_F(s,e)``, where N is the epoch's samples and W its training wall time
+  (data wait + compute; validation excluded: the same work for every policy);
+* per-epoch **efficiency** = wall saving / sample saving (1.0: time shrinks exactly with
+  the samples skipped), defined only where the sample saving is at least
+  :data:`MIN_SAMPLE_SAVING` (an epoch that skips nothing, like InfoBatch's annealing
+  epochs, has nothing to be efficient about: its wall saving is noise divided by ~0);
+  **CPU efficiency** likewise from the epoch's CPU seconds;
+* a policy's figure is the **median** of its per-epoch figures over seeds and epochs, with
+  the **spread** (interquartile range, and min-max) beside it; the first epoch of every run
+  is left out when there are more (it carries the run's start-up: pipelines, allocator);
+* a comparison is **flagged** when the interquartile range of its per-epoch wall savings
+  is wider than their median: the noise is larger than the effect;
+* the **fit** ``epoch time = a + b x samples`` (least squares over every policy's epochs
+  after the first) splits a fixed cost per epoch ``a`` (pipeline start, first-batch latency,
+  partial last batch) from a cost per sample ``b``. With it, a pruned epoch keeping a
+  fraction k of N samples saves ``b N (1 - k)`` of ``a + b N``: the efficiency the fit
+  projects at epoch size N is ``b N / (a + b N)`` for any k (ImageNet:
+  1,281,167 samples over 8 ranks).
+
+Totals (samples used, wall-clock = sum of the epochs' training time, CPU seconds) are
+means over seeds.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import statistics
-import subprocess
-import sys
-from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
 
 __all__ = [
     "RESULTS_VERSION",
-    "environment",
-    "group_runs",
-    "summarize",
-    "format_table",
-    "render_report",
+    "MIN_SAMPLE_SAVING",
+    "IMAGENET_TRAIN",
+    "IMAGENET_RANKS",
+    "spread",
     "mean_std",
+    "run_totals",
+    "paired_epochs",
+    "summarize",
+    "fit_epoch_cost",
+    "projected_efficiency",
+    "format_table",
+    "loader_lines",
+    "render_report",
 ]
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
 BASELINE = "full"
+MIN_SAMPLE_SAVING = 0.05
+IMAGENET_TRAIN = 1_281_167
+IMAGENET_RANKS = 8
 
 
-# ----------------------------------------------------------------------------- environment
+# ----------------------------------------------------------------------------- statistics
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def _clean(values: Iterable[Optional[float]]) -> List[float]:
+    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
 
 
-def _version(module: str) -> Optional[str]:
-    try:
-        mod = __import__(module, fromlist=["__version__"])
-    except Exception:  # a missing or broken optional package is reported as None
-        return None
-    return str(getattr(mod, "__version__", None))
-
-
-def _git_commit() -> Optional[str]:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def environment() -> Dict[str, Any]:
-    """Versions, CPU and GPU of this machine, as plain JSON-able data."""
-    gpu = None
-    cuda = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
-            cuda = torch.version.cuda
-    except Exception:  # torch missing or CUDA broken: report "no GPU" rather than fail
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        affinity = os.cpu_count()
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "numpy": _version("numpy"),
-        "torch": _version("torch"),
-        "torchvision": _version("torchvision"),
-        "dali": _version("nvidia.dali"),
-        "orderdp_dali": _version("orderdp_dali"),
-        "git_commit": _git_commit(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_usable": affinity,
-        "gpu": gpu,
-        "cuda": cuda,
-        "argv": list(sys.argv),
-        "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-# ----------------------------------------------------------------------------- summaries
+def spread(values: Iterable[Optional[float]]) -> Dict[str, Any]:
+    """Median, quartiles (linear interpolation), min, max and count; None values skipped."""
+    xs = _clean(values)
+    if not xs:
+        return {"median": None, "q25": None, "q75": None, "min": None, "max": None, "n": 0}
+    q25, q50, q75 = np.percentile(np.asarray(xs), [25, 50, 75])
+    return {"median": float(q50), "q25": float(q25), "q75": float(q75), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
 def mean_std(values: Iterable[Optional[float]]) -> Dict[str, Optional[float]]:
     """Mean, sample standard deviation (0 for one value), median, min, max and count; None values skipped."""
-    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    xs = _clean(values)
     if not xs:
         return {"mean": None, "std": None, "median": None, "min": None, "max": None, "n": 0}
     m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
     return {"mean": m, "std": sd, "median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def run_totals(epochs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Totals of one (policy, seed) run from the training loop's per-epoch records.
+# ----------------------------------------------------------------------------- per run, per policy
 
-    Reads ``samples``, ``epoch_time`` (training time of the epoch, s), ``data_time`` (of it,
-    time spent waiting for batches), ``val_top1`` / ``val_top5`` (%) and ``train_loss``.
-    """
+
+def run_totals(epochs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Totals of one (policy, seed) run from the training loop's per-epoch records."""
     top1 = [e.get("val_top1") for e in epochs if e.get("val_top1") is not None]
     wall = sum(float(e["epoch_time"]) for e in epochs)
     samples = sum(int(e["samples"]) for e in epochs)
+    cpu = [e.get("cpu_time") for e in epochs]
     return {
         "epochs": len(epochs),
         "samples": samples,
         "wall_s": wall,
+        "cpu_s": None if any(c is None for c in cpu) else sum(float(c) for c in cpu),
         "data_wait_s": sum(float(e.get("data_time") or 0.0) for e in epochs),
         "images_per_s": samples / wall if wall > 0 else None,
         "best_top1": max(top1) if top1 else None,
@@ -155,46 +120,135 @@ def group_runs(runs: Sequence[Mapping[str, Any]]) -> Dict[str, List[Mapping[str,
     return out
 
 
-def _saving(value: Optional[float], baseline: Optional[float]) -> Optional[float]:
-    if value is None or not baseline:
-        return None
-    return 1.0 - value / baseline
+def _first_timed_epoch(runs: Sequence[Mapping[str, Any]]) -> int:
+    """1 when every run has more than one epoch (epoch 0 carries start-up), else 0."""
+    return 1 if runs and min(len(r["epochs"]) for r in runs) > 1 else 0
+
+
+def _ratio_saving(x: Optional[float], base: Optional[float]) -> Optional[float]:
+    return None if x is None or not base else 1.0 - float(x) / float(base)
+
+
+def paired_epochs(
+    runs: Sequence[Mapping[str, Any]], baseline: str = BASELINE
+) -> Dict[str, List[Dict[str, Any]]]:
+    """Policy -> one dict per (seed, epoch) it shares with the baseline (first epoch left out
+    when runs have more): savings, efficiency (None where the sample saving is below
+    :data:`MIN_SAMPLE_SAVING`) and CPU efficiency."""
+    skip = _first_timed_epoch(runs)
+    base = {r["seed"]: {e["epoch"]: e for e in r["epochs"]} for r in runs if r["policy"] == baseline}
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for r in runs:
+        if r["policy"] == baseline or r["seed"] not in base:
+            continue
+        pairs = out.setdefault(r["policy"], [])
+        for e in r["epochs"]:
+            f = base[r["seed"]].get(e["epoch"])
+            if f is None or e["epoch"] < skip:
+                continue
+            ss = _ratio_saving(e["samples"], f["samples"])
+            ws = _ratio_saving(e["epoch_time"], f["epoch_time"])
+            cs = _ratio_saving(e.get("cpu_time"), f.get("cpu_time"))
+            counts = ss is not None and ss >= MIN_SAMPLE_SAVING
+            pairs.append({
+                "seed": r["seed"],
+                "epoch": e["epoch"],
+                "sample_saving": ss,
+                "wall_saving": ws,
+                "cpu_saving": cs,
+                "efficiency": ws / ss if counts and ws is not None else None,
+                "cpu_efficiency": cs / ss if counts and cs is not None else None,
+            })
+    return out
 
 
 def summarize(runs: Sequence[Mapping[str, Any]], baseline: str = BASELINE) -> List[Dict[str, Any]]:
-    """One row per policy: means (and spread) over seeds, savings and efficiency vs ``baseline``.
+    """One row per policy: totals over seeds (mean, std) and the paired per-epoch figures.
 
-    Each run is ``{"policy", "seed", "totals": run_totals(...)}``. Savings compare the
-    policy's seed-mean samples and wall-clock with the baseline's seed means. Efficiency is
-    None where the sample saving is zero (the baseline) or either figure is missing.
+    Each run is ``{"policy", "seed", "epochs": [records]}``. The baseline's row has no
+    paired figures (None).
     """
-    groups = group_runs(runs)
+    pairs = paired_epochs(runs, baseline)
     rows: List[Dict[str, Any]] = []
-    for policy, rs in groups.items():
-        t = [r["totals"] for r in rs]
-        rows.append(
-            {
-                "policy": policy,
-                "seeds": [r["seed"] for r in rs],
-                "samples": mean_std(x["samples"] for x in t),
-                "wall_s": mean_std(x["wall_s"] for x in t),
-                "data_wait_s": mean_std(x["data_wait_s"] for x in t),
-                "cpu_s": mean_std(x.get("cpu_s") for x in t),
-                "best_top1": mean_std(x["best_top1"] for x in t),
-                "final_top1": mean_std(x["final_top1"] for x in t),
-                "final_train_loss": mean_std(x["final_train_loss"] for x in t),
+    for policy, rs in group_runs(runs).items():
+        t = [run_totals(r["epochs"]) for r in rs]
+        row: Dict[str, Any] = {
+            "policy": policy,
+            "seeds": [r["seed"] for r in rs],
+            "samples": mean_std(x["samples"] for x in t),
+            "wall_s": mean_std(x["wall_s"] for x in t),
+            "cpu_s": mean_std(x["cpu_s"] for x in t),
+            "data_wait_s": mean_std(x["data_wait_s"] for x in t),
+            "best_top1": mean_std(x["best_top1"] for x in t),
+            "final_top1": mean_std(x["final_top1"] for x in t),
+            "final_train_loss": mean_std(x["final_train_loss"] for x in t),
+            "paired": None,
+            "noisy": None,
+        }
+        ps = pairs.get(policy)
+        if ps:
+            counted = [p for p in ps if p["efficiency"] is not None]
+            paired = {
+                "sample_saving": spread(p["sample_saving"] for p in ps),
+                "wall_saving": spread(p["wall_saving"] for p in counted),
+                "efficiency": spread(p["efficiency"] for p in counted),
+                "cpu_efficiency": spread(p["cpu_efficiency"] for p in counted),
+                "epochs_paired": len(ps),
+                "epochs_counted": len(counted),
             }
-        )
-    base = next((r for r in rows if r["policy"] == baseline), None)
-    for r in rows:
-        if base is None:
-            r["wall_saving"] = r["sample_saving"] = r["efficiency"] = None
-            continue
-        r["wall_saving"] = _saving(r["wall_s"]["mean"], base["wall_s"]["mean"])
-        r["sample_saving"] = _saving(r["samples"]["mean"], base["samples"]["mean"])
-        ws, ss = r["wall_saving"], r["sample_saving"]
-        r["efficiency"] = ws / ss if ws is not None and ss and abs(ss) > 1e-12 else None
+            ws = paired["wall_saving"]
+            row["paired"] = paired
+            row["noisy"] = None if ws["n"] == 0 else (ws["q75"] - ws["q25"]) > abs(ws["median"])
+        rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------- fixed and per-sample cost
+
+
+def _per_rank_samples(e: Mapping[str, Any]) -> float:
+    return float(e["samples"]) / max(1, int(e.get("world_size") or 1))
+
+
+def fit_epoch_cost(runs: Sequence[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """Least-squares ``epoch_time = a + b * samples_per_rank`` over every run's epochs after the
+    first (all epochs when runs have one). None when fewer than 3 points or one epoch size.
+
+    Also ``startup_s``: the median over runs of the first epoch's excess over the fit (what a
+    run's start pays once, when runs have more than one epoch).
+    """
+    skip = _first_timed_epoch(runs)
+    pts = [(_per_rank_samples(e), float(e["epoch_time"])) for r in runs for e in r["epochs"] if e["epoch"] >= skip]
+    if len(pts) < 3 or len({x for x, _ in pts}) < 2:
+        return None
+    x = np.array([p[0] for p in pts])
+    y = np.array([p[1] for p in pts])
+    b, a = np.polyfit(x, y, 1)
+    resid = y - (a + b * x)
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(resid ** 2)) / ss_tot if ss_tot > 0 else None
+    startup = None
+    if skip:
+        firsts = [float(e["epoch_time"]) - (a + b * _per_rank_samples(e))
+                  for r in runs for e in r["epochs"] if e["epoch"] == 0]
+        startup = statistics.median(firsts) if firsts else None
+    return {
+        "a_s": float(a),
+        "b_s_per_sample": float(b),
+        "r2": r2,
+        "points": len(pts),
+        "samples_range": [float(x.min()), float(x.max())],
+        "startup_s": startup,
+        "imagenet_samples_per_rank": IMAGENET_TRAIN / IMAGENET_RANKS,
+        "imagenet_efficiency": projected_efficiency(float(a), float(b), IMAGENET_TRAIN / IMAGENET_RANKS),
+    }
+
+
+def projected_efficiency(a: float, b: float, samples: float) -> Optional[float]:
+    """Efficiency of any pruned epoch at epoch size ``samples`` if time = a + b x samples:
+    ``b N / (a + b N)`` (None where that time is not positive)."""
+    total = a + b * samples
+    return None if total <= 0 else b * samples / total
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -204,132 +258,166 @@ def _pct(x: Optional[float]) -> str:
     return "n/a" if x is None else f"{100.0 * x:.1f}%"
 
 
-def _num(x: Optional[float]) -> str:
-    return "n/a" if x is None else f"{x:.1f}"
+def _num(x: Optional[float], digits: int = 1) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _ms(stat: Mapping[str, Any], digits: int = 1) -> str:
+    """``mean ± std`` (std only with more than one value)."""
+    if stat["mean"] is None:
+        return "n/a"
+    if stat["n"] > 1:
+        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f}"
+
+
+def _iqr(stat: Optional[Mapping[str, Any]], pct: bool = False) -> str:
+    if not stat or stat["median"] is None:
+        return "n/a"
+    f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}")
+    return f"{f(stat['q25'])} .. {f(stat['q75'])}"
+
+
+def _med(stat: Optional[Mapping[str, Any]], pct: bool = False) -> str:
+    if not stat or stat["median"] is None:
+        return "n/a"
+    return _pct(stat["median"]) if pct else f"{stat['median']:.2f}"
+
+
+TABLE_HEAD = (
+    "| policy | seeds | samples used | wall-clock (s) | CPU (s) | sample saving | wall saving | efficiency "
+    "| efficiency IQR | min .. max | epochs | CPU efficiency | noisy | best top-1 (%) | final top-1 (%) |"
+)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The report's markdown table (one row per policy)."""
+    lines = [TABLE_HEAD, "|" + "---|" * 15]
+    for r in rows:
+        p = r["paired"] or {}
+        eff = p.get("efficiency")
+        minmax = "n/a" if not eff or eff["median"] is None else f"{eff['min']:.2f} .. {eff['max']:.2f}"
+        epochs = "n/a" if not p else f"{p['epochs_counted']}/{p['epochs_paired']}"
+        noisy = "n/a" if r["noisy"] is None else ("**yes**" if r["noisy"] else "no")
+        lines.append(
+            f"| {r['policy']} | {len(r['seeds'])} | {r['samples']['mean']:.0f} | {_ms(r['wall_s'])} "
+            f"| {_ms(r['cpu_s'])} | {_med(p.get('sample_saving'), True)} | {_med(p.get('wall_saving'), True)} "
+            f"| {_med(eff)} | {_iqr(eff)} | {minmax} | {epochs} | {_med(p.get('cpu_efficiency'))} | {noisy} "
+            f"| {_ms(r['best_top1'], 2)} | {_ms(r['final_top1'], 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def format_fit(fit: Optional[Mapping[str, Any]]) -> List[str]:
+    if fit is None:
+        return ["Not enough distinct epoch sizes to fit (needs a pruning policy beside full data)."]
+    lines = [
+        f"epoch time = **{fit['a_s']:.3f} s** + **{1e3 * fit['b_s_per_sample']:.3f} ms** x samples per rank "
+        f"(R^2 = {_num(fit['r2'], 3)}, {fit['points']} epochs of {fit['samples_range'][0]:.0f} to "
+        f"{fit['samples_range'][1]:.0f} samples)."
+    ]
+    if fit.get("startup_s") is not None:
+        lines.append(f"A run's first epoch took {fit['startup_s']:.2f} s more than the fit (median): its start-up.")
+    eff = fit["imagenet_efficiency"]
+    lines.append(
+        f"Projected efficiency of a pruned ImageNet epoch ({IMAGENET_TRAIN:,} samples over {IMAGENET_RANKS} ranks "
+        f"= {fit['imagenet_samples_per_rank']:,.0f} per rank): **{_num(eff, 3)}** (b N / (a + b N), for any "
+        "kept fraction; same machine and recipe per sample)."
+    )
+    return lines
 
 
 def busy_note(results: Mapping[str, Any]) -> Optional[str]:
     """A warning when other work loaded the machine during the runs (load average > usable CPUs)."""
     cpus = results.get("environment", {}).get("cpu_usable") or 1
-    loads = [x for r in results.get("runs", []) for x in (r.get("load_before"), r.get("load_after")) if x is not None]
+    loads = [x for x in results.get("load_averages", []) if x is not None]
     if not loads or max(loads) <= cpus:
         return None
     return (
-        f"The machine was busy during the runs (1-minute load average up to {max(loads):.1f} on {cpus} usable CPUs): "
-        "other processes competed for the CPUs, so wall-clock figures carry that noise. The whole-run CPU time "
-        "in the table of runs is less affected."
+        f"The machine was busy during the runs (1-minute load average up to {max(loads):.1f} on {cpus} usable "
+        "CPUs). The policies took turns epoch by epoch, so each paired figure compares epochs that ran under "
+        "nearly the same load; the spread shows how much the load still moved them."
     )
 
 
-def _acc(stat: Mapping[str, Any]) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    if stat["n"] > 1:
-        return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
-    return f"{stat['mean']:.2f}"
-
-
-def _secs(stat: Mapping[str, Any]) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    if stat["n"] > 1:
-        return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
-    return f"{stat['mean']:.1f}"
-
-
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The report's markdown table (one row per policy)."""
-    head = (
-        "| policy | seeds | samples used | wall-clock (s) | wall saving vs full | sample saving vs full "
-        "| efficiency | best top-1 (%) | final top-1 (%) |"
-    )
-    lines = [head, "|" + "---|" * 9]
-    for r in rows:
-        eff = "n/a" if r["efficiency"] is None else f"{r['efficiency']:.2f}"
+def format_seed_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Every (policy, seed) run: its own samples, wall-clock, CPU and accuracy."""
+    lines = [
+        "| policy | seed | samples | wall-clock (s) | data wait (s) | CPU (s) | validation (s) "
+        "| best top-1 (%) | final top-1 (%) |",
+        "|" + "---|" * 9,
+    ]
+    for r in sorted(runs, key=lambda r: (r["policy"], r["seed"])):
+        t = run_totals(r["epochs"])
+        val = sum(float(e.get("val_time") or 0.0) for e in r["epochs"])
         lines.append(
-            f"| {r['policy']} | {len(r['seeds'])} | {r['samples']['mean']:.0f} | {_secs(r['wall_s'])} "
-            f"| {_pct(r['wall_saving'])} | {_pct(r['sample_saving'])} | {eff} "
-            f"| {_acc(r['best_top1'])} | {_acc(r['final_top1'])} |"
+            f"| {r['policy']} | {r['seed']} | {t['samples']} | {t['wall_s']:.1f} | {t['data_wait_s']:.1f} "
+            f"| {_num(t['cpu_s'])} | {val:.1f} | {_num(t['best_top1'], 2)} | {_num(t['final_top1'], 2)} |"
         )
     return "\n".join(lines)
 
 
 def _env_lines(env: Mapping[str, Any]) -> List[str]:
     return [
-        f"- machine: {env.get('cpu_model')} ({env.get('cpu_usable')} usable CPUs), GPU: {env.get('gpu') or 'none'}",
+        f"- machine: {env.get('cpu_model')} ({env.get('cpu_usable')} usable CPUs, {env.get('memory_gb')} GB), "
+        f"GPU: {env.get('gpu') or 'none'}; 1-minute load average at the start: {env.get('load_average')}",
         f"- versions: python {env.get('python')}, torch {env.get('torch')}, torchvision {env.get('torchvision')}, "
         f"DALI {env.get('dali')}, numpy {env.get('numpy')}, orderdp-dali {env.get('orderdp_dali')} "
         f"(git {env.get('git_commit')})",
     ]
 
 
-def _loader_section(loader: Mapping[str, Any]) -> List[str]:
-    lines = ["", "## Loader only (no model)", ""]
-    lines.append(
-        f"{loader['samples']} planned samples of {loader['dataset_size']}, batch {loader['batch_size']}, "
-        f"{loader['workers']} CPU workers, DALI device {loader['device']}; "
-        f"{loader['repeats']} interleaved repetitions after {loader['warmup']} warm-up, median."
-    )
-    lines += [
+# Goals of the loader comparison's figures: key -> (description, op, bound).
+LOADER_FIGURES = {
+    "a_pruned_time_ratio_over_kept": ("(a) pruned epoch time / full epoch time / kept fraction", "<=", 1.05),
+    "b_plan_vs_dali_reader": ("(b) our iterator / DALI fn.readers.file (images/s)", ">=", 0.98),
+    "c_dali_vs_torchvision": ("(c) DALI (our iterator) / torchvision DataLoader (images/s)", ">=", 1.8),
+    "d_feed_plan_vs_dali_reader": ("(d) feeding only: our iterator / fn.readers.file (samples/s)", ">=", 0.7),
+    "d_feed_plan_vs_per_sample": ("(d) feeding only: our iterator / per-sample worker processes", ">=", 2.5),
+}
+
+
+def loader_lines(result: Mapping[str, Any]) -> List[str]:
+    """Markdown of one loader comparison (:func:`orderdp_dali.bench.loader_compare.run_loader_comparison`)."""
+    lines = [
+        f"{result['samples']} planned samples of {result['dataset_size']} ({100 * result['kept_fraction']:.1f}% kept, "
+        f"OrderDP r={result['orderdp']['random_len_ratio']}, t={result['orderdp']['top_q_ratio']}; each epoch runs "
+        f"its plan {result['tile']} time(s)), batch {result['batch_size']}, crop {result['crop']}, "
+        f"{result['workers']} CPU workers for every loader, DALI device {result['device']}; "
+        f"{result['warmup']} untimed warm-up round(s), then {result['repeats']} rounds of one epoch per loader, "
+        "the order rotating; the decoding loaders, then the feeding-only ones in rounds of their own.",
         "",
-        "| loader | images/s (median) | min | max | CPU ms per image |",
-        "|---|---|---|---|---|",
     ]
-    for name, s in loader["loaders"].items():
-        cpu = s.get("cpu_ms_per_image")
-        lines.append(
-            f"| {name} | {s['median']:.1f} | {s['min']:.1f} | {s['max']:.1f} "
-            f"| {'n/a' if cpu is None else f'{cpu:.2f}'} |"
-        )
-    if loader.get("ratios"):
-        lines += ["", "| ratio | images/s (median of per-round ratios) | images per CPU-second |", "|---|---|---|"]
-        for k, v in loader["ratios"].items():
-            c = (loader.get("cpu_ratios") or {}).get(k)
-            lines.append(f"| {k} | {v:.3f} | {'n/a' if c is None else f'{c:.3f}'} |")
+    figures = result.get("figures") or {}
+    if figures:
+        lines += ["| figure | measured (median of per-round ratios) | rounds min .. max | goal | | from CPU seconds |",
+                  "|---|---|---|---|---|---|"]
+        for key, value in figures.items():
+            what, op, bound = LOADER_FIGURES[key]
+            met = value <= bound if op == "<=" else value >= bound
+            rounds = (result.get("per_round") or {}).get(key) or []
+            rng = f"{min(rounds):.3f} .. {max(rounds):.3f}" if rounds else "n/a"
+            cpu = (result.get("cpu_figures") or {}).get(key)
+            lines.append(f"| {what} | {value:.3f} | {rng} | {op} {bound:g} | {'met' if met else '**not met**'} "
+                         f"| {_num(cpu, 3)} |")
+        lines.append("")
+    lines += ["| loader | samples per epoch | images/s (median) | min | max | epoch s (median) | CPU ms per image |",
+              "|---|---|---|---|---|---|---|"]
+    for name, s in result["loaders"].items():
+        lines.append(f"| {name} | {s['images']} | {s['median']:.1f} | {s['min']:.1f} | {s['max']:.1f} "
+                     f"| {s['median_seconds']:.2f} | {_num(s.get('cpu_ms_per_image'), 2)} |")
+    start = result.get("pipeline_start")
+    if start:
+        lines += ["", f"Pipeline start per epoch (our iterator, median of {start['epochs']} cold starts, nothing "
+                  f"started early): build + first scheduling {1000 * start['build_and_schedule_s']:.1f} ms, "
+                  f"start to first batch {1000 * start['start_to_first_batch_s']:.1f} ms."]
     return lines
-
-
-def format_steady_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Savings with the first epoch left out (it holds the one-off start-up: model, allocator, caches)."""
-    lines = [
-        "| policy | samples (epochs 2..E) | wall-clock (s) | wall saving | sample saving | efficiency "
-        "| data wait (s) |",
-        "|" + "---|" * 7,
-    ]
-    for r in rows:
-        eff = "n/a" if r["efficiency"] is None else f"{r['efficiency']:.2f}"
-        lines.append(
-            f"| {r['policy']} | {r['samples']['mean']:.0f} | {_secs(r['wall_s'])} | {_pct(r['wall_saving'])} "
-            f"| {_pct(r['sample_saving'])} | {eff} | {_secs(r['data_wait_s'])} |"
-        )
-    return "\n".join(lines)
-
-
-def format_seed_table(runs: Sequence[Mapping[str, Any]]) -> str:
-    """Every (policy, seed) run: its own samples, wall-clock and accuracy."""
-    lines = [
-        "| policy | seed | run order | samples | wall-clock (s) | data wait (s) | whole run: wall (s) "
-        "| whole run: CPU (s) | load avg before/after | best top-1 (%) | final top-1 (%) |"
-    ]
-    lines.append("|" + "---|" * 11)
-    for r in sorted(runs, key=lambda r: (r["policy"], r["seed"])):
-        t = r["totals"]
-        b = "n/a" if t["best_top1"] is None else f"{t['best_top1']:.2f}"
-        f = "n/a" if t["final_top1"] is None else f"{t['final_top1']:.2f}"
-        load = "/".join("n/a" if x is None else f"{x:.1f}" for x in (r.get("load_before"), r.get("load_after")))
-        lines.append(
-            f"| {r['policy']} | {r['seed']} | {r.get('order', 0) + 1} | {t['samples']} | {t['wall_s']:.1f} "
-            f"| {t['data_wait_s']:.1f} | {_num(r.get('run_wall_s'))} | {_num(r.get('cpu_s'))} | {load} | {b} | {f} |"
-        )
-    return "\n".join(lines)
 
 
 def render_report(results: Mapping[str, Any]) -> str:
     """``report.md`` for a results.json dictionary."""
     cfg = results["config"]
-    lines = [f"# Benchmark: {results['name']}", ""]
-    lines.append(f"Command: `{results['command']}`")
-    lines.append("")
+    lines = [f"# Benchmark: {results['name']}", "", f"Command: `{results['command']}`", ""]
     lines += _env_lines(results["environment"])
     ds = results.get("dataset", {})
     lines.append(
@@ -349,42 +437,30 @@ def render_report(results: Mapping[str, Any]) -> str:
             "",
             format_table(rows),
             "",
-            "Wall-clock = sum of the epochs' training time as the training loop measures it (every step's "
-            "data wait + compute; validation excluded, the first epoch includes the one-off start-up), "
-            "mean over seeds (± sample std). Samples used = samples trained over all epochs. "
-            "Savings are against the full-data mean; efficiency = wall saving / sample saving "
-            "(1.0: time shrinks exactly with the samples skipped). Accuracy = validation top-1 (%), "
-            "mean ± std over seeds; best = best epoch, final = last epoch.",
+            "The policies took turns epoch by epoch in one process (epoch e of every policy before epoch e+1 of "
+            "any, the order rotating), each with its own model, optimizer and iterator. Savings, efficiency "
+            "(wall saving / sample saving; 1.0: time shrinks exactly with the samples skipped) and CPU efficiency "
+            "are medians of per-epoch ratios against the full-data epoch of the same seed and round, the first "
+            "epoch left out; IQR = interquartile range; epochs = epochs counted / paired (an epoch that skips "
+            f"under {100 * MIN_SAMPLE_SAVING:.0f}% of the samples is not counted: nothing to save). **noisy**: the "
+            "IQR of the per-epoch wall savings is wider than their median. Samples, wall-clock (sum of the "
+            "epochs' training time: data wait + compute, validation excluded) and CPU seconds are per run, mean "
+            "± std over seeds. Accuracy: validation top-1, best and final epoch.",
+            "",
+            "## Fixed and per-sample cost",
+            "",
         ]
-        steady = results.get("steady_summary") or []
-        if steady:
-            lines += [
-                "",
-                "### Without the first epoch (steady state)",
-                "",
-                format_steady_table(steady),
-            ]
+        lines += format_fit(results.get("fit"))
         if results.get("runs"):
-            lines += [
-                "",
-                "### Every run",
-                "",
-                format_seed_table(results["runs"]),
-                "",
-                "Whole run = the full `run_training` call (set-up, DALI start-up, training and validation); "
-                "CPU = CPU seconds of this process, DALI's threads included.",
-            ]
+            lines += ["", "### Every run", "", format_seed_table(results["runs"])]
         note = busy_note(results)
         if note:
             lines += ["", f"**Note:** {note}"]
         if results.get("warmup"):
-            lines += [
-                "",
-                f"An untimed 1-epoch warm-up run ({results['warmup']['seconds']:.1f} s) preceded the timed runs; "
-                "policies ran one after another in one process, the order rotating with the seed.",
-            ]
+            lines += ["", f"An untimed 1-epoch warm-up run ({results['warmup']['seconds']:.1f} s) preceded the "
+                      "timed runs."]
     if results.get("loader"):
-        lines += _loader_section(results["loader"])
+        lines += ["", "## Loader comparison (no model)", ""] + loader_lines(results["loader"])
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     if results.get("plots"):

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 # sub-command -> (module exposing ``main(argv) -> int``, one-line help)
 COMMANDS = {
     "train": ("orderdp_dali.train", "train a classifier with a pruning policy (DDP via torchrun)"),
-    "bench": ("orderdp_dali.bench.run", "compare policies end to end and write a report"),
+    "bench": ("orderdp_dali.bench.run", "compare policies end to end, taking turns epoch by epoch; write a report"),
     "make-data": ("orderdp_dali.make_data", "generate an ImageNet-layout folder of JPEGs"),
     "check-data": ("orderdp_dali.check_data", "find unreadable or undecodable images in a dataset"),
     "make-shards": ("orderdp_dali.tar_shards", "convert class-folder splits into tar shards"),

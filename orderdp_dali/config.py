@@ -40,6 +40,8 @@ __all__ = [
     "PolicyConfig",
     "ScheduleConfig",
     "TrainConfig",
+    "build_checked",
+    "checked_field",
     "load_config",
     "parse_override",
     "set_path",
@@ -385,6 +387,16 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise TypeError(f"config field {key} has an unsupported type {hint!r}")  # a bug in this module
+
+
+def build_checked(cls: type, data: Any, prefix: str = "") -> Any:
+    """Dataclass ``cls`` (fields made with :func:`checked_field`) from plain data, checked as a
+    training config is: an unknown key or a bad value raises one ConfigError naming the key
+    (``prefix`` + key). Other schemas (the bench config) use it to validate alike."""
+    return _build(cls, data, prefix)
+
+
+checked_field = _opt  # a field with choices or a range, for schemas built with build_checked
 
 
 CUSTOM_MODELS = ("tiny", "cifar_resnet18", "cifar_resnet34", "cifar_resnet50", "cifar_resnet101")

@@ -14,11 +14,12 @@ the iterator pads shards so all ranks run the same number of steps and merges th
 tables with one all-reduce per epoch. Rank 0 appends one JSON line per epoch to
 ``<output_dir>/metrics.jsonl`` and writes ``<output_dir>/last.pth`` atomically each epoch.
 
-The benchmark harness calls :func:`run_training` in-process, once per policy.
+The benchmark harness drives one :class:`TrainingRun` per policy in-process, epoch by epoch.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import hashlib
 import json
@@ -30,7 +31,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ from orderdp_dali.lr_schedule import lr_at, progress, set_lr
 from orderdp_dali.models import build_model
 from orderdp_dali.policies import make_policy
 
-__all__ = ["evaluate", "get_args_parser", "main", "run_training", "train_one_epoch"]
+__all__ = ["TrainingRun", "evaluate", "get_args_parser", "main", "run_training", "train_one_epoch"]
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
@@ -498,11 +499,136 @@ def _resume(
 
 
 # --------------------------------------------------------------------- run
+class TrainingRun:
+    """One training run driven an epoch at a time, so several runs can share a process and
+    take turns (the benchmark interleaves policies epoch by epoch).
+
+    :meth:`start` builds data, policy, iterators, model and optimizer (and resumes);
+    :meth:`run_epoch` trains, checkpoints, validates and logs one epoch; :meth:`close`
+    releases the pipelines and the process group. As a context manager it starts on
+    entry and closes on exit. :func:`run_training` is the loop over it.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        output_dir: Optional[PathLike] = None,
+        resume: Optional[str] = None,
+        overwrite: bool = False,
+    ) -> None:
+        chosen = output_dir if output_dir is not None else cfg.train.output_dir
+        if not str(chosen).strip():
+            raise ConfigError("train.output_dir (or --output-dir) is empty: name the folder the run writes to")
+        self.cfg = cfg
+        self.out = Path(chosen).expanduser()
+        self.resume = resume
+        self.overwrite = overwrite
+        self.rt: Optional[Runtime] = None
+        self.train_it: Any = None
+        self.val_it: Any = None
+        self.start_epoch = 0  # the first epoch this run trains (later than 0 after a resume)
+        self.phase = "start-up"  # named in the error if a peer rank dies
+
+    def __enter__(self) -> "TrainingRun":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Turn a peer rank's failure into a DistributedError naming the phase and the checkpoint."""
+        try:
+            yield
+        except Exception as e:
+            if self.rt is not None and self.rt.distributed and _is_peer_failure(e):
+                raise DistributedError(_peer_failure_message(e, self.rt, self.out, self.phase)) from e
+            raise
+
+    def start(self) -> "TrainingRun":
+        """Build everything and resume if asked; errors in settings, data or checkpoint raise here."""
+        cfg, out = self.cfg, self.out
+        self.rt = rt = init_runtime(cfg)
+        with self._guard():
+            data = build_data(cfg)
+            _refuse_one_class(data, cfg)
+            self.num_samples = n = len(data.train)
+            policy = make_policy(cfg.policy.name, n, seed=cfg.train.seed, num_epochs=cfg.train.epochs,
+                                 **cfg.policy.params)
+            self.train_it, self.val_it = build_iterators(cfg, data, policy, rt)
+            self.model, self.bare = build_model_for(cfg, data.num_classes, rt)
+            self.optimizer = build_optimizer(cfg, self.bare)
+            self.scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.train.amp == "fp16")
+            seed_everything(cfg.train.seed, rt.rank, cfg.train.deterministic)
+            self.fingerprint = data.train.fingerprint
+            start, self.planned, last_record = 0, [], None
+            ckpt = resolve_resume(self.resume, out)
+            if ckpt is not None:
+                start, self.planned, last_record = _resume(ckpt, self.bare, self.optimizer, self.scaler,
+                                                           self.train_it, self.fingerprint, cfg)
+                if rt.is_main:
+                    print(f"resumed from {ckpt}: continuing at epoch {start}", flush=True)
+            elif rt.is_main and not self.overwrite:
+                _refuse_previous_run(out)
+            if rt.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+                kept = trim_metrics(out / METRICS, start)
+                if last_record is not None and not any(r.get("epoch") == start - 1 for r in kept):
+                    _append_metrics(out / METRICS, last_record)  # it stopped after the checkpoint, before the line
+            self.start_epoch = start
+        return self
+
+    def run_epoch(self, epoch: int) -> Dict[str, Any]:
+        """Train epoch ``epoch`` (the next one: epochs run in order), checkpoint, validate, log;
+        return its record (the metrics line)."""
+        cfg, rt, out = self.cfg, self.rt, self.out
+        with self._guard():
+            self.phase = f"epoch {epoch} (training)"
+            record = {"epoch": epoch, "policy": cfg.policy.name, "world_size": rt.world_size,
+                      "plan_sha1": _plan_sha1(self.train_it.plan)}
+            cpu = time.process_time()  # every thread of this process, DALI's included
+            record.update(train_one_epoch(self.model, self.optimizer, self.scaler, self.train_it, epoch, cfg, rt))
+            record["cpu_time"] = time.process_time() - cpu
+            self.planned.append(record["planned"])
+            record["fraction_saved"] = 1.0 - sum(self.planned) / (self.num_samples * len(self.planned))
+            if rt.is_main and cfg.train.checkpoint:
+                # Checkpoint before validating, so a validation failure costs no training. The
+                # metrics line follows validation; the checkpoint carries it for a resume that
+                # finds it missing, so each epoch is logged exactly once either way.
+                state = _checkpoint_state(epoch + 1, self.bare, self.optimizer, self.scaler, self.train_it, cfg,
+                                          self.fingerprint, self.planned, record)
+                _save(state, out, epoch + 1, cfg)
+            if self.val_it is not None and _should_evaluate(cfg, epoch):
+                self.phase = f"epoch {epoch} (validation)"
+                _sync_buffers(self.bare, rt)
+                t = time.perf_counter()
+                record.update(evaluate(self.bare, self.val_it, cfg, rt))
+                record["val_time"] = time.perf_counter() - t
+            if rt.is_main:
+                _append_metrics(out / METRICS, record)
+        return record
+
+    def close(self) -> None:
+        """Release the pipelines and, if this run joined it, the process group (idempotent)."""
+        for it in (self.train_it, self.val_it):
+            if it is not None:
+                it.close()
+        self.train_it = self.val_it = None
+        if self.rt is not None and self.rt.owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def run_training(
     cfg: Config,
     output_dir: Optional[PathLike] = None,
     resume: Optional[str] = None,
     overwrite: bool = False,
+    on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> List[Dict[str, Any]]:
     """Train as ``cfg`` says; return the per-epoch records of the epochs this call ran.
 
@@ -514,6 +640,7 @@ def run_training(
             fresh start) or ``None``.
         overwrite: start afresh in an ``output_dir`` that holds a previous run (without it,
             such a run is refused and nothing is touched).
+        on_epoch: called with each epoch's record once it is logged (progress display).
 
     Returns:
         One dict per epoch run (the JSON lines of the metrics log), on every rank.
@@ -524,73 +651,13 @@ def run_training(
         DistributedError: another rank died or stopped responding (within
             ``train.dist_timeout_s``); the message names the phase and the last checkpoint.
     """
-    chosen = output_dir if output_dir is not None else cfg.train.output_dir
-    if not str(chosen).strip():
-        raise ConfigError("train.output_dir (or --output-dir) is empty: name the folder the run writes to")
-    out = Path(chosen).expanduser()
-    rt = init_runtime(cfg)
-    train_it = val_it = None
-    phase = "start-up"  # named in the error if a peer rank dies
-    try:
-        data = build_data(cfg)
-        _refuse_one_class(data, cfg)
-        n = len(data.train)
-        policy = make_policy(cfg.policy.name, n, seed=cfg.train.seed, num_epochs=cfg.train.epochs, **cfg.policy.params)
-        train_it, val_it = build_iterators(cfg, data, policy, rt)
-        model, bare = build_model_for(cfg, data.num_classes, rt)
-        optimizer = build_optimizer(cfg, bare)
-        scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.train.amp == "fp16")
-        seed_everything(cfg.train.seed, rt.rank, cfg.train.deterministic)
-        fingerprint = data.train.fingerprint
-        start, planned, last_record = 0, [], None
-        ckpt = resolve_resume(resume, out)
-        if ckpt is not None:
-            start, planned, last_record = _resume(ckpt, bare, optimizer, scaler, train_it, fingerprint, cfg)
-            if rt.is_main:
-                print(f"resumed from {ckpt}: continuing at epoch {start}", flush=True)
-        elif rt.is_main and not overwrite:
-            _refuse_previous_run(out)
-        if rt.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-            kept = trim_metrics(out / METRICS, start)
-            if last_record is not None and not any(r.get("epoch") == start - 1 for r in kept):
-                _append_metrics(out / METRICS, last_record)  # it stopped after the checkpoint, before the line
+    with TrainingRun(cfg, output_dir, resume, overwrite) as run:
         records = []
-        for epoch in range(start, cfg.train.epochs):
-            phase = f"epoch {epoch} (training)"
-            record = {"epoch": epoch, "policy": cfg.policy.name, "world_size": rt.world_size,
-                      "plan_sha1": _plan_sha1(train_it.plan)}
-            record.update(train_one_epoch(model, optimizer, scaler, train_it, epoch, cfg, rt))
-            planned.append(record["planned"])
-            record["fraction_saved"] = 1.0 - sum(planned) / (n * len(planned))
-            if rt.is_main and cfg.train.checkpoint:
-                # Checkpoint before validating, so a validation failure costs no training. The
-                # metrics line follows validation; the checkpoint carries it for a resume that
-                # finds it missing, so each epoch is logged exactly once either way.
-                state = _checkpoint_state(epoch + 1, bare, optimizer, scaler, train_it, cfg, fingerprint, planned,
-                                          record)
-                _save(state, out, epoch + 1, cfg)
-            if val_it is not None and _should_evaluate(cfg, epoch):
-                phase = f"epoch {epoch} (validation)"
-                _sync_buffers(bare, rt)
-                t = time.perf_counter()
-                record.update(evaluate(bare, val_it, cfg, rt))
-                record["val_time"] = time.perf_counter() - t
-            if rt.is_main:
-                _append_metrics(out / METRICS, record)
-            records.append(record)
+        for epoch in range(run.start_epoch, cfg.train.epochs):
+            records.append(run.run_epoch(epoch))
+            if on_epoch is not None:
+                on_epoch(records[-1])
         return records
-    except Exception as e:
-        if rt.distributed and _is_peer_failure(e):
-            raise DistributedError(_peer_failure_message(e, rt, out, phase)) from e
-        raise
-    finally:
-        for it in (train_it, val_it):
-            if it is not None:
-                it.close()
-        if rt.owns_process_group and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _refuse_one_class(data: Data, cfg: Config) -> None:

@@ -1,20 +1,22 @@
-"""The benchmark harness on CPU: run folder contents, the report's arithmetic, loaders, GPU script."""
+"""The benchmark harness on CPU: interleaved runs, the report's arithmetic, the cost fit, the
+bench config, the loader comparison and the GPU script."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from orderdp_dali.bench import report
-from orderdp_dali.bench.run import load_bench_config
+from orderdp_dali.bench.config import load_bench_config
 from orderdp_dali.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,12 +42,12 @@ def _tiny_config(tmp_path: Path, root: Path, **extra) -> Path:
             "model": {"name": "tiny"},
             "optim": {"name": "sgd", "lr": 0.05},
             "schedule": {"name": "constant"},
-            "train": {"epochs": 2, "batch_size": 16, "device": "cpu", "eval_every": 1},
+            "train": {"epochs": 3, "batch_size": 16, "device": "cpu", "eval_every": 1},
         },
         "policies": {
             "full": {},
-            # 2 epochs: with the reference's 0.875 epoch 1 would already anneal (epoch + 1 > 1.75)
-            "infobatch": {"prune_ratio": 0.5, "anneal_delta": 1.0},
+            # 3 epochs, anneal_delta 0.7: epochs 0-1 prune (epoch + 1 <= 2.1), epoch 2 anneals (all samples)
+            "infobatch": {"prune_ratio": 0.5, "anneal_delta": 0.7},
             "orderdp": {"random_len_ratio": 0.75, "top_q_ratio": 0.8},
             "uniform": {"random_len_ratio": 0.75, "top_q_ratio": 0.8},
         },
@@ -73,147 +75,217 @@ def _table_rows(md: str, header_start: str):
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.slow  # a whole bench run (seconds); the pure parts below stay in the fast tier
-def test_harness_writes_run_folder_with_consistent_report(tmp_path, tiny_dataset, capsys):
-    from orderdp_dali.bench.run import main
+@pytest.mark.slow  # whole bench runs (seconds); the pure parts below stay in the fast tier
+def test_harness_interleaves_policies_and_reports_paired_figures(tmp_path, tiny_dataset, capsys, monkeypatch):
+    from orderdp_dali.bench.run import main, turn_order
+    from orderdp_dali.train import TrainingRun
 
-    cfg = _tiny_config(
-        tmp_path,
-        tiny_dataset,
-        mode="both",
-        loader={"batch_size": 8, "workers": 1, "crop": 32, "warmup": 1, "repeats": 1},
-    )
+    calls = []
+    original = TrainingRun.run_epoch
+
+    def logged(self, epoch):
+        if self.out.name != "warmup":  # the untimed warm-up run goes through run_training
+            calls.append((self.cfg.policy.name, self.cfg.train.seed, epoch))
+        return original(self, epoch)
+
+    monkeypatch.setattr(TrainingRun, "run_epoch", logged)
+    cfg = _tiny_config(tmp_path, tiny_dataset, mode="both", warmup=True, seeds=[0, 1],
+                       loader={"loaders": ["dali-plan", "dali-reader", "torchvision"], "batch_size": 8,
+                               "workers": 1, "crop": 32, "warmup": 0, "repeats": 1, "cold_starts": 0})
     out = tmp_path / "run"
     assert main(["--config", str(cfg), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "report:" in printed and "| orderdp |" in printed and "epoch 2/2" in printed
+    assert "report:" in printed and "| orderdp |" in printed and "epoch 3/3" in printed
+    assert "warm-up: epoch 1/1" in printed  # run_training's epoch callback drives the progress lines
+
+    # Epoch e of every policy runs before epoch e+1 of any, the order rotating with epoch and seed.
+    expected = [(p, seed, e) for k, seed in enumerate([0, 1]) for e in range(3) for p in turn_order(POLICIES, e + k)]
+    assert calls == expected
+    assert turn_order(POLICIES, 1) == ["infobatch", "orderdp", "uniform", "full"]
 
     results = json.loads((out / "results.json").read_text())
     md = (out / "report.md").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["accuracy_vs_wall.png", "orderdp_inclusion.png", "samples_per_epoch.png", "wall_clock.png"]
+    assert pngs == ["accuracy_vs_wall.png", "efficiency_vs_epoch_size.png", "orderdp_inclusion.png",
+                    "samples_per_epoch.png", "wall_clock.png"]
     assert all((out / p).stat().st_size > 1000 for p in pngs)
-
     env = results["environment"]
-    for key in ("python", "torch", "torchvision", "dali", "numpy", "cpu_model", "cpu_count", "gpu"):
+    for key in ("python", "torch", "torchvision", "dali", "numpy", "cpu_model", "cpu_usable", "gpu", "load_average"):
         assert key in env
-    assert results["config"]["policies"].keys() == set(POLICIES)
+    assert len(results["load_averages"]) == 2 * 3  # one per round
 
-    # One run per policy, each with per-epoch wall time, data wait, samples, images/s, loss, accuracy.
-    assert [r["policy"] for r in results["runs"]] == POLICIES
-    for r in results["runs"]:
-        assert len(r["epochs"]) == 2
+    runs = {(r["policy"], r["seed"]): r for r in results["runs"]}
+    assert set(runs) == {(p, s) for p in POLICIES for s in (0, 1)}
+    for r in runs.values():
+        assert [e["epoch"] for e in r["epochs"]] == [0, 1, 2]
         for e in r["epochs"]:
-            for key in ("epoch_time", "data_time", "samples", "images_per_s", "train_loss", "val_top1"):
+            for key in ("epoch_time", "cpu_time", "data_time", "samples", "train_loss", "val_top1", "turn"):
                 assert e[key] is not None, key
-            assert e["epoch_time"] > 0
+    assert [e["samples"] for e in runs[("infobatch", 0)]["epochs"]][2] == 48  # the annealing epoch: every sample
 
-    # The table: a row per policy, figures recomputed here from the per-epoch records.
+    # The paired figures, recomputed here from the per-epoch records (epoch 0 left out).
     rows = {r[0]: r for r in _table_rows(md, "| policy | seeds |")}
-    assert set(rows) == set(POLICIES)
-    totals = {
-        r["policy"]: (sum(e["samples"] for e in r["epochs"]), sum(e["epoch_time"] for e in r["epochs"]))
-        for r in results["runs"]
-    }
-    full_samples, full_wall = totals["full"]
+    assert set(rows) == set(POLICIES) and rows["full"][7] == "n/a"
     summary = {s["policy"]: s for s in results["summary"]}
-    for policy, (samples, wall) in totals.items():
-        wall_saving = 1 - wall / full_wall
-        sample_saving = 1 - samples / full_samples
-        s = summary[policy]
-        assert s["samples"]["mean"] == samples
-        assert math.isclose(s["wall_s"]["mean"], wall, rel_tol=1e-9)
-        assert math.isclose(s["wall_saving"], wall_saving, rel_tol=1e-9, abs_tol=1e-12)
-        row = rows[policy]
-        assert int(row[2]) == samples
-        assert float(row[3]) == pytest.approx(wall, abs=0.051)
-        if policy == "full":
-            assert s["efficiency"] is None and row[6] == "n/a"
-        else:
-            assert sample_saving > 0  # 48 samples: every pruning policy skips some
-            assert math.isclose(s["efficiency"], wall_saving / sample_saving, rel_tol=1e-9)
-            assert float(row[6]) == pytest.approx(wall_saving / sample_saving, abs=0.0051)
-            assert float(row[4].rstrip("%")) == pytest.approx(100 * wall_saving, abs=0.051)
-            assert float(row[5].rstrip("%")) == pytest.approx(100 * sample_saving, abs=0.051)
-        best = max(e["val_top1"] for e in results["runs"][POLICIES.index(policy)]["epochs"])
-        assert float(row[7]) == pytest.approx(best, abs=0.006)
+    for policy in ("infobatch", "orderdp", "uniform"):
+        effs, walls = [], []
+        for seed in (0, 1):
+            for e, f in zip(runs[(policy, seed)]["epochs"][1:], runs[("full", seed)]["epochs"][1:]):
+                ss = 1 - e["samples"] / f["samples"]
+                if ss >= report.MIN_SAMPLE_SAVING:
+                    walls.append(1 - e["epoch_time"] / f["epoch_time"])
+                    effs.append(walls[-1] / ss)
+        paired = summary[policy]["paired"]
+        assert paired["epochs_paired"] == 4 and paired["epochs_counted"] == len(effs)
+        assert paired["efficiency"]["median"] == pytest.approx(statistics.median(effs))
+        assert float(rows[policy][7]) == pytest.approx(statistics.median(effs), abs=0.0051)
+        q25, q75 = np.percentile(walls, [25, 75])
+        assert summary[policy]["noisy"] == bool(q75 - q25 > abs(statistics.median(walls)))
+        assert rows[policy][12] == ("**yes**" if summary[policy]["noisy"] else "no")
+        total = sum(e["samples"] for s in (0, 1) for e in runs[(policy, s)]["epochs"]) / 2
+        assert float(rows[policy][2]) == pytest.approx(total, abs=0.5)
+    assert summary["infobatch"]["paired"]["epochs_counted"] == 2  # its annealing epochs skip nothing: not counted
+    assert summary["orderdp"]["paired"]["epochs_counted"] == 4
 
-    # The loader-only comparison ran on the same data, every loader over the same plan.
+    fit = results["fit"]
+    assert fit["points"] == 4 * 2 * 2 and fit["samples_range"] == [28.0, 48.0]
+    assert "## Fixed and per-sample cost" in md and "Projected efficiency of a pruned ImageNet epoch" in md
+
     loader = results["loader"]
     assert set(loader["loaders"]) == {"dali-plan", "dali-reader", "torchvision"}
-    for stats in loader["loaders"].values():
-        assert stats["images"] == loader["samples"] and stats["median"] > 0
     assert set(loader["ratios"]) == {"dali-plan / torchvision", "dali-plan / dali-reader"}
-    assert "## Loader only" in md
+    assert "## Loader comparison" in md
 
 
 @pytest.mark.slow
-def test_iterator_bench_cli_writes_json_and_markdown(tmp_path, tiny_dataset):
-    from orderdp_dali.bench.iterator_bench import main
+def test_loader_comparison_cli_measures_a_to_d(tmp_path, tiny_dataset):
+    from orderdp_dali.bench.loader_compare import main
 
     out = tmp_path / "results"
-    args = ["--data", str(tiny_dataset), "--no-generate", "--batch-size", "8", "--workers", "1"]
-    args += ["--crop", "32", "--warmup", "0", "--repeats", "1", "--out", str(out)]
+    args = ["--root", str(tiny_dataset / "train"), "--batch-size", "8", "--workers", "1", "--device", "cpu"]
+    args += ["--crop", "32", "--warmup", "0", "--repeats", "1", "--out", str(out), "--json", str(tmp_path / "l.json")]
     assert main(args) == 0
-    result = json.loads((out / "iterator_bench_cpu.json").read_text())
-    assert result["dataset_size"] == 48 and result["pruned_samples"] == int(int(48 * 0.75) * 0.8)
-    assert set(result["figures"]) == {"a_pruned_time_ratio_over_kept", "b_plan_vs_dali_reader", "c_dali_vs_torchvision",
-                                      "d_feed_plan_vs_dali_reader", "d_feed_plan_vs_per_sample"}
+    result = json.loads((out / "loader_compare_cpu.json").read_text())
+    assert json.loads((tmp_path / "l.json").read_text())["figures"] == result["figures"]
+    assert result["dataset_size"] == 48 and result["samples"] == int(int(48 * 0.75) * 0.8) == 28
+    assert set(result["figures"]) == set(report.LOADER_FIGURES)
     stats = result["loaders"]
-    feeding = {name for name in stats if "-feed " in name}
-    assert {s["images"] for name, s in stats.items() if name.endswith("pruned") and name not in feeding} == {28}
-    assert {stats[name]["images"] for name in feeding} == {result["feed_samples"]} == {280}
-    feed = stats["dali-plan-feed pruned"]["images_per_s"][0] / stats["per-sample-feed pruned"]["images_per_s"][0]
+    assert stats["dali-plan"]["images"] == stats["dali-reader"]["images"] == stats["torchvision"]["images"] == 28
+    assert stats["dali-plan-full"]["images"] == 48
+    assert {stats[n]["images"] for n in ("dali-plan-feed", "dali-reader-feed", "per-sample-feed")} == {280}
+    feed = stats["dali-plan-feed"]["images_per_s"][0] / stats["per-sample-feed"]["images_per_s"][0]
     assert result["figures"]["d_feed_plan_vs_per_sample"] == pytest.approx(feed)
+    a = (stats["dali-plan"]["seconds"][0] / stats["dali-plan-full"]["seconds"][0]) / result["kept_fraction"]
+    assert result["figures"]["a_pruned_time_ratio_over_kept"] == pytest.approx(a)
+    assert result["ratios"]["dali-plan / dali-reader"] == result["figures"]["b_plan_vs_dali_reader"]
     start = result["pipeline_start"]
     assert start["epochs"] == 3 and 0 < start["build_and_schedule_s"] <= start["start_to_first_batch_s"]
-    a = (stats["dali-plan pruned"]["seconds"][0] / stats["dali-plan full"]["seconds"][0]) / result["kept_fraction"]
-    assert result["figures"]["a_pruned_time_ratio_over_kept"] == pytest.approx(a)
-    md = (out / "iterator_bench_cpu.md").read_text()
-    assert "python -m orderdp_dali.bench.iterator_bench" in md and "(b) our iterator" in md
+    md = (out / "loader_compare_cpu.md").read_text()
+    assert "python -m orderdp_dali.bench.loader_compare" in md and "(b) our iterator" in md
     assert "(d) feeding only: our iterator / per-sample worker processes" in md and "Pipeline start per epoch" in md
 
 
 # ----------------------------------------------------------------------------- pure parts
 
 
-def _run(policy, seed, samples, walls, top1):
+def _run(policy, seed, samples, walls, cpus=None, top1=None):
+    cpus = cpus or [w / 2 for w in walls]
+    top1 = top1 or [50.0] * len(walls)
     epochs = [
-        {"samples": s, "epoch_time": w, "data_time": 0.1, "val_top1": a, "train_loss": 1.0}
-        for s, w, a in zip(samples, walls, top1)
+        {"epoch": i, "samples": s, "epoch_time": w, "cpu_time": c, "data_time": 0.1, "val_top1": a, "train_loss": 1.0}
+        for i, (s, w, c, a) in enumerate(zip(samples, walls, cpus, top1))
     ]
-    return {"policy": policy, "seed": seed, "epochs": epochs, "totals": report.run_totals(epochs)}
+    return {"policy": policy, "seed": seed, "epochs": epochs}
 
 
-def test_summary_savings_efficiency_and_seed_spread():
+def test_paired_efficiency_medians_spread_and_flag():
     runs = [
-        _run("full", 0, [100, 100], [10.0, 10.0], [50.0, 60.0]),
-        _run("full", 1, [100, 100], [12.0, 8.0], [55.0, 65.0]),
-        _run("orderdp", 0, [60, 60], [7.0, 6.0], [52.0, 58.0]),
-        _run("orderdp", 1, [60, 60], [6.0, 7.0], [54.0, 62.0]),
+        _run("full", 0, [100, 100, 100, 100], [30.0, 10.0, 12.0, 10.0], top1=[50.0, 60.0, 70.0, 65.0]),
+        _run("full", 1, [100, 100, 100, 100], [30.0, 8.0, 10.0, 10.0]),
+        # 60% of the samples; epoch 0 (start-up) is left out however slow
+        _run("orderdp", 0, [60, 60, 60, 60], [99.0, 6.0, 7.2, 6.0]),
+        _run("orderdp", 1, [60, 60, 60, 60], [99.0, 5.6, 6.0, 7.0]),
+        # InfoBatch-like: epoch 3 anneals (every sample): paired, not counted
+        _run("infobatch", 0, [50, 50, 50, 100], [30.0, 5.0, 6.0, 11.0]),
+        _run("infobatch", 1, [50, 50, 50, 100], [30.0, 4.0, 5.0, 9.0]),
+        # noise larger than the effect: wall savings of +50%, -50%, ...
+        _run("uniform", 0, [60, 60, 60, 60], [30.0, 5.0, 18.0, 5.0]),
+        _run("uniform", 1, [60, 60, 60, 60], [30.0, 12.0, 5.0, 15.0]),
     ]
     rows = {r["policy"]: r for r in report.summarize(runs)}
-    assert rows["full"]["efficiency"] is None
-    o = rows["orderdp"]
-    assert o["samples"]["mean"] == 120 and o["wall_s"]["mean"] == 13.0
-    assert o["sample_saving"] == pytest.approx(0.4)
-    assert o["wall_saving"] == pytest.approx(1 - 13 / 20)
-    assert o["efficiency"] == pytest.approx((1 - 13 / 20) / 0.4)
-    assert o["best_top1"]["mean"] == pytest.approx(60.0) and o["best_top1"]["std"] == pytest.approx(2 ** 0.5 * 2)
-    table = report.format_table(report.summarize(runs))
-    eff = f"{o['efficiency']:.2f}"
-    assert f"| orderdp | 2 | 120 | 13.0 ± 0.0 | 35.0% | 40.0% | {eff} | 60.00 ± 2.83 | 60.00 ± 2.83 |" in table
+    assert rows["full"]["paired"] is None and rows["full"]["noisy"] is None
+    o = rows["orderdp"]["paired"]
+    walls = [1 - 6 / 10, 1 - 7.2 / 12, 1 - 6 / 10, 1 - 5.6 / 8, 1 - 6 / 10, 1 - 7 / 10]
+    assert o["epochs_paired"] == o["epochs_counted"] == 6
+    assert o["sample_saving"]["median"] == pytest.approx(0.4)
+    assert o["efficiency"]["median"] == pytest.approx(statistics.median(w / 0.4 for w in walls))
+    assert o["efficiency"]["min"] == pytest.approx(min(walls) / 0.4) and o["efficiency"]["n"] == 6
+    q25, q75 = np.percentile([w / 0.4 for w in walls], [25, 75])
+    assert (o["efficiency"]["q25"], o["efficiency"]["q75"]) == pytest.approx((q25, q75))
+    assert o["cpu_efficiency"]["median"] == pytest.approx(o["efficiency"]["median"])  # cpu = wall / 2 here
+    assert rows["orderdp"]["noisy"] is False
+    ib = rows["infobatch"]["paired"]
+    assert ib["epochs_paired"] == 6 and ib["epochs_counted"] == 4  # the annealing epochs skip nothing
+    assert ib["efficiency"]["median"] == pytest.approx(statistics.median([1.0, 1.0, 1.0, 1.0]))
+    assert rows["uniform"]["noisy"] is True
+    # Totals stay per run, mean over seeds; the table carries both.
+    assert rows["orderdp"]["wall_s"]["mean"] == pytest.approx((99 + 6 + 7.2 + 6 + 99 + 5.6 + 6 + 7) / 2)
+    table = report.format_table(list(rows.values()))
+    cells = {r[0]: r for r in _table_rows(table, "| policy | seeds |")}
+    assert cells["orderdp"][5] == "40.0%" and cells["orderdp"][10] == "6/6" and cells["uniform"][12] == "**yes**"
+    assert cells["infobatch"][10] == "4/6" and cells["full"][7] == "n/a"
+    assert float(cells["orderdp"][7]) == pytest.approx(o["efficiency"]["median"], abs=0.005)
+
+
+def test_fit_recovers_fixed_and_per_sample_cost_and_projects_imagenet():
+    a, b = 0.4, 0.002  # 0.4 s per epoch + 2 ms per sample
+    runs = []
+    for policy, n in (("full", 1000), ("orderdp", 600), ("infobatch", 500)):
+        for seed in (0, 1):
+            walls = [a + b * n + 3.0, a + b * n, a + b * n]  # epoch 0 pays 3 s of start-up
+            runs.append(_run(policy, seed, [n, n, n], walls))
+    fit = report.fit_epoch_cost(runs)
+    assert fit["a_s"] == pytest.approx(a) and fit["b_s_per_sample"] == pytest.approx(b)
+    assert fit["r2"] == pytest.approx(1.0) and fit["points"] == 12  # epoch 0 left out
+    assert fit["startup_s"] == pytest.approx(3.0)
+    n_rank = 1_281_167 / 8
+    assert fit["imagenet_efficiency"] == pytest.approx(b * n_rank / (a + b * n_rank))
+    # The projection is the efficiency a pruned epoch has under that cost model, for any kept fraction.
+    for keep in (0.3, 0.6):
+        full, pruned = a + b * n_rank, a + b * keep * n_rank
+        assert (1 - pruned / full) / (1 - keep) == pytest.approx(report.projected_efficiency(a, b, n_rank))
+    assert report.fit_epoch_cost([_run("full", 0, [100, 100, 100], [1.0, 1.0, 1.1])]) is None  # one epoch size
+    md = "\n".join(report.format_fit(fit))
+    assert "0.400 s" in md and "2.000 ms" in md and f"{fit['imagenet_efficiency']:.3f}" in md
+
+
+def test_efficiency_plot_is_written(tmp_path):
+    from orderdp_dali.bench import plots
+
+    runs = [_run("full", 0, [100, 100, 100], [3.0, 1.2, 1.2]), _run("orderdp", 0, [60, 60, 60], [3.0, 0.9, 0.8])]
+    files = plots.write_all(runs, tmp_path, fit=report.fit_epoch_cost(runs), summary=report.summarize(runs))
+    assert "efficiency_vs_epoch_size.png" in files
+    assert (tmp_path / "efficiency_vs_epoch_size.png").stat().st_size > 1000
+
+
+def test_usage_counts_wall_and_cpu_seconds():
+    from orderdp_dali.bench.machine import Usage
+
+    with Usage() as u:
+        sum(i * i for i in range(2_000_000))
+    assert u.wall_s > 0 and 0 < u.cpu_s
 
 
 def test_bench_config_overrides_route_to_recipe_and_policies(tmp_path):
     path = _tiny_config(tmp_path, tmp_path)
-    b = load_bench_config(str(path), ["train.epochs=3", "seeds=[1,2]", "policies=[orderdp,full]", "data.crop=34"])
-    assert b["training"]["train"]["epochs"] == 3 and b["training"]["data"]["crop"] == 34
-    assert b["seeds"] == [1, 2]
-    assert list(b["policies"]) == ["orderdp", "full"]
-    assert b["policies"]["orderdp"] == {"random_len_ratio": 0.75, "top_q_ratio": 0.8}
-    b = load_bench_config(str(path), ["policies.orderdp.top_q_ratio=0.5"])
-    assert b["policies"]["orderdp"]["top_q_ratio"] == 0.5
+    b = load_bench_config(str(path), ["train.epochs=4", "seeds=[1,2]", "policies=[orderdp,full]", "data.crop=34"])
+    assert b.training["train"]["epochs"] == 4 and b.training["data"]["crop"] == 34
+    assert b.seeds == (1, 2)
+    assert list(b.policies) == ["orderdp", "full"]
+    assert b.policies["orderdp"] == {"random_len_ratio": 0.75, "top_q_ratio": 0.8}
+    b = load_bench_config(str(path), ["policies.orderdp.top_q_ratio=0.5", "seeds=3", "loader.repeats=5"])
+    assert b.policies["orderdp"]["top_q_ratio"] == 0.5 and b.seeds == (3,) and b.loader.repeats == 5
+    assert json.loads(json.dumps(b.to_dict()))["seeds"] == [3]
 
 
 @pytest.mark.parametrize(
@@ -222,10 +294,16 @@ def test_bench_config_overrides_route_to_recipe_and_policies(tmp_path):
         ("bogus=1", "bogus: unknown bench key"),
         ("policy.name=orderdp", "policies.<name>"),
         ("seeds=[0,0]", "seeds:"),
+        ("seeds=[a]", "seeds[0]: expected an integer"),
         ("mode=fast", "mode: invalid value"),
+        ("warmup=3", "warmup: expected true or false"),
         ("policies.orderdp.top_q_ratio=2", "top_q_ratio"),
         ("train.epochs=0", "train.epochs"),
         ("loader.threads=2", "loader.threads: unknown key"),
+        ("loader.repeats=0", "loader.repeats: 0 out of range"),
+        ("loader.loaders=[dali-plan,nope]", "loader.loaders: unknown loader 'nope'"),
+        ("dataset.rot=x", "dataset.rot: unknown key; did you mean dataset.root?"),
+        ("data.train_split=tr", "training.data.train_split: set it as dataset.train_split"),
     ],
 )
 def test_bench_config_errors_name_the_key(tmp_path, override, message):
@@ -234,11 +312,11 @@ def test_bench_config_errors_name_the_key(tmp_path, override, message):
 
 
 def test_shipped_bench_configs_validate():
-    for name in ("bench_cpu_demo.yaml", "bench_digits.yaml", "bench_gpu_r50.yaml"):
-        b = load_bench_config(str(REPO / "configs" / name))
-        assert "full" in b["policies"] and "orderdp" in b["policies"]
+    for path in sorted((REPO / "configs").glob("bench_*.yaml")):
+        b = load_bench_config(str(path))
+        assert b.mode == "loader" or ("full" in b.policies and "orderdp" in b.policies), path.name
     digits = load_bench_config(str(REPO / "configs" / "bench_digits.yaml"))
-    assert len(digits["seeds"]) >= 3 and list(digits["policies"]) == POLICIES
+    assert len(digits.seeds) >= 3 and list(digits.policies) == POLICIES
 
 
 # ----------------------------------------------------------------------------- GPU script
@@ -293,12 +371,12 @@ def test_gpu_check_runs_the_python_of_PYTHON_else_the_one_on_path(tmp_path):
 
 def test_gpu_bench_runs_get_the_gpu_recipe():
     """Each policy of the GPU bench builds its training config with ResNet-50, AMP and the GPU."""
-    from orderdp_dali.bench.run import recipe_config
+    from orderdp_dali.bench.config import recipe_config
 
     b = load_bench_config(str(REPO / "configs" / "bench_gpu_r50.yaml"))
-    assert list(b["policies"]) == ["full", "orderdp"]
-    for policy, params in b["policies"].items():
-        cfg = recipe_config(b, policy, params, seed=0, output_dir="unused", dataset_root=b["dataset"]["root"])
+    assert list(b.policies) == ["full", "orderdp"]
+    for policy, params in b.policies.items():
+        cfg = recipe_config(b, policy, seed=0, output_dir="unused", dataset_root=b.dataset_root)
         assert cfg.policy.name == policy and dict(cfg.policy.params) == params
         assert cfg.model.name == "resnet50" and cfg.model.channels_last
         assert cfg.train.amp in ("bf16", "fp16") and cfg.train.device == "auto"

@@ -303,11 +303,15 @@ def test_check_data_on_a_flat_val_folder(tmp_path, capsys):
 
 def test_bench_counts_the_listed_samples(tmp_path):
     from orderdp_dali.bench import run as bench_run
+    from orderdp_dali.bench.config import BenchConfig
+    from orderdp_dali.config import build_checked
 
     root = write_colour_dataset(tmp_path / "d", train_per_class=3, val_per_class=1)
     index = SampleIndex.scan(root / "train", cache_dir=tmp_path / "c")
     (root / "train.txt").write_text("\n".join(list_lines(index)[:5]) + "\n")
-    bench = {"dataset": {"root": str(root)}, "training": {"data": {"train_list": "train.txt", "crop": 32}}}
+    bench = build_checked(
+        BenchConfig, {"dataset": {"root": str(root)}, "training": {"data": {"train_list": "train.txt", "crop": 32}}}
+    )
     sizes = bench_run._split_sizes(root, bench)
     assert sizes["train_size"] == 5 and sizes["val_size"] == 3
 
