@@ -3,6 +3,9 @@ writes anything, compiled runs whose checkpoints resume uncompiled and back."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -185,6 +188,21 @@ def test_compiled_checkpoint_resumes_uncompiled_and_back(data, cache, tmp_path, 
         assert mine["plan_sha1"] == theirs["plan_sha1"]
         assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-3)
         assert mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_compiled_ddp_training_with_torchrun(data, cache, tmp_path):
+    """2 gloo ranks, each compiling its model before DDP wraps it (~1 CPU-minute cold)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "orderdp_dali.train", f"--output-dir={out}",
+           *overrides(data, cache, "train.epochs=2", "train.batch_size=4", "train.compile=true", "policy.name=full")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [0, 1] and all(r["world_size"] == 2 for r in records)
+    assert all(np.isfinite(r["train_loss"]) and r["val_samples"] == 12 for r in records)
+    assert list(load_checkpoint(out / LAST)["model"]) == list(build_model("tiny", 3).state_dict())
 
 
 # ------------------------------------------------- the CPU demo config, end to end
