@@ -19,6 +19,15 @@ Two measurements, printed as a table and optionally written as JSON::
    flushing the buffered losses and one all-reduce of the (2, n) score buffer. The slowest
    rank's median over ``--repeats`` epochs is reported.
 
+3. **torch.compile** (``--compile-compare``, alone): training steps of each of
+   ``--compile-models`` (names as in ``model.name``) eager and compiled
+   (``nn.Module.compile(mode=--compile-mode)``, as ``train.compile`` does), from the same
+   weights on the same batch, timed in interleaved pairs (the order alternating) after the
+   compilation and ``--warmup`` steps of each; the medians, their ratio and the first
+   compiled step (the compilation) are printed::
+
+       python -m orderdp_dali.bench.train_overhead --compile-compare --batch-size 32 --image-size 64 --steps 10
+
 Timings: one warm-up, then the median of ``--repeats`` (``--steps`` for model steps).
 """
 from __future__ import annotations
@@ -35,7 +44,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["measure_step", "measure_sync", "get_args_parser", "main"]
+__all__ = ["measure_compile", "measure_step", "measure_sync", "get_args_parser", "main"]
 
 IMAGENET_TRAIN = 1_281_167
 GOAL_STEP_FRACTION = 0.01
@@ -119,6 +128,82 @@ def measure_step(batch_size: int, image_size: int, steps: int, repeats: int, num
         "flush_epoch_s": statistics.median(flush),
         "steps_per_epoch": steps_per_epoch,
     }
+
+
+def measure_compile(
+    name: str, batch_size: int, image_size: int, steps: int, warmup: int, mode: str = "default"
+) -> Dict[str, float]:
+    """Seconds per training step of model ``name``, eager and compiled, measured in interleaved pairs.
+
+    Both copies start from the same weights and train on the same batch (forward, per-sample
+    cross-entropy, weighted mean, backward, SGD). ``compile_s`` is the first compiled step:
+    tracing and compiling forward and backward (inductor's cache can shorten a rerun).
+    """
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from orderdp_dali.models import build_model, compile_model
+
+    torch.manual_seed(0)
+    eager = build_model(name, 1000)
+    compiled = compile_model(copy.deepcopy(eager), mode, torch.device("cpu"))
+    x = torch.randn(batch_size, 3, image_size, image_size)
+    y = torch.randint(0, 1000, (batch_size,))
+    weight = torch.ones(batch_size)
+
+    def step_fn(model: Any) -> Callable[[], float]:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step() -> float:
+            start = time.perf_counter()
+            losses = F.cross_entropy(model(x), y, reduction="none")
+            (losses * weight).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return time.perf_counter() - start
+
+        return step
+
+    steps_of = {"eager": step_fn(eager.train()), "compiled": step_fn(compiled.train())}
+    compile_s = steps_of["compiled"]()
+    for _ in range(warmup):
+        steps_of["eager"]()
+        steps_of["compiled"]()
+    times: Dict[str, list] = {"eager": [], "compiled": []}
+    for i in range(steps):
+        for kind in ("eager", "compiled") if i % 2 == 0 else ("compiled", "eager"):
+            times[kind].append(steps_of[kind]())
+    eager_s, compiled_s = statistics.median(times["eager"]), statistics.median(times["compiled"])
+    return {
+        "eager_step_s": eager_s,
+        "compiled_step_s": compiled_s,
+        "speedup": eager_s / compiled_s,
+        "compile_s": compile_s,
+        "eager_steps_s": times["eager"],
+        "compiled_steps_s": times["compiled"],
+    }
+
+
+def format_compile_report(results: Dict[str, Dict[str, float]], args: argparse.Namespace) -> str:
+    lines = [
+        f"torch.compile (mode {args.compile_mode}), training step, batch {args.batch_size}, {args.image_size} px, "
+        f"CPU ({_torch_threads()} threads): median of {args.steps} interleaved steps after {args.warmup} warm-up",
+        f"{'model':<16} {'eager ms':>9} {'compiled ms':>12} {'eager/compiled':>15} {'compile s':>10}",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"{name:<16} {r['eager_step_s'] * 1e3:9.1f} {r['compiled_step_s'] * 1e3:12.1f} "
+            f"{r['speedup']:15.3f} {r['compile_s']:10.1f}"
+        )
+    return "\n".join(lines)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _sync_rank(rank: int, world: int, port: int, n: int, batch_size: int, repeats: int, queue: Any) -> None:
@@ -214,6 +299,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-img-per-s", type=float, default=2470.0, help="a GPU step's throughput to compare with")
     p.add_argument("--skip-step", action="store_true", help="measure only the sync")
     p.add_argument("--json", type=Path, help="also write the results (with the arguments) here")
+    p.add_argument("--compile-compare", action="store_true",
+                   help="measure only eager against torch.compile training steps (measurement 3)")
+    p.add_argument("--compile-models", nargs="+", default=["tiny", "resnet18"], metavar="NAME",
+                   help="models for --compile-compare, as in model.name (default: tiny resnet18)")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode for --compile-compare")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps of each model after compiling")
     return p
 
 
@@ -222,6 +313,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in ("batch_size", "image_size", "steps", "repeats", "num_samples", "world_size"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.compile_compare:
+        return _compile_main(args)
     sync = measure_sync(args.world_size, args.num_samples, args.batch_size, args.repeats)
     if args.skip_step:
         print(
@@ -243,6 +336,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if step:
         print(format_report(result))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _compile_main(args: argparse.Namespace) -> int:
+    from orderdp_dali.models import COMPILE_MODES
+
+    if args.compile_mode not in COMPILE_MODES:
+        raise SystemExit(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {args.compile_mode!r}")
+    if args.warmup < 0:
+        raise SystemExit(f"--warmup must be >= 0, got {args.warmup}")
+    load_before = os.getloadavg()
+    results = {}
+    for name in args.compile_models:
+        try:
+            results[name] = measure_compile(
+                name, args.batch_size, args.image_size, args.steps, args.warmup, args.compile_mode
+            )
+        except ValueError as e:  # an unknown model name
+            raise SystemExit(f"--compile-models: {e}") from None
+    print(format_compile_report(results, args))
+    if args.json:
+        import torch
+
+        result = {
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads(), "load_avg_before": load_before,
+                        "load_avg_after": os.getloadavg()},
+            "compile": results,
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -103,9 +103,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Any torchvision classification model by name, ``cifar_resnet{18,34,50,101}`` (3x3 stem,
-    no max-pool, for 32x32 inputs) or ``tiny`` (a small CNN for CPU tests).
-    ``num_classes=0`` takes the number of classes of the training data."""
+    """Any torchvision classification model by name, any timm model as ``timm/<name>`` (e.g.
+    ``timm/resnet50d``; ``timm.list_models("resnet*")`` lists names), ``cifar_resnet{18,34,50,101}``
+    (3x3 stem, no max-pool, for 32x32 inputs) or ``tiny`` (a small CNN for CPU tests), all
+    randomly initialised. ``num_classes=0`` takes the number of classes of the training data."""
 
     name: str = "resnet50"
     num_classes: int = _opt(0, lo=0)
@@ -168,6 +169,8 @@ class TrainConfig:
     ``dist_timeout_s``: how long a collective (gradient all-reduce, score sync) waits for
     the other ranks before this rank gives up with an error instead of hanging (a rank that
     *died* is usually noticed at once, through its closed connection).
+    ``compile``: ``torch.compile`` the model (in place, before DDP wraps it) with
+    ``compile_mode``; checkpoints are the same either way.
     """
 
     epochs: int = _opt(90, lo=1)
@@ -184,6 +187,10 @@ class TrainConfig:
     progress: bool = True
     deterministic: bool = False
     dist_timeout_s: int = _opt(1800, lo=1)
+    compile: bool = False
+    compile_mode: str = _opt(
+        "default", choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    )  # torch.compile's modes (orderdp_dali.models.COMPILE_MODES)
 
 
 @dataclass(frozen=True)
@@ -440,6 +447,14 @@ def _check_file_list_keys(data: DataConfig) -> None:
 def _check_model_name(name: str) -> None:
     if name in CUSTOM_MODELS:
         return
+    if name.startswith("timm/"):
+        from orderdp_dali.models import check_timm_name
+
+        try:
+            check_timm_name(name)
+        except ValueError as e:
+            raise ConfigError(f"model.name: {e}") from None
+        return
     import torchvision
 
     known = torchvision.models.list_models(module=torchvision.models)
@@ -448,7 +463,7 @@ def _check_model_name(name: str) -> None:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(
             f"model.name: unknown model {name!r} "
-            f"(a torchvision classification model or one of {', '.join(CUSTOM_MODELS)}){hint}"
+            f"(a torchvision classification model, timm/<a timm model> or one of {', '.join(CUSTOM_MODELS)}){hint}"
         )
 
 

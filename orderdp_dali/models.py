@@ -1,7 +1,11 @@
-"""Classification models by name: torchvision's, CIFAR-style ResNets and a tiny CNN for CPU tests.
+"""Classification models by name: torchvision's, timm's, CIFAR-style ResNets and a tiny CNN for CPU tests.
+
+All are randomly initialised with ``num_classes`` outputs (nothing is downloaded):
 
 * any torchvision classification model (``resnet50``, ``resnet18``, ``mobilenet_v3_small``,
-  ...), randomly initialised with ``num_classes`` outputs;
+  ...);
+* any timm model as ``timm/<name>`` (``timm/resnet50d``, ``timm/convnext_tiny``, ...; list
+  the names with ``timm.list_models("resnet*")``), built with ``pretrained=False``;
 * ``cifar_resnet18/34/50/101``: torchvision's ResNet with the stem adapted to 32x32 inputs
   (a 3x3 stride-1 first convolution and no max-pool, as in the CIFAR literature), so the
   last stage still sees 4x4 feature maps;
@@ -9,10 +13,30 @@
 """
 from __future__ import annotations
 
+import difflib
+import os
+import shutil
+from typing import Optional, Tuple
+
 import torch
 from torch import nn
 
-__all__ = ["build_model", "cifar_resnet", "TinyCNN"]
+__all__ = [
+    "COMPILE_MODES",
+    "TIMM_PREFIX",
+    "TinyCNN",
+    "build_model",
+    "check_timm_name",
+    "cifar_resnet",
+    "compile_model",
+    "fixed_input_size",
+    "timm_model",
+]
+
+TIMM_PREFIX = "timm/"
+TIMM_LISTING = "list them with python -c \"import timm; print(timm.list_models('resnet*'))\""
+# torch.compile's modes (``default`` is torch's own default).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class TinyCNN(nn.Module):
@@ -66,8 +90,83 @@ def build_model(name: str, num_classes: int) -> nn.Module:
         if not depth.isdigit():
             raise ValueError(f"Unknown model {name!r}")
         return cifar_resnet(int(depth), num_classes)
+    if name.startswith(TIMM_PREFIX):
+        return timm_model(name, num_classes)
     import torchvision
 
     if name not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"Unknown model {name!r}: not a torchvision classification model, 'tiny' or 'cifar_resnetNN'")
+        raise ValueError(
+            f"Unknown model {name!r}: not a torchvision classification model, 'tiny', 'cifar_resnetNN' "
+            f"or {TIMM_PREFIX}<a timm model>"
+        )
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def check_timm_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is ``timm/<architecture>`` for an architecture timm knows.
+
+    A pretrained tag (``timm/resnet50d.ra2_in1k``) is refused: models here start from random
+    weights, and a tag would only suggest otherwise.
+    """
+    if not name.startswith(TIMM_PREFIX):
+        raise ValueError(f"{name!r} is not a timm model name: write {TIMM_PREFIX}<name>, e.g. timm/resnet50d")
+    arch = name[len(TIMM_PREFIX):]
+    if not arch:
+        raise ValueError(f"{name!r} names no timm model: write {TIMM_PREFIX}<name>, e.g. timm/resnet50d; "
+                         f"{TIMM_LISTING}")
+    import timm
+
+    if "." in arch and timm.is_model(arch):
+        base, tag = arch.split(".", 1)
+        raise ValueError(
+            f"{name!r} names pretrained weights (tag {tag!r}), but models start from random weights here: "
+            f"write {TIMM_PREFIX}{base}"
+        )
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = f" (did you mean {', '.join(TIMM_PREFIX + c for c in close)}?)" if close else ""
+        raise ValueError(f"unknown timm model {arch!r}{hint}; {TIMM_LISTING}")
+
+
+def timm_model(name: str, num_classes: int) -> nn.Module:
+    """timm's model ``timm/<architecture>``, randomly initialised (``pretrained=False``: no download)."""
+    check_timm_name(name)
+    import timm
+
+    return timm.create_model(name[len(TIMM_PREFIX):], pretrained=False, num_classes=num_classes)
+
+
+def fixed_input_size(model: nn.Module) -> Optional[Tuple[int, int]]:
+    """(height, width) when ``model`` only takes inputs of that size (a timm model whose
+    ``pretrained_cfg`` says ``fixed_input_size``, e.g. a ViT's patch grid), else ``None``."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not isinstance(cfg, dict) or not cfg.get("fixed_input_size") or not cfg.get("input_size"):
+        return None
+    height, width = cfg["input_size"][-2:]
+    return int(height), int(width)
+
+
+def compile_model(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
+    """Compile ``model`` in place with ``torch.compile`` (``nn.Module.compile``) and return it.
+
+    In place, as PyTorch advises for a model that is then wrapped in DDP (DDP's hooks stay
+    outside the compiled graph, which dynamo splits at the gradient buckets): the module
+    keeps its own ``state_dict`` keys (no ``_orig_mod.`` prefix), so a checkpoint of a
+    compiled run loads into an uncompiled one and back. Compilation itself happens at the
+    first forward (and again for a new input shape or for eval mode).
+
+    Raises:
+        ValueError: ``mode`` is not one of :data:`COMPILE_MODES`, or ``device`` is the CPU
+            and no C++ compiler is found (inductor's CPU kernels are C++: ``$CXX`` or ``g++``).
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"Invalid compile mode: {mode!r} (choose one of {', '.join(COMPILE_MODES)})")
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX") or "g++"
+        if shutil.which(cxx) is None:
+            raise ValueError(
+                f"torch.compile on the CPU needs a C++ compiler and {cxx!r} is not on the PATH: install g++ "
+                "(or point $CXX at one), or leave compilation off"
+            )
+    model.compile(mode=mode)
+    return model

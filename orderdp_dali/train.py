@@ -60,7 +60,7 @@ from orderdp_dali.errors import (
     first_line,
 )
 from orderdp_dali.lr_schedule import lr_at, progress, set_lr
-from orderdp_dali.models import build_model
+from orderdp_dali.models import build_model, compile_model, fixed_input_size
 from orderdp_dali.policies import make_policy
 
 __all__ = ["TrainingRun", "evaluate", "get_args_parser", "main", "run_training", "train_one_epoch"]
@@ -266,8 +266,20 @@ def build_model_for(cfg: Config, num_classes: int, rt: Runtime) -> Tuple[nn.Modu
         )
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     bare = build_model(cfg.model.name, cfg.model.num_classes or num_classes).to(rt.device)
+    fixed = fixed_input_size(bare)
+    size = cfg.data.crop if cfg.data.dataset == "folder" else 32
+    if fixed is not None and fixed != (size, size):
+        raise ConfigError(
+            f"model.name: {cfg.model.name} takes only {fixed[0]}x{fixed[1]} inputs and the data are {size}x{size}"
+            + (f"; set data.crop={fixed[0]} (and data.val_resize >= it)" if cfg.data.dataset == "folder" else "")
+        )
     if cfg.model.channels_last:
         bare = bare.to(memory_format=torch.channels_last)
+    if cfg.train.compile:  # in place, before DDP wraps it: state_dict keys stay plain
+        try:
+            compile_model(bare, cfg.train.compile_mode, rt.device)
+        except ValueError as e:
+            raise ConfigError(f"train.compile: {e}") from None
     if not rt.distributed:
         return bare, bare
     ddp = nn.parallel.DistributedDataParallel(bare, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
