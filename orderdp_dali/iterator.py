@@ -267,7 +267,7 @@ class DALIPlanIterator:
 
     def _make_samples(self) -> Any:
         """What the source yields for a sample (see :mod:`orderdp_dali.samples`): its file path."""
-        return FileSamples(self.index.root, self.index.paths.tolist(), self.index.labels)
+        return FileSamples(self.index.root, self.index.paths, self.index.labels)
 
     def _make_pipeline(self, feed: BatchFeed, **kwargs: Any) -> Any:
         """The (unbuilt) DALI pipeline over ``feed``; ``kwargs`` are :func:`image_pipeline`'s."""

@@ -26,6 +26,10 @@ class FileSamples:
     def __init__(self, root: Path, paths: Sequence[str], labels: np.ndarray) -> None:
         self.root = Path(root)
         self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+        packed = _pack_ascii(self.root, paths)
+        if packed is not None:
+            self._buffer, self._offsets = packed
+            return
         encoded = [os.fsencode(os.path.join(self.root, p)) for p in paths]
         self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
@@ -54,6 +58,34 @@ class FileSamples:
             if problem is not None and problem[0] in BAD_REASONS:
                 return i, path, f"{problem[0]}: {problem[1]}"
         return None
+
+
+def _pack_ascii(root: Path, paths: Sequence[str]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(buffer, offsets) of ``root / paths[i]`` built with array operations, or None to build them per path.
+
+    Only for a numpy unicode array of ASCII relative paths (the sample index's, almost always):
+    1.28M paths take a fraction of a second this way instead of seconds of per-path encoding.
+    The bytes equal ``os.fsencode(os.path.join(root, p))``.
+    """
+    if not (isinstance(paths, np.ndarray) and paths.dtype.kind == "U" and paths.ndim == 1 and paths.size):
+        return None
+    if paths.dtype.itemsize == 0:
+        return None
+    codes = np.ascontiguousarray(paths).view(np.uint32).reshape(paths.size, -1)  # UCS-4, NUL-padded
+    if codes.max() >= 128 or np.any(codes[:, 0] == ord(os.sep)):
+        return None
+    prefix = np.frombuffer(os.fsencode(os.path.join(root, "")), dtype=np.uint8)
+    if not prefix.all():
+        return None
+    lengths = prefix.size + np.char.str_len(paths)
+    table = np.empty((paths.size, prefix.size + codes.shape[1]), dtype=np.uint8)
+    table[:, : prefix.size] = prefix
+    table[:, prefix.size :] = codes
+    flat = table.reshape(-1)
+    buffer = flat[flat != 0]  # each row: the prefix, the path, then NUL padding (never inside a path)
+    offsets = np.zeros(paths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return buffer, offsets
 
 
 class ArraySamples:

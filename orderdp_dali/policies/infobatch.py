@@ -66,8 +66,12 @@ def soft_prune(
     keep[kept] = True
     indices = np.flatnonzero(keep)
     rng.shuffle(indices)
-    weights = np.where(prunable[indices], np.float32(1.0 / keep_ratio), np.float32(1.0))
-    return indices, weights.astype(np.float32, copy=False)
+    # 1 + flag * (w - 1) is exactly w or 1 in float32, and much cheaper than np.where here.
+    up = np.float32(1.0 / keep_ratio)
+    weights = prunable[indices].astype(np.float32)
+    weights *= up - np.float32(1.0)
+    weights += np.float32(1.0)
+    return indices, weights
 
 
 def _check_prune_ratio(value: Any) -> float:
