@@ -82,14 +82,16 @@ def _timed(fn: Callable[[], Any]) -> tuple:
 
 
 def _median_ms(fn: Callable[[int], Any], repeats: int) -> Dict[str, float]:
-    """Median and min ms of ``fn(k)`` for k = 1..repeats, after ``fn(0)`` as a warm-up."""
+    """Median and min wall ms of ``fn(k)`` for k = 1..repeats, after ``fn(0)`` as a warm-up, and the
+    median CPU ms (this process's; steadier than wall time on a shared machine)."""
     fn(0)
-    times = []
+    times, cpu = [], []
     for k in range(1, repeats + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn(k)
         times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": float(np.median(times)), "min_ms": float(np.min(times))}
+        cpu.append((time.process_time() - start_cpu) * 1e3)
+    return {"median_ms": float(np.median(times)), "min_ms": float(np.min(times)), "cpu_ms": float(np.median(cpu))}
 
 
 def _fill_scores(policy: Any, n: int, seed: int) -> None:
@@ -204,6 +206,7 @@ def measure_rank(root: str, cache_dir: str, world_size: int, batch_size: int, nu
         if it._samples is None:  # the sample table, built by the first pass: timed on its own
             it._samples, e["samples_s"] = _timed(it._make_samples)
             out["iterator_mb"] = rss_mb() - mark
+            out["peak_mb"] = peak_rss_mb() - out["base_mb"]  # before DALI allocates its buffers
             mark = rss_mb()
         start = time.perf_counter()
         gen = iter(it)
@@ -217,7 +220,8 @@ def measure_rank(root: str, cache_dir: str, world_size: int, batch_size: int, nu
             out["pipeline_mb"] = rss_mb() - mark
         epochs.append(e)
     out.update(
-        epochs=epochs, num_samples=n, shard=len(it.shard), plan=len(it.plan), peak_mb=peak_rss_mb() - out["base_mb"],
+        epochs=epochs, num_samples=n, shard=len(it.shard), plan=len(it.plan),
+        peak_with_pipeline_mb=peak_rss_mb() - out["base_mb"],
     )
     out["rank_mb"] = out["index_mb"] + out["policy_mb"] + out["iterator_mb"]
     return out
@@ -306,7 +310,7 @@ def figures(res: Dict[str, Any]) -> List[Dict[str, Any]]:
         _row("RSS: policy (OrderDP, all scored)", rank["policy_mb"], "MB", None),
         _row("RSS: iterator (plan, shard, sample table)", rank["iterator_mb"], "MB", None),
         _row(f"RSS per rank: index + policy + iterator (rank 0 of {w})", rank["rank_mb"], "MB", "rank_memory_mb",
-             f"peak {rank['peak_mb']:.0f} MB"),
+             f"peak {rank['peak_mb']:.0f} MB before DALI starts"),
         _row("RSS: DALI pipeline buffers (grow with the batch, not n)", rank["pipeline_mb"], "MB", None,
              f"batch {res['config']['batch_size']}"),
     ]
@@ -323,15 +327,17 @@ def figures(res: Dict[str, Any]) -> List[Dict[str, Any]]:
         rows.append(_row(f"epoch {e['epoch']} start: plan + shard + first batch", total, "s", "epoch_start_s"))
     for r in res["select"]:
         rows.append(_row(f"select() {r['policy']}, n = {n:,}", r["median_ms"], "ms", "select_ms",
-                         f"min {r['min_ms']:.1f}, plan {r['plan_size']:,}"))
+                         f"min {r['min_ms']:.1f}, CPU {r['cpu_ms']:.1f}, plan {r['plan_size']:,}"))
     for r in res["select"]:
         if "update_ms" in r:
             rows.append(_row(f"update() {r['policy']}, 1,024 samples", r["update_ms"], "ms", "update_ms"))
+    for r in res["select"]:
         if "inclusion_ms" in r:
-            rows.append(_row("OrderDP exact inclusion probabilities, all n", r["inclusion_ms"], "ms", "inclusion_ms"))
+            rows.append(_row(f"OrderDP exact inclusion probabilities, n = {n:,}", r["inclusion_ms"], "ms",
+                             "inclusion_ms"))
     for r in res["select_21k"]:
         rows.append(_row(f"select() {r['policy']}, n = {big:,}", r["median_ms"], "ms", "select_21k_ms",
-                         f"min {r['min_ms']:.0f}, plan {r['plan_size']:,}"))
+                         f"min {r['min_ms']:.1f}, CPU {r['cpu_ms']:.1f}, plan {r['plan_size']:,}"))
     for r in res["select_21k"]:
         rows.append(_row(f"policy memory {r['policy']}, n = {big:,} (scores + one plan)", r["held_mb"], "MB",
                          "policy_memory_21k_mb", f"scores {r['state_mb']:.0f}, peak in select {r['peak_mb']:.0f}"))
