@@ -39,6 +39,8 @@ def well_learned(scores: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """
     scores = np.asarray(scores)
     seen = np.asarray(seen, dtype=bool)
+    if seen.all():  # every epoch after the first: no masked copy of the scores needed
+        return scores < scores.mean(dtype=np.float64)
     if not seen.any():
         return np.zeros(scores.shape, dtype=bool)
     threshold = scores[seen].mean(dtype=np.float64)
