@@ -78,13 +78,19 @@ def _pack_ascii(root: Path, paths: Sequence[str]) -> Optional[Tuple[np.ndarray, 
     if not prefix.all():
         return None
     lengths = prefix.size + np.char.str_len(paths)
-    table = np.empty((paths.size, prefix.size + codes.shape[1]), dtype=np.uint8)
-    table[:, : prefix.size] = prefix
-    table[:, prefix.size :] = codes
-    flat = table.reshape(-1)
-    buffer = flat[flat != 0]  # each row: the prefix, the path, then NUL padding (never inside a path)
     offsets = np.zeros(paths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
+    buffer = np.empty(int(offsets[-1]), dtype=np.uint8)
+    # Rows of (prefix, path, NUL padding), a block at a time: the block is reused, so the only
+    # large allocation is the buffer itself. NUL never occurs inside a path.
+    rows = min(paths.size, 1 << 15)
+    table = np.empty((rows, prefix.size + codes.shape[1]), dtype=np.uint8)
+    table[:, : prefix.size] = prefix
+    for lo in range(0, paths.size, rows):
+        block = table[: min(rows, paths.size - lo)]
+        block[:, prefix.size :] = codes[lo : lo + rows]
+        flat = block.reshape(-1)
+        buffer[offsets[lo] : offsets[lo + block.shape[0]]] = flat[flat != 0]
     return buffer, offsets
 
 

@@ -46,6 +46,13 @@ def test_packed_paths_equal_per_path_encoding(tmp_path):
     np.testing.assert_array_equal(fast._offsets, slow._offsets)
     got = [b.tobytes() for b in fast.fetch(np.array([3, 0, 1]))]
     assert got == [os.fsencode(os.path.join(tmp_path, p)) for p in ("c/d/e.png", "a/x.JPEG", "bb/y z.jpg")]
+    # Past the first block of rows, with lengths that vary from row to row.
+    rng = np.random.default_rng(0)
+    many = np.array([f"d{k % 7}/" + "x" * int(rng.integers(0, 40)) + ".JPEG" for k in range(70_001)])
+    fast = FileSamples(tmp_path, many, np.zeros(many.size))
+    slow = FileSamples(tmp_path, many.tolist(), np.zeros(many.size))
+    np.testing.assert_array_equal(fast._buffer, slow._buffer)
+    np.testing.assert_array_equal(fast._offsets, slow._offsets)
     # Non-ASCII and absolute paths take the per-path route and give os.path.join's bytes.
     odd = np.array(["é/ü.JPEG", "/abs/p.jpg"], dtype=np.str_)
     samples = FileSamples(tmp_path, odd, np.zeros(2))
