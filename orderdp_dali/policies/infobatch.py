@@ -63,9 +63,12 @@ def soft_prune(
     """
     prunable = np.asarray(prunable, dtype=bool)
     candidates = np.flatnonzero(prunable)
+    # The draws of rng.choice(candidates, ...), marked by position among the candidates: a
+    # scatter into a small mask and one in-order pass, instead of a random gather of indices.
+    chosen = np.zeros(candidates.size, dtype=bool)
+    chosen[rng.choice(candidates.size, floor_times(keep_ratio, candidates.size), replace=False, shuffle=False)] = True
     keep = np.logical_not(prunable)
-    kept = rng.choice(candidates, floor_times(keep_ratio, candidates.size), replace=False, shuffle=False)
-    keep[kept] = True
+    keep[candidates] = chosen
     indices = np.flatnonzero(keep)
     rng.shuffle(indices)
     # 1 + flag * (w - 1) is exactly w or 1 in float32, and much cheaper than np.where here.
