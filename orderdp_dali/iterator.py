@@ -270,7 +270,7 @@ class DALIPlanIterator:
         """What the source yields for a sample (see :mod:`orderdp_dali.samples`): its file path."""
         if hasattr(self.index, "make_samples"):  # e.g. a TarIndex: encoded bytes from tar shards
             return self.index.make_samples()
-        return FileSamples(self.index.root, self.index.paths.tolist(), self.index.labels)
+        return FileSamples(self.index.root, self.index.paths, self.index.labels)
 
     def _make_pipeline(self, feed: BatchFeed, **kwargs: Any) -> Any:
         """The (unbuilt) DALI pipeline over ``feed``; ``kwargs`` are :func:`image_pipeline`'s."""

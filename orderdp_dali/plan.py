@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
-__all__ = ["EpochPlan", "num_steps"]
+__all__ = ["EpochPlan", "num_steps", "unit_weights"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class EpochPlan:
         epoch: the epoch this plan is for (0-based).
         indices: int64 sample indices into the sample index, in the order to train them.
         weights: float32 per-sample loss weights (1 except for InfoBatch's rescaled samples).
+            All-ones weights are a read-only view of one value (:func:`unit_weights`), so a
+            plan of 14M samples does not hold 57 MB of ones.
     """
 
     epoch: int
@@ -29,7 +32,9 @@ class EpochPlan:
 
     def __post_init__(self) -> None:
         idx = np.ascontiguousarray(self.indices, dtype=np.int64)
-        w = np.ascontiguousarray(self.weights, dtype=np.float32)
+        w = np.asarray(self.weights, dtype=np.float32)
+        if not _is_constant(w):
+            w = np.ascontiguousarray(w)
         if idx.ndim != 1 or w.shape != idx.shape:
             raise ValueError(
                 f"EpochPlan needs 1-D indices and weights of equal length, got shapes "
@@ -60,13 +65,27 @@ class EpochPlan:
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"Invalid rank: {rank!r} (need 0 <= rank < world_size={world_size})")
         n = len(self)
-        if pad and n > 0:
-            total = math.ceil(n / world_size) * world_size
-            take = np.arange(total) % n
-            positions = take[rank::world_size]
-        else:
-            positions = np.arange(rank, n, world_size)
-        return EpochPlan(self.epoch, self.indices[positions], self.weights[positions])
+        total = math.ceil(n / world_size) * world_size if pad else n
+        if total == n:  # nothing to pad: a strided slice, and the plan itself on one rank
+            if world_size == 1:
+                return self
+            return EpochPlan(self.epoch, self.indices[rank::world_size], self.weights[rank::world_size])
+        positions = np.arange(rank, total, world_size)
+        positions[positions >= n] %= n  # padded by wrapping around the plan
+        weights = unit_weights(positions.size) if _is_constant(self.weights, 1.0) else self.weights[positions]
+        return EpochPlan(self.epoch, self.indices[positions], weights)
+
+
+def unit_weights(length: int) -> np.ndarray:
+    """``length`` float32 weights of 1: a read-only view of a single value, no memory per sample."""
+    return np.broadcast_to(np.float32(1.0), (int(length),))
+
+
+def _is_constant(weights: np.ndarray, value: Optional[float] = None) -> bool:
+    """Whether ``weights`` is a 1-D view repeating one value (stride 0), optionally ``value``."""
+    if weights.ndim != 1 or weights.strides[0] != 0 or weights.size == 0:
+        return False
+    return value is None or bool(weights[0] == value)
 
 
 def num_steps(num_samples: int, batch_size: int, drop_last: bool = False) -> int:

@@ -15,7 +15,7 @@ from typing import Any, Optional, Protocol, Tuple
 
 import numpy as np
 
-from orderdp_dali.plan import EpochPlan, num_steps
+from orderdp_dali.plan import EpochPlan, num_steps, unit_weights
 from orderdp_dali.policies.base import Policy, check_epoch
 
 __all__ = ["BatchFeed", "EpochBatches", "PlanSource", "Samples"]
@@ -94,6 +94,7 @@ class PlanSource:
         self.drop_last = bool(drop_last)
         self._epoch = check_epoch(epoch)
         self._plan: Optional[EpochPlan] = None
+        self._shard: Optional[EpochPlan] = None
 
     @property
     def epoch(self) -> int:
@@ -111,15 +112,18 @@ class PlanSource:
         if self._plan is None:
             if self.policy is None:
                 n = self.num_samples
-                self._plan = EpochPlan(self._epoch, np.arange(n, dtype=np.int64), np.ones(n, np.float32))
+                self._plan = EpochPlan(self._epoch, np.arange(n, dtype=np.int64), unit_weights(n))
             else:
                 self._plan = self.policy.select(self._epoch)
         return self._plan
 
     @property
     def shard(self) -> EpochPlan:
-        """This rank's part of :attr:`plan` (before dropping a partial batch)."""
-        return self.plan.shard(self.rank, self.world_size, pad=self.pad)
+        """This rank's part of :attr:`plan` (before dropping a partial batch), cut once per plan."""
+        plan = self.plan
+        if self._shard is None or self._shard.epoch != plan.epoch:
+            self._shard = plan.shard(self.rank, self.world_size, pad=self.pad)
+        return self._shard
 
     def __len__(self) -> int:
         return num_steps(len(self.shard), self.batch_size, self.drop_last)
@@ -147,7 +151,7 @@ class PlanSource:
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch = check_epoch(epoch)
-        self._plan = None
+        self._plan = self._shard = None
 
 
 class Samples(Protocol):
@@ -178,4 +182,5 @@ class BatchFeed:
         if step >= self.batches.steps:
             raise StopIteration
         indices, weights = self.batches.batch(step)
-        return self.samples.fetch(indices), self.samples.labels[indices], indices, weights
+        # Unit weights are a stride-0 view (see unit_weights): hand DALI a dense batch.
+        return self.samples.fetch(indices), self.samples.labels[indices], indices, np.ascontiguousarray(weights)

@@ -26,6 +26,10 @@ class FileSamples:
     def __init__(self, root: Path, paths: Sequence[str], labels: np.ndarray) -> None:
         self.root = Path(root)
         self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+        packed = _pack_ascii(self.root, paths)
+        if packed is not None:
+            self._buffer, self._offsets = packed
+            return
         encoded = [os.fsencode(os.path.join(self.root, p)) for p in paths]
         self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
@@ -54,6 +58,40 @@ class FileSamples:
             if problem is not None and problem[0] in BAD_REASONS:
                 return i, path, f"{problem[0]}: {problem[1]}"
         return None
+
+
+def _pack_ascii(root: Path, paths: Sequence[str]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(buffer, offsets) of ``root / paths[i]`` built with array operations, or None to build them per path.
+
+    Only for a numpy unicode array of ASCII relative paths (the sample index's, almost always):
+    1.28M paths take a fraction of a second this way instead of seconds of per-path encoding.
+    The bytes equal ``os.fsencode(os.path.join(root, p))``.
+    """
+    if not (isinstance(paths, np.ndarray) and paths.dtype.kind == "U" and paths.ndim == 1 and paths.size):
+        return None
+    if paths.dtype.itemsize == 0:
+        return None
+    codes = np.ascontiguousarray(paths).view(np.uint32).reshape(paths.size, -1)  # UCS-4, NUL-padded
+    if codes.max() >= 128 or np.any(codes[:, 0] == ord(os.sep)):
+        return None
+    prefix = np.frombuffer(os.fsencode(os.path.join(root, "")), dtype=np.uint8)
+    if not prefix.all():
+        return None
+    lengths = prefix.size + np.char.str_len(paths)
+    offsets = np.zeros(paths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    buffer = np.empty(int(offsets[-1]), dtype=np.uint8)
+    # Rows of (prefix, path, NUL padding), a block at a time: the block is reused, so the only
+    # large allocation is the buffer itself. NUL never occurs inside a path.
+    rows = min(paths.size, 1 << 15)
+    table = np.empty((rows, prefix.size + codes.shape[1]), dtype=np.uint8)
+    table[:, : prefix.size] = prefix
+    for lo in range(0, paths.size, rows):
+        block = table[: min(rows, paths.size - lo)]
+        block[:, prefix.size :] = codes[lo : lo + rows]
+        flat = block.reshape(-1)
+        buffer[offsets[lo] : offsets[lo + block.shape[0]]] = flat[flat != 0]
+    return buffer, offsets
 
 
 class ArraySamples:

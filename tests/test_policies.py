@@ -261,7 +261,7 @@ def _python_lines_run(fn) -> int:
 
 
 def test_orderdp_select_is_vectorised_and_sorts_nothing(monkeypatch):
-    """At ImageNet size select() must stay a few numpy calls (bench/policy_overhead.py times it).
+    """At ImageNet size select() must stay a few numpy calls (bench/scale_bench.py times it).
 
     Deterministic stand-ins for a time limit: the Python lines select() runs do not grow with
     n (a per-sample Python loop would add ~n of them), and no full sort is called (the top q

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from orderdp_dali.plan import EpochPlan
+from orderdp_dali.plan import EpochPlan, unit_weights
 from orderdp_dali.policies.base import Policy, check_epoch, register_policy
 
 __all__ = ["FullData", "full_plan"]
@@ -11,7 +11,7 @@ __all__ = ["FullData", "full_plan"]
 
 def full_plan(epoch: int, num_samples: int, rng: np.random.Generator) -> EpochPlan:
     """All ``num_samples`` samples in a random order drawn from ``rng``, weights 1."""
-    return EpochPlan(epoch, rng.permutation(num_samples), np.ones(num_samples, dtype=np.float32))
+    return EpochPlan(epoch, rng.permutation(num_samples), unit_weights(num_samples))
 
 
 @register_policy

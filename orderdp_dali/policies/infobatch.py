@@ -39,6 +39,8 @@ def well_learned(scores: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """
     scores = np.asarray(scores)
     seen = np.asarray(seen, dtype=bool)
+    if seen.all():  # every epoch after the first: no masked copy of the scores needed
+        return scores < scores.mean(dtype=np.float64)
     if not seen.any():
         return np.zeros(scores.shape, dtype=bool)
     threshold = scores[seen].mean(dtype=np.float64)
@@ -61,13 +63,20 @@ def soft_prune(
     """
     prunable = np.asarray(prunable, dtype=bool)
     candidates = np.flatnonzero(prunable)
+    # The draws of rng.choice(candidates, ...), marked by position among the candidates: a
+    # scatter into a small mask and one in-order pass, instead of a random gather of indices.
+    chosen = np.zeros(candidates.size, dtype=bool)
+    chosen[rng.choice(candidates.size, floor_times(keep_ratio, candidates.size), replace=False, shuffle=False)] = True
     keep = np.logical_not(prunable)
-    kept = rng.choice(candidates, floor_times(keep_ratio, candidates.size), replace=False, shuffle=False)
-    keep[kept] = True
+    keep[candidates] = chosen
     indices = np.flatnonzero(keep)
     rng.shuffle(indices)
-    weights = np.where(prunable[indices], np.float32(1.0 / keep_ratio), np.float32(1.0))
-    return indices, weights.astype(np.float32, copy=False)
+    # 1 + flag * (w - 1) is exactly w or 1 in float32, and much cheaper than np.where here.
+    up = np.float32(1.0 / keep_ratio)
+    weights = prunable[indices].astype(np.float32)
+    weights *= up - np.float32(1.0)
+    weights += np.float32(1.0)
+    return indices, weights
 
 
 def _check_prune_ratio(value: Any) -> float:

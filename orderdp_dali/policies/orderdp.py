@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from orderdp_dali.plan import EpochPlan
+from orderdp_dali.plan import EpochPlan, unit_weights
 from orderdp_dali.policies.base import (
     Policy,
     check_ratio,
@@ -216,7 +216,7 @@ class OrderDP(Policy):
         if not self.prunes(epoch):
             return full_plan(epoch, self.num_samples, rng)
         indices = top_q_of_random_subset(self.scores.values, self.subset_size, self.keep_size, rng)
-        return EpochPlan(epoch, indices, np.ones(indices.shape[0], dtype=np.float32))
+        return EpochPlan(epoch, indices, unit_weights(indices.shape[0]))
 
     def expected_size(self, epoch: int) -> int:
         """q in pruned epochs, n in annealing ones (never depends on scores)."""

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-import numpy as np
-
-from orderdp_dali.plan import EpochPlan
+from orderdp_dali.plan import EpochPlan, unit_weights
 from orderdp_dali.policies.base import (
     Policy,
     check_ratio,
@@ -90,7 +88,7 @@ class UniformRandom(Policy):
         if not self.prunes(epoch):
             return full_plan(epoch, self.num_samples, rng)
         indices = rng.choice(self.num_samples, self.budget, replace=False, shuffle=True)
-        return EpochPlan(epoch, indices, np.ones(self.budget, dtype=np.float32))
+        return EpochPlan(epoch, indices, unit_weights(self.budget))
 
     def expected_size(self, epoch: int) -> int:
         """``budget`` in pruned epochs, n in annealing ones."""
