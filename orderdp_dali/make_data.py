@@ -662,6 +662,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="orderdp-dali make-data",
         description="Generate an ImageNet-layout folder (OUT_DIR/{train,val}/<class>/*.JPEG).",
+        epilog="Difficulty of mode small: every class is a colour palette with a blob texture; up to 24 "
+               "classes get hues 360/N degrees apart, so more classes differ by finer colour steps "
+               "(24: 15 degrees; beyond 24, classes share hues and differ by saturation, brightness, "
+               "texture scale or a second hue). "
+               "--hard-fraction adds hard examples, --label-noise wrong labels. The quick start "
+               "(configs/bench_cpu_demo.yaml) uses 24 classes and --hard-fraction 0.2, no label noise.",
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
     p.add_argument("--mode", choices=MODES, default="small",
