@@ -14,6 +14,17 @@ isotropic blob texture of a class-specific scale. These are global properties, s
 survive random-resized-crop and flips, the augmentations of the training recipe. Within a
 class, hue, scale, mixing fraction and the blob layout vary per image.
 
+Two knobs make ``small`` harder, so that accuracy can tell policies apart (both off by
+default, which leaves the images byte-identical to earlier versions):
+
+* ``hard_fraction``: that share of the images, train and val alike, are *hard examples*:
+  the pattern of another, randomly chosen class is blended in at 25-45% strength, so the
+  colours are a mixture that belongs to neither palette. Learnable (the own class always
+  dominates), but only from such examples: a model must see them to get them right.
+* ``label_noise``: that share of the *train* images are filed under a wrong class (an image
+  of a random other class); val stays clean. Mislabelled images keep a high loss, so a
+  policy that prefers high-loss samples (OrderDP, InfoBatch) spends budget on them.
+
 A finished dataset holds ``orderdp_dataset.json``, written last and atomically; a run that
 finds a matching one returns at once, and one that finds a half-written dataset of ours
 (marked by ``.orderdp_dataset.partial``) regenerates it.
@@ -65,6 +76,10 @@ DEFAULTS: Dict[str, Tuple[int, Optional[int], Optional[int]]] = {
     "digits": (10, None, None),
 }
 
+# Hard examples: the strength of the blended-in pattern of another class (its weight in the
+# pixel mix; the own class keeps the rest, so it always dominates).
+HARD_BLEND = (0.25, 0.45)
+
 # Palette grid of the synthetic classes: 24 dominant hues x 6 secondary-hue offsets x
 # 3 texture scales x 2 brightness x 2 saturation levels = 1728 distinct classes.
 NUM_HUES = 24
@@ -110,6 +125,9 @@ class _Job:
     paths: Tuple[str, ...]
     start: int  # index within the class and split, seeds the per-image generator
     digits: Optional[np.ndarray] = None  # (k, 8, 8) float images for mode "digits"
+    others: Tuple[ClassStyle, ...] = ()  # every class's style, when hard examples or label noise need them
+    hard_fraction: float = 0.0
+    label_noise: float = 0.0  # train split only
 
 
 def class_styles(num_classes: int) -> List[ClassStyle]:
@@ -247,9 +265,16 @@ def _render_photo(rng: np.random.Generator, style: ClassStyle) -> Image.Image:
     return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))
 
 
-def _render_small(rng: np.random.Generator, style: ClassStyle) -> Image.Image:
+def _render_small(
+    rng: np.random.Generator, style: ClassStyle, blend: Optional[Tuple[ClassStyle, float]] = None
+) -> Image.Image:
+    """A small class texture; ``blend``: (another class's style, its weight) for a hard example."""
     width, height = _random_size(rng, long_lo=64, long_hi=160, p_long_hi=0.0)
-    pixels = _render_pattern(rng, style, width, height) * 255.0
+    pixels = _render_pattern(rng, style, width, height)
+    if blend is not None:
+        other, weight = blend
+        pixels = pixels * (1.0 - weight) + _render_pattern(rng, other, width, height) * weight
+    pixels = pixels * 255.0
     pixels += rng.normal(0.0, 4.0, size=pixels.shape).astype(np.float32)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
@@ -260,16 +285,30 @@ def _render_digit(image8: np.ndarray) -> Image.Image:
     return gray.resize((DIGITS_SIZE, DIGITS_SIZE), Image.BILINEAR).convert("RGB")
 
 
-def _run_job(job: _Job) -> List[Tuple[int, int, int]]:
-    """Render and write one chunk; returns (bytes, width, height) per file."""
+def _pick_other(rng: np.random.Generator, label: int, num_classes: int) -> int:
+    """A uniformly random class other than ``label``."""
+    return (label + 1 + int(rng.integers(num_classes - 1))) % num_classes
+
+
+def _run_job(job: _Job) -> List[Tuple[int, int, int, int, int]]:
+    """Render and write one chunk; returns (bytes, width, height, hard, mislabelled) per file."""
     out = []
     for k, path in enumerate(job.paths):
         # One generator per image: the output does not depend on chunking or worker count.
         rng = np.random.default_rng([job.seed, job.split_id, job.label, job.start + k])
+        style, blend, shown = job.style, None, job.label  # shown: the class the image depicts
+        # Drawn only when a knob is on, so that the default images stay as they were.
+        mislabelled = job.label_noise > 0 and rng.random() < job.label_noise
+        if mislabelled:
+            shown = _pick_other(rng, job.label, len(job.others))
+            style = job.others[shown]
+        hard = job.hard_fraction > 0 and rng.random() < job.hard_fraction
+        if hard:
+            blend = (job.others[_pick_other(rng, shown, len(job.others))], float(rng.uniform(*HARD_BLEND)))
         if job.digits is not None:
             image, quality = _render_digit(job.digits[k]), DIGITS_QUALITY
-        elif job.style is not None and job.mode == "small":
-            image, quality = _render_small(rng, job.style), SMALL_QUALITY
+        elif style is not None and job.mode == "small":
+            image, quality = _render_small(rng, style, blend), SMALL_QUALITY
         elif job.style is not None and job.mode == "imagenet-like":
             image, quality = _render_photo(rng, job.style), PHOTO_QUALITY
         else:
@@ -279,7 +318,7 @@ def _run_job(job: _Job) -> List[Tuple[int, int, int]]:
         data = buf.getvalue()
         with open(path, "wb") as f:
             f.write(data)
-        out.append((len(data), image.width, image.height))
+        out.append((len(data), image.width, image.height, int(hard), int(mislabelled)))
     return out
 
 
@@ -362,7 +401,12 @@ def _plan_jobs(root: Path, request: Dict[str, Any], split: Optional[Dict[str, Li
                         _Job(mode, seed, split_id, label, None, paths, start, split[split_name][label][start:stop])
                     )
                 else:
-                    jobs.append(_Job(mode, seed, split_id, label, styles[label], paths, start))
+                    hard, noise = request.get("hard_fraction", 0.0), request.get("label_noise", 0.0)
+                    noise = noise if split_name == "train" else 0.0
+                    others = tuple(styles) if hard or noise else ()
+                    jobs.append(
+                        _Job(mode, seed, split_id, label, styles[label], paths, start, None, others, hard, noise)
+                    )
     return jobs
 
 
@@ -389,6 +433,8 @@ def _resolve_request(
     train_per_class: Optional[int],
     val_per_class: Optional[int],
     seed: int,
+    hard_fraction: float = 0.0,
+    label_noise: float = 0.0,
 ) -> Dict[str, Any]:
     """Validate the options and fill in the mode's defaults; messages name the CLI option."""
     if mode not in MODES:
@@ -409,6 +455,19 @@ def _resolve_request(
         raise ValueError(f"--classes must be <= {max_classes} for mode {mode!r}, got {num_classes}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+    knobs = {}  # in the request only when on, so that datasets made before the knobs still match
+    for key, option, value, hi in (
+        ("hard_fraction", "--hard-fraction", hard_fraction, 1.0),
+        ("label_noise", "--label-noise", label_noise, 0.5),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0.0 <= value <= hi:
+            raise ValueError(f"{option} must be a number in [0, {hi}], got {value!r}")
+        if value:
+            if mode != "small":
+                raise ValueError(f"{option} applies to mode 'small' only, got mode {mode!r}")
+            if num_classes < 2:
+                raise ValueError(f"{option} needs --classes >= 2, got {num_classes}")
+            knobs[key] = float(value)
     return {
         "version": MANIFEST_VERSION,
         "generator": GENERATOR_VERSION,
@@ -417,6 +476,7 @@ def _resolve_request(
         "train_per_class": None if train_per_class is None else int(train_per_class),
         "val_per_class": None if val_per_class is None else int(val_per_class),
         "seed": int(seed),
+        **knobs,
     }
 
 
@@ -457,7 +517,7 @@ def _describe(request: Dict[str, Any]) -> str:
     return ", ".join(
         f"{k}={request.get(k)}"
         for k in ("mode", "num_classes", "train_per_class", "val_per_class", "seed", "generator")
-    )
+    ) + "".join(f", {k}={request[k]}" for k in ("hard_fraction", "label_noise") if request.get(k))
 
 
 def make_dataset(
@@ -470,6 +530,8 @@ def make_dataset(
     workers: Optional[int] = None,
     force: bool = False,
     progress: bool = False,
+    hard_fraction: float = 0.0,
+    label_noise: float = 0.0,
 ) -> Path:
     """Write an ImageNet-layout dataset to ``out_dir`` (or reuse a matching finished one).
 
@@ -485,6 +547,10 @@ def make_dataset(
         force: regenerate even if a matching dataset exists, and replace ``train/`` and
             ``val/`` of a folder that holds something else.
         progress: show a progress bar on stderr.
+        hard_fraction: mode ``small``: share of train and val images blended with another
+            class's pattern at 25-45% strength (hard examples); default 0.
+        label_noise: mode ``small``: share of train images filed under a wrong class (an
+            image of a random other class); val stays clean; at most 0.5, default 0.
 
     Returns:
         ``out_dir`` as an absolute Path.
@@ -493,7 +559,7 @@ def make_dataset(
         ValueError: a bad option; the message names it.
         DatasetError: ``out_dir`` holds something else and ``force`` is off.
     """
-    request = _resolve_request(mode, num_classes, train_per_class, val_per_class, seed)
+    request = _resolve_request(mode, num_classes, train_per_class, val_per_class, seed, hard_fraction, label_noise)
     if workers is None:
         workers = os.cpu_count() or 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -516,9 +582,14 @@ def make_dataset(
     jobs = _plan_jobs(root, request, digits)
     total = sum(len(j.paths) for j in jobs)
     stats = np.zeros(3, dtype=np.float64)  # bytes, width, height sums
+    hard = {s: 0 for s in SPLITS}
+    mislabelled = 0
     with tqdm(total=total, unit="img", desc=f"make-data {mode}", file=sys.stderr, disable=not progress) as bar:
-        for results in _map(jobs, min(workers, len(jobs))):
-            stats += np.asarray(results, dtype=np.float64).sum(axis=0)
+        for job, results in zip(jobs, _map(jobs, min(workers, len(jobs)))):  # map keeps the job order
+            sums = np.asarray(results, dtype=np.float64).sum(axis=0)
+            stats += sums[:3]
+            hard[SPLITS[job.split_id]] += int(sums[3])
+            mislabelled += int(sums[4])
             bar.update(len(results))
     seconds = time.perf_counter() - t0
 
@@ -538,6 +609,8 @@ def make_dataset(
         },
         "seconds": round(seconds, 3),
     }
+    if request.get("hard_fraction") or request.get("label_noise"):
+        manifest["difficulty"] = {"hard": hard, "mislabelled_train": mislabelled}
     if mode != "digits":
         manifest["class_styles"] = [asdict(s) for s in class_styles(request["num_classes"])]
     _write_json_atomic(root / MANIFEST_NAME, manifest)
@@ -546,7 +619,7 @@ def make_dataset(
     return root
 
 
-def _map(jobs: Sequence[_Job], workers: int) -> Iterator[List[Tuple[int, int, int]]]:
+def _map(jobs: Sequence[_Job], workers: int) -> Iterator[List[Tuple[int, int, int, int, int]]]:
     """Run jobs inline (one worker) or in a process pool, yielding results as they finish."""
     if workers <= 1:
         for job in jobs:
@@ -572,10 +645,29 @@ def _int_at_least(lo: int):
     return parse
 
 
+def _fraction(hi: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not 0.0 <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be in [0, {hi}], got {value}")
+        return value
+
+    return parse
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="orderdp-dali make-data",
         description="Generate an ImageNet-layout folder (OUT_DIR/{train,val}/<class>/*.JPEG).",
+        epilog="Difficulty of mode small: every class is a colour palette with a blob texture; up to 24 "
+               "classes get hues 360/N degrees apart, so more classes differ by finer colour steps "
+               "(24: 15 degrees; beyond 24, classes share hues and differ by saturation, brightness, "
+               "texture scale or a second hue). "
+               "--hard-fraction adds hard examples, --label-noise wrong labels. The quick start "
+               "(configs/bench_cpu_demo.yaml) uses 24 classes and --hard-fraction 0.2, no label noise.",
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
     p.add_argument("--mode", choices=MODES, default="small",
@@ -587,6 +679,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-per-class", type=_int_at_least(1), default=None,
                    help="val images per class (default: small 10, imagenet-like 20, digits all ~36)")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
+    p.add_argument("--hard-fraction", type=_fraction(1.0), default=0.0, metavar="F",
+                   help="small only: share F of train and val images that are hard examples, their class "
+                        "pattern blended with a random other class's at 25-45%% strength (default 0)")
+    p.add_argument("--label-noise", type=_fraction(0.5), default=0.0, metavar="F",
+                   help="small only: share F of train images filed under a wrong class (val stays clean); "
+                        "mislabelled images keep a high loss, which works against policies that prefer "
+                        "high-loss samples, such as OrderDP and InfoBatch (default 0)")
     p.add_argument("--workers", type=_int_at_least(1), default=None,
                    help=f"worker processes (default: all {os.cpu_count()} CPUs)")
     p.add_argument("--format", choices=("folder", "tar"), default="folder",
@@ -614,6 +713,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             workers=args.workers,
             force=args.force,
             progress=True,
+            hard_fraction=args.hard_fraction,
+            label_noise=args.label_noise,
         )
     except (ValueError, OSError) as e:  # DatasetError is a ValueError
         print(f"orderdp-dali make-data: error: {e}", file=sys.stderr)
@@ -632,6 +733,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"dataset: {root}")
     print(f"  mode {args.mode}, {len(manifest.get('classes', []))} classes, "
           f"train {counts.get('train')} images, val {counts.get('val')} images")
+    if manifest.get("difficulty"):
+        diff = manifest["difficulty"]
+        print(f"  hard examples: train {diff['hard']['train']}, val {diff['hard']['val']}; "
+              f"mislabelled train images: {diff['mislabelled_train']}")
     if stats:
         print(f"  mean file size {stats['mean_bytes'] / 1000:.1f} KB, "
               f"mean resolution {stats['mean_width']:.0f} x {stats['mean_height']:.0f} px (w x h)")

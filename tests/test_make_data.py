@@ -199,3 +199,130 @@ def test_imagenet_like_ballpark(tmp_path):
     assert 250 < np.mean(widths) < 550 and 200 < np.mean(heights) < 500
     stats = read_manifest(root)["stats"]
     assert stats["mean_bytes"] == pytest.approx(np.mean(sizes))
+
+
+# ----------------------------------------------------------------------------- difficulty knobs
+
+
+def _mean_colour(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), np.float32).reshape(-1, 3).mean(axis=0) / 255.0
+
+
+def _nearest(centroids: np.ndarray, x: np.ndarray) -> int:
+    return int(np.argmin(((centroids - x) ** 2).sum(axis=1)))
+
+
+def test_knobs_off_leave_the_request_and_images_as_before(tmp_path):
+    kw = dict(mode="small", num_classes=3, train_per_class=4, val_per_class=2, workers=1)
+    a = make_dataset(tmp_path / "a", **kw)
+    b = make_dataset(tmp_path / "b", hard_fraction=0.0, label_noise=0.0, **kw)
+    request = read_manifest(a)["request"]
+    assert "hard_fraction" not in request and "label_noise" not in request  # older manifests still match
+    assert "difficulty" not in read_manifest(a)
+    rel = sorted(p.relative_to(a) for p in a.rglob("*.JPEG"))
+    assert all((a / r).read_bytes() == (b / r).read_bytes() for r in rel)
+    c = make_dataset(tmp_path / "c", hard_fraction=0.5, **kw)
+    assert any((a / r).read_bytes() != (c / r).read_bytes() for r in rel)
+    with pytest.raises(DatasetError, match="hard_fraction=0.5"):
+        make_dataset(tmp_path / "a", hard_fraction=0.5, **kw)  # a different dataset: refused, not reused
+
+
+def test_knobs_are_deterministic_regardless_of_workers(tmp_path):
+    kw = dict(mode="small", num_classes=3, train_per_class=6, val_per_class=2, seed=3,
+              hard_fraction=0.5, label_noise=0.3)
+    a = make_dataset(tmp_path / "a", workers=1, **kw)
+    b = make_dataset(tmp_path / "b", workers=2, **kw)
+    rel = sorted(p.relative_to(a) for p in a.rglob("*.JPEG"))
+    assert all((a / r).read_bytes() == (b / r).read_bytes() for r in rel)
+    assert read_manifest(a)["difficulty"] == read_manifest(b)["difficulty"]
+
+
+def test_hard_examples_share_balance_and_difficulty(tmp_path):
+    n_cls, n_train, n_val = 24, 10, 5  # 24 hues, 15 degrees apart
+    kw = dict(mode="small", num_classes=n_cls, train_per_class=n_train, val_per_class=n_val, workers=2, seed=1)
+    easy = make_dataset(tmp_path / "easy", **kw)
+    hard = make_dataset(tmp_path / "hard", hard_fraction=1.0, **kw)
+    half = make_dataset(tmp_path / "half", hard_fraction=0.4, **kw)
+    manifest = read_manifest(half)
+    assert manifest["counts"] == {"train": n_cls * n_train, "val": n_cls * n_val}  # class balance kept
+    assert all(len(v) == n_train for v in _files(half / "train").values())
+    n_hard = manifest["difficulty"]["hard"]
+    # Binomial(240, 0.4): mean 96, sd 7.6; Binomial(120, 0.4): mean 48, sd 5.4 (bounds ~4 sd).
+    assert 66 <= n_hard["train"] <= 126 and 27 <= n_hard["val"] <= 69, n_hard
+    assert manifest["difficulty"]["mislabelled_train"] == 0
+    assert read_manifest(hard)["difficulty"]["hard"] == {"train": n_cls * n_train, "val": n_cls * n_val}
+
+    # Mean colour against the centroids of the easy train images: a hard image's colour is a
+    # mixture that lands nearer other classes, yet its own class stays among the 3 nearest
+    # far more often than chance (3/24).
+    train = _files(easy / "train")
+    centroids = np.stack([np.mean([_mean_colour(p) for p in train[c]], axis=0) for c in sorted(train)])
+
+    def own_rank(root: Path) -> np.ndarray:
+        val = _files(root / "val")
+        ranks = []
+        for k, c in enumerate(sorted(val)):
+            for p in val[c]:
+                d = ((centroids - _mean_colour(p)) ** 2).sum(axis=1)
+                ranks.append(int((d < d[k]).sum()))
+        return np.array(ranks)
+
+    easy_rank, hard_rank = own_rank(easy), own_rank(hard)
+    assert np.mean(easy_rank == 0) > 0.85, easy_rank  # measured 0.93-0.95
+    assert np.mean(hard_rank == 0) < 0.4, hard_rank  # measured 0.13-0.16
+    assert np.mean(hard_rank < 3) > 0.5, hard_rank  # measured 0.73
+
+
+def test_label_noise_mislabels_train_only(tmp_path):
+    n_cls, n_train, n_val = 6, 50, 10
+    root = make_dataset(
+        tmp_path / "d", mode="small", num_classes=n_cls, train_per_class=n_train, val_per_class=n_val,
+        label_noise=0.3, workers=2, seed=2,
+    )
+    manifest = read_manifest(root)
+    assert manifest["difficulty"]["hard"] == {"train": 0, "val": 0}
+    noisy = manifest["difficulty"]["mislabelled_train"]
+    assert 60 <= noisy <= 120, noisy  # Binomial(300, 0.3): mean 90, sd 7.9
+    assert all(len(v) == n_train for v in _files(root / "train").values())
+    # Centroids of the clean val split place almost every val image in its folder's class,
+    # and about 30% of the train images elsewhere: the mislabelled ones.
+    val, train = _files(root / "val"), _files(root / "train")
+    centroids = np.stack([np.mean([_mean_colour(p) for p in val[c]], axis=0) for c in sorted(val)])
+    val_wrong = sum(_nearest(centroids, _mean_colour(p)) != k for k, c in enumerate(sorted(val)) for p in val[c])
+    train_wrong = sum(
+        _nearest(centroids, _mean_colour(p)) != k for k, c in enumerate(sorted(train)) for p in train[c]
+    )
+    assert val_wrong <= 2, val_wrong
+    assert abs(train_wrong - noisy) <= 10, (train_wrong, noisy)
+
+
+@pytest.mark.parametrize(
+    "kwargs, option",
+    [
+        ({"hard_fraction": 1.5}, "--hard-fraction"),
+        ({"hard_fraction": -0.1}, "--hard-fraction"),
+        ({"label_noise": 0.6}, "--label-noise"),
+        ({"label_noise": "0.1"}, "--label-noise"),
+        ({"mode": "digits", "hard_fraction": 0.2}, "--hard-fraction"),
+        ({"mode": "imagenet-like", "label_noise": 0.2}, "--label-noise"),
+        ({"num_classes": 1, "hard_fraction": 0.2}, "--hard-fraction"),
+    ],
+)
+def test_bad_difficulty_options_name_the_option(tmp_path, kwargs, option):
+    with pytest.raises(ValueError, match=option):
+        make_dataset(tmp_path / "d", **{"workers": 1, **kwargs})
+    assert not (tmp_path / "d").exists()  # rejected before anything was written
+
+
+def test_cli_difficulty_flags(tmp_path, capsys):
+    assert main(["--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--hard-fraction" in help_text and "--label-noise" in help_text and "OrderDP" in help_text
+    out = tmp_path / "d"
+    args = [str(out), "--classes", "3", "--train-per-class", "4", "--val-per-class", "2", "--workers", "1"]
+    assert main(args + ["--hard-fraction", "1", "--label-noise", "0.25"]) == 0
+    assert "hard examples: train 12, val 6" in capsys.readouterr().out
+    assert read_manifest(out)["request"]["label_noise"] == 0.25
+    assert main(args + ["--label-noise", "0.7"]) == 2
+    assert "--label-noise" in capsys.readouterr().err
