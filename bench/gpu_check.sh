@@ -81,7 +81,7 @@ if [[ $CPU -eq 1 ]]; then
     LOADER_ARGS=(--device cpu --workers "$NPROC" --batch-size 32 --crop 64 --warmup 1 --repeats 1)
     BENCH_ARGS=(--config configs/bench_cpu_demo.yaml "dataset.root=$DATA"
                 "dataset.make={mode: small, num_classes: 4, train_per_class: 40, val_per_class: 5, seed: 0}"
-                training.train.epochs=2 "policies=[full,orderdp]" warmup=false)
+                training.train.epochs=2 "policies=[full,orderdp]" "seeds=[0]" warmup=false)
     LIMIT_ENV=60; LIMIT_TESTS=300; LIMIT_DATA=120; LIMIT_LOADER=180; LIMIT_BENCH=240
 else
     DEVICE=gpu
