@@ -82,7 +82,7 @@ DECODING = ("dali-plan", "dali-plan-full", "dali-reader", "torchvision")
 FEEDING = ("dali-plan-feed", "dali-reader-feed", "per-sample-feed")
 FEED_TILE = 10  # feeding alone runs ~20x faster than decoding: longer passes, so the rate is measured, not the start
 # The same request as configs/bench_loader_cpu.yaml, so both reuse one generated folder.
-DEFAULT_DATA = {"root": "data/bench_imagenet_like", "mode": "imagenet-like", "num_classes": 10,
+DEFAULT_DATA = {"out_dir": "data/bench_imagenet_like", "mode": "imagenet-like", "num_classes": 10,
                 "train_per_class": 300, "val_per_class": 20, "seed": 0}
 
 
@@ -676,8 +676,8 @@ def _dataset_stats(root: Path) -> Dict[str, Any]:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orderdp_dali.bench.loader_compare",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--root", help=f"train split folder (<root>/<class>/*.JPEG); default: {DEFAULT_DATA['root']}/train, "
-                   "generated on first use")
+    p.add_argument("--root", help="train split folder (<root>/<class>/*.JPEG); default: "
+                   f"{DEFAULT_DATA['out_dir']}/train, generated on first use")
     p.add_argument("--loaders", default=",".join(LOADERS), help=f"comma-separated subset of {','.join(LOADERS)}")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="CPU workers for every loader (default: all usable CPUs)")
@@ -706,7 +706,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         from orderdp_dali.make_data import make_dataset
 
-        say(f"data: {DEFAULT_DATA['root']} (generated on first use)")
+        say(f"data: {DEFAULT_DATA['out_dir']} (generated on first use)")
         train = make_dataset(**DEFAULT_DATA) / "train"
     load_before = load_average()
     result = run_loader_comparison(

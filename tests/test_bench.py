@@ -185,6 +185,19 @@ def test_loader_comparison_cli_measures_a_to_d(tmp_path, tiny_dataset):
     assert "(d) feeding only: our iterator / per-sample worker processes" in md and "Pipeline start per epoch" in md
 
 
+def test_loader_comparison_without_root_generates_its_default_dataset(tmp_path, monkeypatch):
+    from orderdp_dali.bench import loader_compare
+
+    small = {"out_dir": str(tmp_path / "gen"), "mode": "small", "num_classes": 2, "train_per_class": 6,
+             "val_per_class": 1, "seed": 0}
+    monkeypatch.setattr(loader_compare, "DEFAULT_DATA", small)
+    args = ["--loaders", "dali-plan,dali-plan-full", "--batch-size", "4", "--workers", "1", "--device", "cpu",
+            "--crop", "32", "--warmup", "0", "--repeats", "1", "--cold-starts", "0", "--json", str(tmp_path / "l.json")]
+    assert loader_compare.main(args) == 0
+    assert json.loads((tmp_path / "l.json").read_text())["dataset_size"] == 12
+    assert (tmp_path / "gen" / "train").is_dir()
+
+
 # ----------------------------------------------------------------------------- pure parts
 
 
