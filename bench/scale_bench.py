@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -38,6 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from orderdp_dali.atomic import write_text_atomic
+from orderdp_dali.bench.machine import environment
 
 __all__ = ["GOALS", "IMAGENET_1K", "IMAGENET_21K", "prepare_split", "measure_select", "figures", "main"]
 
@@ -371,26 +371,6 @@ def format_table(rows: Sequence[Dict[str, Any]], markdown: bool = False) -> str:
     return "\n".join([fmt(head), *(fmt(c) for c in cells)])
 
 
-def _machine() -> Dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE")
-                                                                      * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
-        "python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform(),
-        "commit": commit,
-    }
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orderdp_dali.bench.scale_bench", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, required=True, help="where the hard-linked split is made once and reused")
@@ -443,7 +423,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     say(f"score merge, {args.merge_ranks} gloo ranks")
     res["merge"] = run_child("merge", world_size=args.merge_ranks, n=n, batch_size=args.batch_size,
                              repeats=args.repeats)
-    res["machine"] = {**_machine(), "load_avg_before": load_before, "load_avg_after": os.getloadavg()}
+    res["machine"] = {**environment(), "load_avg_before": load_before, "load_avg_after": os.getloadavg()}
     res["command"] = "python -m orderdp_dali.bench.scale_bench " + " ".join(raw)
     res["rows"] = figures(res)
     say("")
@@ -471,8 +451,8 @@ def format_markdown(res: Dict[str, Any]) -> str:
         f"{c['world_size']}, OrderDP r=0.75 t=0.8, batch {c['batch_size']}, DALI CPU backend with {c['threads']} "
         f"threads. Medians of {c['repeats']} timed calls after a warm-up; each block of figures in a fresh process.",
         "",
-        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, {m['memory_gb']} GB; Python {m['python']}, numpy {m['numpy']}; "
-        f"commit {m['commit']}. Load average (1, 5, 15 min) before: "
+        f"Machine: {m['cpu_model']}, {m['cpu_count']} CPUs, {m['memory_gb']} GB; Python {m['python']}, "
+        f"numpy {m['numpy']}, DALI {m['dali']}; commit {m['git_commit']}. Load average (1, 5, 15 min) before: "
         f"{', '.join(f'{x:.2f}' for x in m['load_avg_before'])}; after: "
         f"{', '.join(f'{x:.2f}' for x in m['load_avg_after'])}.",
         *(

@@ -36,6 +36,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from orderdp_dali.bench.machine import environment
+
 __all__ = ["run_source_bench", "main"]
 
 GOAL = 0.9
@@ -234,6 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     given = list(argv if argv is not None else sys.argv[1:])
     result["command"] = " ".join(["python -m orderdp_dali.bench.source_bench", *given])
+    result["machine"] = environment()
     print(render(result))
     if args.output:
         from orderdp_dali.atomic import write_text_atomic

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import time
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
+
+from orderdp_dali.bench.machine import environment
 
 __all__ = ["measure_compile", "measure_step", "measure_sync", "get_args_parser", "main"]
 
@@ -328,7 +329,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = summarize(step, sync, args.batch_size, args.reference_img_per_s)
     result = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
+        "machine": environment(),
         "step": step,
         "sync": sync,
         "summary": summary,
@@ -363,8 +364,7 @@ def _compile_main(args: argparse.Namespace) -> int:
 
         result = {
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "load_avg_before": load_before,
+            "machine": {**environment(), "threads": torch.get_num_threads(), "load_avg_before": load_before,
                         "load_avg_after": os.getloadavg()},
             "compile": results,
         }
