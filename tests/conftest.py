@@ -38,6 +38,20 @@ def jpeg_split(tmp_path_factory) -> Path:
 
 
 
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """The training tests' colour dataset (3 classes, 16 train + 4 val images each); a module may override it."""
+    from train_helpers import write_colour_dataset
+
+    return write_colour_dataset(tmp_path_factory.mktemp("colours"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A per-module folder for index caches."""
+    return tmp_path_factory.mktemp("index-cache")
+
+
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return

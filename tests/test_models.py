@@ -12,7 +12,7 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import torch
-from train_helpers import overrides, write_colour_dataset
+from train_helpers import overrides
 
 from orderdp_dali import cli
 from orderdp_dali import train as train_mod
@@ -24,16 +24,6 @@ from orderdp_dali.train import Runtime, build_model_for, main, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), owns_process_group=False)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_colour_dataset(tmp_path_factory.mktemp("colours"))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("index-cache")
 
 
 def read_metrics(out: Path) -> List[Dict]:

@@ -113,11 +113,6 @@ def colours(tmp_path_factory) -> Path:
     return write_colour_dataset(tmp_path_factory.mktemp("colours"), train_per_class=30, val_per_class=2)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("index-cache")
-
-
 def make_cfg(root: Path, cache: Path, *extra: str):
     return load_config(None, overrides(root, cache, *SMALL, *extra))
 

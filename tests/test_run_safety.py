@@ -24,11 +24,6 @@ def data(tmp_path_factory) -> Path:
     return write_colour_dataset(tmp_path_factory.mktemp("colours"), train_per_class=8, val_per_class=2)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
 def cfg(data: Path, cache: Path, *extra: str):
     return load_config(None, overrides(data, cache, "train.epochs=2", "train.eval_every=1", *extra))
 

@@ -26,16 +26,6 @@ N_TRAIN, N_VAL = 48, 12  # 3 classes x (16 train + 4 val)
 ORDERDP = "policy.params={random_len_ratio: 0.8, top_q_ratio: 0.5}"
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_colour_dataset(tmp_path_factory.mktemp("colours"))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("index-cache")
-
-
 def make_cfg(data: Path, cache: Path, *extra: str):
     return load_config(None, overrides(data, cache, *extra))
 
