@@ -37,7 +37,7 @@ __all__ = ["BenchConfig", "DatasetSpec", "LoaderSpec", "RECIPE_SECTIONS", "load_
 RECIPE_SECTIONS = ("data", "model", "optim", "schedule", "train")
 # Every loader of orderdp_dali.bench.loader_compare (kept here so that checking a config imports no DALI).
 LOADER_NAMES = ("dali-plan", "dali-plan-full", "dali-reader", "torchvision",
-                "dali-plan-feed", "dali-reader-feed", "per-sample-feed")
+                "dali-plan-feed", "dali-reader-feed", "per-sample-feed", "dali-plan-tar", "dali-plan-tar-feed")
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 LOADERS = LOADER_NAMES
-DECODING = ("dali-plan", "dali-plan-full", "dali-reader", "torchvision")
-FEEDING = ("dali-plan-feed", "dali-reader-feed", "per-sample-feed")
+DECODING = ("dali-plan", "dali-plan-full", "dali-reader", "torchvision", "dali-plan-tar")
+FEEDING = ("dali-plan-feed", "dali-reader-feed", "per-sample-feed", "dali-plan-tar-feed")
+TAR = ("dali-plan-tar", "dali-plan-tar-feed")  # over the split's tar-shard copy (<root>/tar/<split>)
+SHARD_SIZE = 256
 FEED_TILE = 10  # feeding alone runs ~20x faster than decoding: longer passes, so the rate is measured, not the start
 # The same request as configs/bench_loader_cpu.yaml, so both reuse one generated folder.
 DEFAULT_DATA = {"out_dir": "data/bench_imagenet_like", "mode": "imagenet-like", "num_classes": 10,
@@ -201,8 +203,10 @@ def _feed_only_iterator_class() -> type:
 
             from orderdp_dali.pipelines.common import plan_pipeline
 
-            def read_only(paths):
-                return _bytes_only(fn.io.file.read(paths, dont_use_mmap=not config.use_mmap))
+            encoded = getattr(feed.samples, "encoded", False)  # tar shards hand over the bytes themselves
+
+            def read_only(samples):
+                return _bytes_only(samples if encoded else fn.io.file.read(samples, dont_use_mmap=not config.use_mmap))
 
             return plan_pipeline(feed, read_only, **settings)
 
@@ -435,7 +439,28 @@ LOADER_CLASSES: Dict[str, Callable[..., Any]] = {
     "dali-plan-feed": _feeding(DaliPlanLoader),
     "dali-reader-feed": _feeding(DaliReaderLoader),
     "per-sample-feed": PerSampleWorkerLoader,
+    "dali-plan-tar": DaliPlanLoader,
+    "dali-plan-tar-feed": _feeding(DaliPlanLoader),
 }
+
+
+def tar_copy(index: SampleIndex, shard_size: int = SHARD_SIZE) -> Any:
+    """The :class:`~orderdp_dali.tar_shards.TarIndex` of ``index``'s split copied into tar shards
+    (``<root>/tar/<split>``), written from the folder first when absent or not the same samples."""
+    from orderdp_dali.errors import DatasetError
+    from orderdp_dali.tar_shards import TarIndex, folder_to_shards
+
+    split_dir = Path(index.root)
+    shards = split_dir.parent / "tar" / split_dir.name
+    keys = [os.path.splitext(p)[0] for p in index.paths.tolist()]
+    try:
+        tar = TarIndex.scan(shards)
+        if [tar.key(i) for i in range(len(tar))] == keys and tar.labels.tolist() == index.labels.tolist():
+            return tar
+    except (DatasetError, OSError):
+        pass
+    folder_to_shards(split_dir.parent, split_dir.parent / "tar", shard_size=shard_size, splits=[split_dir.name])
+    return TarIndex.scan(shards)
 
 
 def compare(
@@ -538,6 +563,8 @@ RATIOS = {
     "c_dali_vs_torchvision": ("dali-plan", "torchvision"),
     "d_feed_plan_vs_dali_reader": ("dali-plan-feed", "dali-reader-feed"),
     "d_feed_plan_vs_per_sample": ("dali-plan-feed", "per-sample-feed"),
+    "e_tar_vs_folder": ("dali-plan-tar", "dali-plan"),
+    "e_feed_tar_vs_folder": ("dali-plan-tar-feed", "dali-plan-feed"),
 }
 
 
@@ -578,6 +605,7 @@ def run_loader_comparison(
         device = "gpu" if torch.cuda.is_available() else "cpu"
     workers = workers or usable_cpus()
     index = SampleIndex.scan(train_root)
+    tar = tar_copy(index) if any(name in TAR for name in loaders) else None
     n = len(index)
     pruned = _tiled(orderdp_plan(n, random_len_ratio, top_q_ratio, seed=seed), tile)
     full = _tiled(orderdp_plan(n, 1.0, 1.0, seed=seed), tile)  # every sample, random order
@@ -591,7 +619,8 @@ def run_loader_comparison(
         if not names:
             continue
         t0 = time.perf_counter()
-        built = {name: LOADER_CLASSES[name](index, plans.get(name, pruned), **common) for name in names}
+        built = {name: LOADER_CLASSES[name](tar if name in TAR else index, plans.get(name, pruned), **common)
+                 for name in names}
         build_s += time.perf_counter() - t0
         try:
             stats.update(compare(built, warmup=warmup, repeats=repeats, progress=progress))

@@ -158,8 +158,10 @@ def test_harness_interleaves_policies_and_reports_paired_figures(tmp_path, tiny_
 
 
 @pytest.mark.slow
-def test_loader_comparison_cli_measures_a_to_d(tmp_path, tiny_dataset):
+def test_loader_comparison_cli_measures_a_to_e(tmp_path, tiny_dataset, monkeypatch):
     from orderdp_dali.bench.loader_compare import main
+
+    monkeypatch.setenv("ORDERDP_DALI_CACHE", str(tmp_path / "cache"))
 
     out = tmp_path / "results"
     args = ["--root", str(tiny_dataset / "train"), "--batch-size", "8", "--workers", "1", "--device", "cpu"]
@@ -173,6 +175,11 @@ def test_loader_comparison_cli_measures_a_to_d(tmp_path, tiny_dataset):
     assert stats["dali-plan"]["images"] == stats["dali-reader"]["images"] == stats["torchvision"]["images"] == 28
     assert stats["dali-plan-full"]["images"] == 48
     assert {stats[n]["images"] for n in ("dali-plan-feed", "dali-reader-feed", "per-sample-feed")} == {280}
+    # (e): the same plan over the split's tar-shard copy, written on first use beside the split
+    assert stats["dali-plan-tar"]["images"] == 28 and stats["dali-plan-tar-feed"]["images"] == 280
+    assert sorted(p.name for p in (tiny_dataset / "tar" / "train").glob("*.tar")) == ["data-train-0000.tar"]
+    tar = stats["dali-plan-tar"]["images_per_s"][0] / stats["dali-plan"]["images_per_s"][0]
+    assert result["figures"]["e_tar_vs_folder"] == pytest.approx(tar)
     feed = stats["dali-plan-feed"]["images_per_s"][0] / stats["per-sample-feed"]["images_per_s"][0]
     assert result["figures"]["d_feed_plan_vs_per_sample"] == pytest.approx(feed)
     a = (stats["dali-plan"]["seconds"][0] / stats["dali-plan-full"]["seconds"][0]) / result["kept_fraction"]
@@ -183,6 +190,7 @@ def test_loader_comparison_cli_measures_a_to_d(tmp_path, tiny_dataset):
     md = (out / "loader_compare_cpu.md").read_text()
     assert "python -m orderdp_dali.bench.loader_compare" in md and "(b) our iterator" in md
     assert "(d) feeding only: our iterator / per-sample worker processes" in md and "Pipeline start per epoch" in md
+    assert "(e) feeding only: tar shards / class folders (samples/s)" in md and "| - | reported |" in md
 
 
 def test_loader_comparison_without_root_generates_its_default_dataset(tmp_path, monkeypatch):

@@ -272,15 +272,3 @@ def test_labels_outside_the_classes_file_and_member_names(tmp_path):
     assert split_member_name("n01/x_1.tar.gz") == ("n01/x_1", "tar.gz")
     assert split_member_name("a.b/c.JPEG") == ("a.b/c", "jpeg")
     assert split_member_name("._c.jpg") == ("", "")
-
-
-
-def test_source_bench_smoke(tmp_path, monkeypatch):
-    monkeypatch.setenv("ORDERDP_DALI_CACHE", str(tmp_path / "cache"))
-    from orderdp_dali.bench.source_bench import render, run_source_bench
-
-    r = run_source_bench(str(tmp_path / "gen"), mode="small", classes=2, per_class=6, shard_size=4, batch_size=4,
-                         workers=1, crop=16, warmup=0, repeats=1, feed_tile=2, progress=False)
-    assert r["samples"] == 12 and r["shards"] == 3
-    assert r["decode"]["tar_over_folder"] > 0 and r["feed"]["tar_over_folder"] > 0
-    assert "tar / folder" in render(r)
