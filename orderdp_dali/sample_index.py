@@ -18,14 +18,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, Union
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
 from orderdp_dali.atomic import write_atomic
 from orderdp_dali.errors import DatasetError
 
-__all__ = ["SampleIndex", "SplitWalk", "IMG_EXTENSIONS", "find_classes", "walk_split"]
+__all__ = ["SampleIndex", "SplitWalk", "IMG_EXTENSIONS", "dataset_fingerprint", "find_classes", "walk_split"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,17 @@ CACHE_VERSION = 2
 # mtime tick (coarse clocks, 1-2 s on some file systems) unseen: such a cache entry is not trusted.
 RACY_NS = 2 * 10**9
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def dataset_fingerprint(classes: Sequence[str], names: Sequence[str], labels: np.ndarray) -> str:
+    """SHA-256 of class names, sample names and labels: what a checkpoint's dataset check compares."""
+    h = hashlib.sha256()
+    h.update("\n".join(classes).encode())
+    h.update(b"\0")
+    h.update("\n".join(names).encode())
+    h.update(b"\0")
+    h.update(np.asarray(labels).astype("<i8").tobytes())
+    return h.hexdigest()
 
 
 def _is_dir(entry: "os.DirEntry[str]") -> bool:
@@ -226,13 +237,7 @@ class SampleIndex:
     @property
     def fingerprint(self) -> str:
         """SHA-256 of class names, relative paths and labels: identifies the dataset in checkpoints."""
-        h = hashlib.sha256()
-        h.update("\n".join(self.classes).encode())
-        h.update(b"\0")
-        h.update("\n".join(self.paths.tolist()).encode())
-        h.update(b"\0")
-        h.update(self.labels.astype("<i8").tobytes())
-        return h.hexdigest()
+        return dataset_fingerprint(self.classes, self.paths.tolist(), self.labels)
 
     @classmethod
     def scan(

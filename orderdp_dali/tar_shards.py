@@ -50,7 +50,15 @@ import numpy as np
 
 from orderdp_dali.atomic import write_atomic, write_text_atomic
 from orderdp_dali.errors import DatasetError
-from orderdp_dali.sample_index import IMG_EXTENSIONS, RACY_NS, SampleIndex, _covered, _is_dir, _relative
+from orderdp_dali.sample_index import (
+    IMG_EXTENSIONS,
+    RACY_NS,
+    SampleIndex,
+    _covered,
+    _is_dir,
+    _relative,
+    dataset_fingerprint,
+)
 
 __all__ = [
     "CLASSES_FILE",
@@ -277,13 +285,7 @@ class TarIndex:
     def fingerprint(self) -> str:
         """SHA-256 of class names, shard and member names, and labels: identifies the dataset in checkpoints."""
         if not self._digest:
-            h = hashlib.sha256()
-            h.update("\n".join(self.classes).encode())
-            h.update(b"\0")
-            h.update("\n".join(self.ids).encode())
-            h.update(b"\0")
-            h.update(self.labels.astype("<i8").tobytes())
-            self._digest.append(h.hexdigest())
+            self._digest.append(dataset_fingerprint(self.classes, self.ids, self.labels))
         return self._digest[0]
 
     def make_samples(self) -> "TarSamples":
