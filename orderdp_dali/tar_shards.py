@@ -413,18 +413,14 @@ def _assemble(root: Path, shards: Sequence[str], found: Sequence[_Shard]) -> Tar
 
 
 def _read_classes(root: Path) -> Optional[Tuple[str, ...]]:
-    """Class names from ``classes.txt`` in ``root`` or its parent (one a line), or None."""
+    """Class names from ``classes.txt`` in ``root`` or its parent, or None: the classes-file
+    format of ``data.classes_file`` (:func:`~orderdp_dali.file_lists.read_classes_file`)."""
+    from orderdp_dali.file_lists import read_classes_file
+
     for folder in (root, root.parent):
         path = folder / CLASSES_FILE
         if path.is_file():
-            try:
-                names = path.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as e:
-                raise DatasetError(f"cannot read the class names file {path}: {e}") from None
-            names = [n.strip() for n in names if n.strip()]
-            if not names or len(set(names)) != len(names):
-                raise DatasetError(f"{path}: need distinct class names, one a line")
-            return tuple(names)
+            return read_classes_file(path)
     return None
 
 
