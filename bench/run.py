@@ -241,20 +241,16 @@ def _recipe_summary(cfg: Any) -> Dict[str, Any]:
 
 
 def _split_sizes(root: Path, bench: BenchConfig) -> Dict[str, Any]:
-    from orderdp_dali.config import DataConfig
-    from orderdp_dali.file_lists import index_split
+    """The dataset as the runs will index it: ``build_data`` of the recipe (folders, lists, shards, CIFAR)."""
+    from orderdp_dali.train import build_data
 
-    train_split, val_split = bench.dataset.train_split, bench.dataset.val_split
-    info: Dict[str, Any] = {"root": str(root), "train_root": str(root / train_split)}
-    lists = ("train_list", "val_list", "classes_file", "val_labels_csv")  # file lists index as training does
-    listed = {k: v for k, v in (bench.training.get("data") or {}).items() if k in lists}
-    data = DataConfig(root=str(root), train_split=train_split, val_split=val_split, **listed)
-    train = index_split(data, "train")
-    info["train_size"] = len(train)
+    cfg = recipe_config(bench, next(iter(bench.policies)), bench.seeds[0], "", str(root))
     try:
-        info["val_size"] = len(index_split(data, "val", classes=train.classes))
-    except DatasetError:
-        info["val_size"] = None
+        data = build_data(cfg)
+    except DatasetError:  # no usable validation split (a loader-only bench needs none): count training alone
+        data = build_data(cfg.override("train.eval_every=0"))
+    info: Dict[str, Any] = {"root": str(root), "train_root": str(getattr(data.train, "root", root)),
+                            "train_size": len(data.train), "val_size": None if data.val is None else len(data.val)}
     from orderdp_dali.make_data import read_manifest
 
     manifest = read_manifest(root)

@@ -309,9 +309,9 @@ def test_bench_counts_the_listed_samples(tmp_path):
     root = write_colour_dataset(tmp_path / "d", train_per_class=3, val_per_class=1)
     index = SampleIndex.scan(root / "train", cache_dir=tmp_path / "c")
     (root / "train.txt").write_text("\n".join(list_lines(index)[:5]) + "\n")
-    bench = build_checked(
-        BenchConfig, {"dataset": {"root": str(root)}, "training": {"data": {"train_list": "train.txt", "crop": 32}}}
-    )
+    (root / "classes.txt").write_text("\n".join(index.classes) + "\n")  # the val folder's classes, as training needs
+    listed = {"train_list": "train.txt", "classes_file": "classes.txt", "crop": 32}
+    bench = build_checked(BenchConfig, {"dataset": {"root": str(root)}, "training": {"data": listed}})
     sizes = bench_run._split_sizes(root, bench)
     assert sizes["train_size"] == 5 and sizes["val_size"] == 3
 
