@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
-__all__ = ["environment", "usable_cpus", "load_average", "Usage"]
+__all__ = ["environment", "usable_cpus", "load_average", "median_ms", "Usage"]
 
 
 def usable_cpus() -> int:
@@ -146,3 +147,17 @@ class Usage:
         self.wall_s = time.perf_counter() - self._t0
         own, kids = _cpu_snapshot()
         self.cpu_s = (own - self._cpu0[0]) + sum(kids[p] - self._cpu0[1][p] for p in kids.keys() & self._cpu0[1].keys())
+
+
+def median_ms(fn: Callable[[int], Any], repeats: int) -> Dict[str, float]:
+    """Median and min wall ms of ``fn(k)`` for k = 1..repeats, after ``fn(0)`` as a warm-up, and the
+    median CPU ms of this process (steadier than wall time on a shared machine). For calls of
+    milliseconds, where :class:`Usage`'s scan of child processes would weigh on the CPU figure."""
+    fn(0)
+    wall, cpu = [], []
+    for k in range(1, repeats + 1):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn(k)
+        wall.append((time.perf_counter() - start) * 1e3)
+        cpu.append((time.process_time() - start_cpu) * 1e3)
+    return {"median_ms": statistics.median(wall), "min_ms": min(wall), "cpu_ms": statistics.median(cpu)}

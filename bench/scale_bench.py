@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from orderdp_dali.atomic import write_text_atomic
-from orderdp_dali.bench.machine import environment
+from orderdp_dali.bench.machine import environment, median_ms
 
 __all__ = ["GOALS", "IMAGENET_1K", "IMAGENET_21K", "prepare_split", "measure_select", "figures", "main"]
 
@@ -79,19 +79,6 @@ def _timed(fn: Callable[[], Any]) -> tuple:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
-
-
-def _median_ms(fn: Callable[[int], Any], repeats: int) -> Dict[str, float]:
-    """Median and min wall ms of ``fn(k)`` for k = 1..repeats, after ``fn(0)`` as a warm-up, and the
-    median CPU ms (this process's; steadier than wall time on a shared machine)."""
-    fn(0)
-    times, cpu = [], []
-    for k in range(1, repeats + 1):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn(k)
-        times.append((time.perf_counter() - start) * 1e3)
-        cpu.append((time.process_time() - start_cpu) * 1e3)
-    return {"median_ms": float(np.median(times)), "min_ms": float(np.min(times)), "cpu_ms": float(np.median(cpu))}
 
 
 def _fill_scores(policy: Any, n: int, seed: int) -> None:
@@ -243,7 +230,7 @@ def measure_select(name: str, n: int, repeats: int, with_update: bool = False, s
         plans[0] = None  # the previous plan is dropped first, as in training
         plans[0] = policy.select(1 + k)
 
-    out: Dict[str, Any] = {"policy": name, "num_samples": n, **_median_ms(select, repeats)}
+    out: Dict[str, Any] = {"policy": name, "num_samples": n, **median_ms(select, repeats)}
     out.update(plan_size=len(plans[0]), state_mb=state, held_mb=rss_mb() - base, peak_mb=peak_rss_mb() - base)
     if with_update:
         rng = np.random.default_rng(seed + 2)
@@ -255,13 +242,13 @@ def measure_select(name: str, n: int, repeats: int, with_update: bool = False, s
             for indices, losses in batches:
                 policy.update(indices, losses)
 
-        timing = _median_ms(update_all, max(1, repeats // 2))
+        timing = median_ms(update_all, max(1, repeats // 2))
         out["update_ms"] = timing["median_ms"] / len(batches)
     if with_update and name == "orderdp":
         from orderdp_dali.policies.orderdp import inclusion_probabilities
 
         s, q = policy.subset_size, policy.keep_size
-        out["inclusion_ms"] = _median_ms(lambda k: inclusion_probabilities(n, s, q), 2)["median_ms"]
+        out["inclusion_ms"] = median_ms(lambda k: inclusion_probabilities(n, s, q), 2)["median_ms"]
     return out
 
 

@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from orderdp_dali.bench.machine import environment
+from orderdp_dali.bench.machine import environment, median_ms
 
 __all__ = ["measure_compile", "measure_step", "measure_sync", "get_args_parser", "main"]
 
@@ -54,13 +54,7 @@ GOAL_SYNC_S = 0.5
 
 def _median_s(fn: Callable[[], Any], repeats: int) -> float:
     """Median wall time of ``fn()`` in seconds over ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_ms(lambda _: fn(), repeats)["median_ms"] / 1e3
 
 
 def _fake_index(n: int):
