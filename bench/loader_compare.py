@@ -203,7 +203,7 @@ def _feed_only_iterator_class() -> type:
 
             from orderdp_dali.pipelines.common import plan_pipeline
 
-            encoded = getattr(feed.samples, "encoded", False)  # tar shards hand over the bytes themselves
+            encoded = feed.samples.encoded  # tar shards hand over the bytes themselves
 
             def read_only(samples):
                 return _bytes_only(samples if encoded else fn.io.file.read(samples, dont_use_mmap=not config.use_mmap))

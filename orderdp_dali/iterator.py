@@ -36,7 +36,6 @@ from orderdp_dali.plan import EpochPlan
 from orderdp_dali.plan_source import BatchFeed, EpochBatches, PlanSource
 from orderdp_dali.policies.base import Policy
 from orderdp_dali.sample_index import SampleIndex
-from orderdp_dali.samples import FileSamples
 from orderdp_dali.score_updates import ScoreUpdates
 
 __all__ = ["DALIPlanIterator"]
@@ -267,16 +266,15 @@ class DALIPlanIterator:
         return ImagePipelineConfig()
 
     def _make_samples(self) -> Any:
-        """What the source yields for a sample (see :mod:`orderdp_dali.samples`): its file path."""
-        if hasattr(self.index, "make_samples"):  # e.g. a TarIndex: encoded bytes from tar shards
-            return self.index.make_samples()
-        return FileSamples(self.index.root, self.index.paths, self.index.labels)
+        """What the source yields for a sample (see :mod:`orderdp_dali.samples`): the index's own
+        (file paths for a :class:`SampleIndex`, encoded bytes for a tar-shard index)."""
+        return self.index.make_samples()
 
     def _make_pipeline(self, feed: BatchFeed, **kwargs: Any) -> Any:
         """The (unbuilt) DALI pipeline over ``feed``; ``kwargs`` are :func:`image_pipeline`'s."""
         from orderdp_dali.pipelines import image_pipeline
 
-        return image_pipeline(feed, read_files=not getattr(feed.samples, "encoded", False), **kwargs)
+        return image_pipeline(feed, read_files=not feed.samples.encoded, **kwargs)
 
     def _pass_seed(self, epoch: int) -> int:
         """The pipeline seed of ``epoch`` on this rank: a pure function of (seed, rank, epoch)."""

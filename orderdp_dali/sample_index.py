@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -238,6 +238,12 @@ class SampleIndex:
     def fingerprint(self) -> str:
         """SHA-256 of class names, relative paths and labels: identifies the dataset in checkpoints."""
         return dataset_fingerprint(self.classes, self.paths.tolist(), self.labels)
+
+    def make_samples(self) -> Any:
+        """The batch source's samples (:class:`~orderdp_dali.samples.FileSamples`: file paths DALI reads)."""
+        from orderdp_dali.samples import FileSamples
+
+        return FileSamples(self.root, self.paths, self.labels)
 
     @classmethod
     def scan(

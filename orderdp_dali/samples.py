@@ -23,6 +23,8 @@ __all__ = ["ArraySamples", "FileSamples"]
 class FileSamples:
     """Samples that are files: ``root / paths[i]`` with class ``labels[i]``."""
 
+    encoded = False  # the source yields file paths, which the pipeline reads with fn.io.file.read
+
     def __init__(self, root: Path, paths: Sequence[str], labels: np.ndarray) -> None:
         self.root = Path(root)
         self.labels = np.ascontiguousarray(labels, dtype=np.int64)
