@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 PathLike = Union[str, "Path"]
+# torch.compile's modes (``default`` is torch's own default); here so that configs check them without torch.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _opt(default: Any, *, choices: Sequence[Any] = (), lo: Optional[float] = None, hi: Optional[float] = None,
@@ -188,9 +190,7 @@ class TrainConfig:
     deterministic: bool = False
     dist_timeout_s: int = _opt(1800, lo=1)
     compile: bool = False
-    compile_mode: str = _opt(
-        "default", choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-    )  # torch.compile's modes (orderdp_dali.models.COMPILE_MODES)
+    compile_mode: str = _opt("default", choices=COMPILE_MODES)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from orderdp_dali.config import COMPILE_MODES
+
 __all__ = [
     "COMPILE_MODES",
     "TIMM_PREFIX",
@@ -35,8 +37,6 @@ __all__ = [
 
 TIMM_PREFIX = "timm/"
 TIMM_LISTING = "list them with python -c \"import timm; print(timm.list_models('resnet*'))\""
-# torch.compile's modes (``default`` is torch's own default).
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class TinyCNN(nn.Module):
