@@ -4,8 +4,9 @@ Each epoch the policy chooses its plan before the epoch starts. This rank's batc
 (:class:`~orderdp_dali.plan_source.PlanSource`) feed a batch-mode ``fn.external_source``
 in the training process; DALI reads the planned files with ``fn.io.file.read`` in its own
 threads, decodes and augments them (:mod:`orderdp_dali.pipelines`), and
-:class:`~orderdp_dali.dali_runner.PipelinePass` hands the batches to torch. Batches are
-dicts in DALI's style::
+:class:`~orderdp_dali.dali_runner.PipelineRunner` hands the batches to torch. One DALI
+pipeline serves every epoch of the run: each epoch is one pass of it (``reset()`` between
+them), and DALI's own checkpoint makes a resume exact. Batches are dicts in DALI's style::
 
     {"data": images, "label": labels, "index": sample indices, "weight": loss weights}
 
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Iterator, Mapping, Optional
+import time
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
 from orderdp_dali.checkpoint import numpy_to_torch, torch_to_numpy
-from orderdp_dali.dali_runner import PipelinePass
+from orderdp_dali.dali_runner import PipelineRunner, PipelineState
 from orderdp_dali.distributed import dist_info
 from orderdp_dali.errors import DecodeError
 from orderdp_dali.plan import EpochPlan
@@ -41,7 +43,7 @@ from orderdp_dali.score_updates import ScoreUpdates
 __all__ = ["DALIPlanIterator"]
 
 log = logging.getLogger(__name__)
-ITERATOR_STATE_VERSION = 1
+ITERATOR_STATE_VERSION = 2  # 2: with each rank's DALI pipeline state ("pipelines"); 1 still loads
 OUTPUTS = ("data", "label", "index", "weight")
 
 
@@ -62,10 +64,10 @@ class DALIPlanIterator:
         device_id: CUDA device; default ``LOCAL_RANK``.
         rank, world_size: default from ``torch.distributed`` or torchrun's environment.
         num_threads: DALI CPU threads (file reading, and decoding on the CPU backend).
-        seed: augmentation seed. Every epoch runs a fresh pipeline seeded from (seed,
-            rank, epoch), so an epoch's random crops and flips do not depend on the
-            epochs before it: a run resumed from a checkpoint sees the same ones as an
-            uninterrupted run.
+        seed: augmentation seed. The run's one pipeline is seeded from (seed, rank, the
+            epoch it is first built at); a resumed run restores the pipeline's random
+            state from the checkpoint instead (:meth:`state_dict`), so it sees the same
+            crops and flips as an uninterrupted run.
         drop_last: drop each rank's last partial batch instead of yielding it.
         epoch: first epoch to run (use :meth:`load_state_dict` to resume instead).
         sync_scores: merge score updates across ranks at every epoch end (needs an
@@ -78,6 +80,10 @@ class DALIPlanIterator:
 
     Sharding: training plans are padded by wrap-around to a multiple of ``world_size``
     (see :meth:`EpochPlan.shard`), so every rank yields the same number of batches.
+
+    One pipeline per iterator: it is built on first use (or by :meth:`start`), and each
+    epoch is one pass of it. A pass that fails (a file that breaks decoding) rebuilds the
+    pipeline once, from the state it had when that epoch began.
 
     Other sample sources: subclasses override :meth:`_make_samples` and
     :meth:`_make_pipeline` (and :meth:`_default_pipeline_config`); plans, feeding, score
@@ -137,12 +143,14 @@ class DALIPlanIterator:
         self.prefetch_queue_depth = prefetch_queue_depth
         self.prefetch_next_epoch = train if prefetch_next_epoch is None else bool(prefetch_next_epoch)
         self.pipeline_config = pipeline_config or self._default_pipeline_config()
-        # The latest pass: start_s (build + first scheduling), first_batch_s (start to first
-        # batch), prestarted (started when the previous epoch ended).
+        # The latest pass: start_s (seconds to begin it: reset and first scheduling, plus the
+        # build when one was needed), prestarted (begun when the previous epoch ended, outside
+        # this epoch), built (a pipeline was built to begin it), first_batch_s (iteration
+        # start to the first batch).
         self.last_pass: Dict[str, Any] = {}
         self._samples: Any = None
-        self._prestarted: Optional[PipelinePass] = None
-        self._prestarted_plan: Optional[EpochPlan] = None
+        self._runner: Optional[PipelineRunner] = None
+        self._begun: Optional[Tuple[EpochPlan, float, bool]] = None  # (plan, seconds, built) of the begun pass
         self._active = False
 
     # ------------------------------------------------------------------ plans
@@ -196,7 +204,35 @@ class DALIPlanIterator:
         """Flush buffered losses and merge score tables across ranks (called at each epoch end)."""
         self.scores.end_epoch()
 
+    @property
+    def pipelines_built(self) -> int:
+        """DALI pipelines this iterator has constructed (1 for a run without failures or resumes)."""
+        return 0 if self._runner is None else self._runner.builds
+
+    @property
+    def pipeline_build_s(self) -> Optional[float]:
+        """Seconds the last pipeline construction took (build and first scheduling)."""
+        return None if self._runner is None else self._runner.build_s
+
     # ---------------------------------------------------------------- iterate
+    def start(self) -> None:
+        """Build the pipeline and let it start decoding the current epoch, before anyone asks.
+
+        Training calls this at start-up, so the first timed epoch pays for neither the build
+        nor its first batches (as DALI's iterator does with ``prepare_first_batch``).
+        Optional: the first iteration does it otherwise. A no-op when already started.
+        """
+        if self._active:
+            raise RuntimeError("start() while an epoch is being iterated")
+        if self._begun_for_current_plan():
+            return
+        self.plan  # noqa: B018 - chosen after flushing the pending updates
+        try:
+            batches = self.source.batches()
+        except ValueError:
+            return  # drop_last with no step: raised again, with its message, by iter()
+        self._begin(batches)
+
     def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
         if self._active:
             raise RuntimeError("this iterator is already iterating an epoch; finish or break out of it first")
@@ -206,37 +242,45 @@ class DALIPlanIterator:
 
     def _run_epoch(self, batches: EpochBatches) -> Iterator[Dict[str, torch.Tensor]]:
         self._active = True
-        self.last_pass = {}
+        runner: Optional[PipelineRunner] = None
+        ended = False
         try:
-            if batches.steps > 0:
-                early = self._take_prestarted()
-                run = early or self._start_pass(batches)
-                self.last_pass = {"start_s": run.start_s, "prestarted": early is not None}
-                for step in range(batches.steps):
-                    batch = self._next_batch(run, batches, step)
-                    self.last_pass["first_batch_s"] = run.first_batch_s
-                    yield batch
-                if not run.finished_cleanly():
-                    run.close()
-                    raise RuntimeError(f"DALI produced more batches than epoch {batches.epoch}'s plan holds")
-                run.close()
+            prestarted = self._begun_for_current_plan()
+            if not prestarted:
+                self._begin(batches)
+            _, start_s, built = self._begun
+            runner = self._runner
+            self.last_pass = {"start_s": start_s, "prestarted": prestarted, "built": built}
+            t0 = time.perf_counter()
+            for step in range(batches.steps):
+                batch = self._next_batch(runner, batches, step)
+                if step == 0:
+                    self.last_pass["first_batch_s"] = time.perf_counter() - t0
+                yield batch
+            ended = True
+            self._begun = None
+            if not runner.end():
+                raise RuntimeError(f"DALI produced more batches than epoch {batches.epoch}'s plan holds")
             self.scores.end_epoch()
             self.source.advance()
             if self.prefetch_next_epoch:
                 self._prestart_next_epoch()
         finally:
             self._active = False
+            if not ended and runner is not None and runner.passing:
+                self._begun = None
+                runner.abort()  # left mid-epoch (break, or an error in the caller's loop)
 
-    def _next_batch(self, run: PipelinePass, batches: EpochBatches, step: int) -> Dict[str, torch.Tensor]:
+    def _next_batch(self, runner: PipelineRunner, batches: EpochBatches, step: int) -> Dict[str, torch.Tensor]:
         try:
-            batch = run.next()
+            batch = runner.next()
         except StopIteration:
-            run.close()
+            runner.fail()
             raise RuntimeError(
                 f"DALI ended epoch {batches.epoch} after {step} of its {batches.steps} batches"
             ) from None
         except Exception as e:
-            run.close()
+            runner.fail()  # the next pass rebuilds the pipeline from the state this epoch began with
             raise self._explain_failure(e, batches, step) from e
         for key in ("label", "index", "weight"):
             batch[key] = batch[key].reshape(-1)
@@ -276,37 +320,55 @@ class DALIPlanIterator:
 
         return image_pipeline(feed, read_files=not feed.samples.encoded, **kwargs)
 
-    def _pass_seed(self, epoch: int) -> int:
-        """The pipeline seed of ``epoch`` on this rank: a pure function of (seed, rank, epoch)."""
-        entropy = [self.seed, self.rank, epoch] if self.train else [self.seed, self.rank]
+    def _fresh_seed(self) -> int:
+        """The seed of a pipeline built without a checkpoint: a pure function of (seed, rank,
+        the epoch it is built at), so a run restarted without pipeline state draws new crops."""
+        entropy = [self.seed, self.rank, self.epoch] if self.train else [self.seed, self.rank]
         return int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
 
-    def _start_pass(self, batches: EpochBatches) -> PipelinePass:
-        """A fresh pipeline over ``batches``, already decoding its first batches."""
-        if self._samples is None:
-            self._samples = self._make_samples()
-        pipe = self._make_pipeline(
-            BatchFeed(batches, self._samples),
-            train=self.augment,
-            batch_size=self.batch_size,
-            device=self.device,
-            device_id=self.device_id if self.device == "gpu" else None,
-            num_threads=self.num_threads,
-            seed=self._pass_seed(batches.epoch),
-            prefetch_queue_depth=self.prefetch_queue_depth,
-            config=self.pipeline_config,
-        )
-        return PipelinePass(pipe, OUTPUTS, batches.steps).start()
+    def _get_runner(self) -> PipelineRunner:
+        """The run's pipeline runner (its pipeline is built when the first pass begins)."""
+        if self._runner is None:
+            if self._samples is None:
+                self._samples = self._make_samples()
+            feed = BatchFeed(self._samples)
 
-    def _take_prestarted(self) -> Optional[PipelinePass]:
-        """The pass started early for this epoch's plan, if the plan is still the same."""
-        run, plan = self._prestarted, self._prestarted_plan
-        self._prestarted = self._prestarted_plan = None
-        if run is not None and plan is self.source.plan:
-            return run
-        if run is not None:
-            run.close()  # started for a plan that was replaced (e.g. by load_state_dict)
-        return None
+            def make(checkpoint: Optional[bytes]) -> Any:
+                return self._make_pipeline(
+                    feed,
+                    train=self.augment,
+                    batch_size=self.batch_size,
+                    device=self.device,
+                    device_id=self.device_id if self.device == "gpu" else None,
+                    num_threads=self.num_threads,
+                    seed=self._fresh_seed(),
+                    prefetch_queue_depth=self.prefetch_queue_depth,
+                    checkpoint=checkpoint,
+                    config=self.pipeline_config,
+                )
+
+            self._runner = PipelineRunner(make, feed, OUTPUTS)
+        return self._runner
+
+    def _begun_for_current_plan(self) -> bool:
+        """Whether the pipeline is already running a pass over this epoch's plan (started early)."""
+        runner = self._runner
+        return (runner is not None and runner.passing and runner.step == 0 and self._begun is not None
+                and self.source.has_plan and self._begun[0] is self.source.plan)
+
+    def _begin(self, batches: EpochBatches) -> None:
+        """Begin the pass over ``batches``: abandon a pass begun for a plan since replaced, build the
+        pipeline if there is none, let DALI start decoding."""
+        runner = self._get_runner()
+        if runner.passing:
+            runner.abort()  # begun for a plan that was replaced (e.g. by load_state_dict)
+        builds = runner.builds
+        try:
+            seconds = runner.begin(batches)
+        except Exception:
+            runner.fail()
+            raise
+        self._begun = (self.source.plan, seconds, runner.builds != builds)
 
     def _prestart_next_epoch(self) -> None:
         """Choose the next plan now and let DALI start decoding it.
@@ -319,30 +381,44 @@ class DALIPlanIterator:
             batches = self.source.batches()
         except ValueError:
             return  # raised again, with its message, when the epoch is iterated
-        if batches.steps > 0:
-            self._prestarted = self._start_pass(batches)
-            self._prestarted_plan = self.source.plan
+        self._begin(batches)
 
     # ------------------------------------------------------------- lifecycle
     def state_dict(self) -> Dict[str, Any]:
-        """Epoch counter, dataset fingerprint and policy state; pending losses are flushed first.
+        """Epoch counter, dataset fingerprint, policy state and this rank's pipeline state.
 
-        Plain data and tensors only, so ``torch.load(path, weights_only=True)`` reads it
-        back. Call between epochs.
+        ``"pipelines"`` holds one entry per rank (``None`` for the others): this rank's DALI
+        checkpoint, so a resumed run continues its random crops and flips exactly. Under
+        DDP, gather the entries of every rank into one list before saving (the training
+        script does); :meth:`load_state_dict` on each rank takes its own. Plain data and
+        tensors only, so ``torch.load(path, weights_only=True)`` reads it back. Call between
+        epochs.
         """
         if self._active:
             raise RuntimeError("state_dict() mid-epoch would lose the epoch's position; call it between epochs")
         self.scores.flush()
+        pipelines: List[Optional[Dict[str, Any]]] = [None] * self.world_size
+        saved = None if self._runner is None else self._runner.checkpoint()
+        if saved is not None:
+            pipelines[self.rank] = {
+                "epoch": self.epoch,
+                "epoch_idx": saved.epoch_idx,
+                "checkpoint": torch.frombuffer(bytearray(saved.checkpoint), dtype=torch.uint8),
+            }
         return {
             "version": ITERATOR_STATE_VERSION,
             "epoch": self.epoch,
             "dataset": self.index.fingerprint,
             "policy": None if self.policy is None else numpy_to_torch(self.policy.state_dict()),
+            "pipelines": pipelines,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from ``state``: the next epoch and its plan equal the saved run's."""
-        if state.get("version") != ITERATOR_STATE_VERSION:
+        """Continue from ``state``: the next epoch and its plan equal the saved run's, and so do
+        the pipeline's random crops and flips when ``state`` holds this rank's pipeline state
+        for that epoch (saved with the same number of ranks); otherwise the pipeline draws
+        from fresh seeds, and a changed world size is reported."""
+        if state.get("version") not in (1, ITERATOR_STATE_VERSION):
             raise ValueError(f"unsupported iterator state version {state.get('version')!r}")
         if state.get("dataset") != self.index.fingerprint:
             raise ValueError(
@@ -354,13 +430,44 @@ class DALIPlanIterator:
         if self.policy is not None:
             self.policy.load_state_dict(torch_to_numpy(state["policy"]))
         self.scores.clear()
-        self.source.set_epoch(int(state["epoch"]))
+        epoch = int(state["epoch"])
+        self.source.set_epoch(epoch)
+        entry = self._own_pipeline_state(state.get("pipelines"), epoch)
+        if entry is not None:
+            self._get_runner().restore(entry)
+            self._begun = None
+        elif self._runner is not None and self._runner.passing:
+            self._runner.abort()  # begun for the plan the state replaces
+            self._begun = None
+
+    def _own_pipeline_state(self, pipelines: Any, epoch: int) -> Optional[PipelineState]:
+        """This rank's saved pipeline state for ``epoch``, or ``None`` (said once, by rank 0, when
+        a run resumes without it)."""
+        reason = None
+        if not pipelines:
+            reason = "the checkpoint holds no DALI pipeline state (saved by an older version)"
+        elif len(pipelines) != self.world_size:
+            reason = (f"the checkpoint's DALI pipeline state is from {len(pipelines)} rank(s), "
+                      f"this run has {self.world_size}")
+        elif pipelines[self.rank] is None:
+            reason = f"the checkpoint holds no DALI pipeline state for rank {self.rank}"
+        elif int(pipelines[self.rank]["epoch"]) != epoch:
+            return None  # saved for another epoch than the one continued (an epoch set by hand)
+        if reason is not None:
+            if self.rank == 0 and self.train:
+                log.warning("%s: augmentation goes on from fresh pipeline seeds at epoch %d "
+                            "(plans and scores resume exactly)", reason, epoch)
+            return None
+        entry = pipelines[self.rank]
+        checkpoint = entry["checkpoint"]
+        data = checkpoint.numpy().tobytes() if isinstance(checkpoint, torch.Tensor) else bytes(checkpoint)
+        return PipelineState(data, int(entry["epoch_idx"]))
 
     def close(self) -> None:
-        """Stop a pass that was started early; DALI's threads end with their pipeline."""
-        if self._prestarted is not None:
-            self._prestarted.close()
-        self._prestarted = self._prestarted_plan = None
+        """Drop the pipeline (DALI's threads end with it); the iterator builds a new one if used again."""
+        if self._runner is not None:
+            self._runner.close()
+        self._begun = None
 
     def __enter__(self) -> "DALIPlanIterator":
         return self

@@ -4,9 +4,10 @@
 yields every sample once for evaluation), shards it and cuts this rank's shard into
 batches (:class:`EpochBatches`). :class:`BatchFeed` is the callable handed to DALI's
 ``fn.external_source(batch=True, batch_info=True)``: DALI calls it in the training
-process for batch ``k`` of the pass and it answers with that batch's samples (encoded file
+process for batch ``k`` of an epoch and it answers with that batch's samples (encoded file
 paths or array rows, see :mod:`orderdp_dali.samples`), labels, sample indices and loss
-weights. No worker processes, no files to publish: a new plan is just a new feed.
+weights. No worker processes, no files to publish: one pipeline serves the whole run, and
+a new plan is just the next pass of its feed.
 """
 from __future__ import annotations
 
@@ -166,20 +167,43 @@ class Samples(Protocol):
 
 
 class BatchFeed:
-    """DALI's batch-mode external-source callback for one pass over :class:`EpochBatches`.
+    """DALI's batch-mode external-source callback, for the whole run of one pipeline.
 
-    Called as ``feed(batch_info)`` in the training process; returns (samples, labels,
-    indices, weights) of batch ``batch_info.iteration`` and raises ``StopIteration`` after
-    the last one, which ends DALI's epoch.
+    Called as ``feed(batch_info)`` in the training process. Each pass (epoch) of the
+    pipeline is announced with :meth:`begin`, which hands over that pass's
+    :class:`EpochBatches` and the DALI epoch index it runs as; DALI then asks for
+    ``(epoch_idx, iteration)`` and gets batch ``iteration`` of that plan as (samples,
+    labels, indices, weights), and ``StopIteration`` after the last one, which ends
+    DALI's epoch. A request for another epoch index than the announced pass is an error
+    rather than a silently wrong batch.
     """
 
-    def __init__(self, batches: EpochBatches, samples: Samples) -> None:
-        self.batches = batches
+    def __init__(self, samples: Samples, batches: Optional[EpochBatches] = None, epoch_idx: int = 0) -> None:
         self.samples = samples
+        self.batches = batches
+        self.epoch_idx = epoch_idx
+        self._stopped = False
+
+    def begin(self, batches: EpochBatches, epoch_idx: int) -> None:
+        """Serve ``batches`` as DALI epoch ``epoch_idx`` from now on."""
+        self.batches = batches
+        self.epoch_idx = int(epoch_idx)
+        self._stopped = False
+
+    def stop(self) -> None:
+        """End the current pass early: every further request raises ``StopIteration``."""
+        self._stopped = True
 
     def __call__(self, info: Any) -> Tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+        if self.batches is None:
+            raise RuntimeError("the pipeline asked for a batch before any pass was begun")
+        if info.epoch_idx != self.epoch_idx:
+            raise RuntimeError(
+                f"the pipeline asked for DALI epoch {info.epoch_idx}, but the pass begun is epoch {self.epoch_idx} "
+                f"(training epoch {self.batches.epoch})"
+            )
         step = info.iteration
-        if step >= self.batches.steps:
+        if self._stopped or step >= self.batches.steps:
             raise StopIteration
         indices, weights = self.batches.batch(step)
         # Unit weights are a stride-0 view (see unit_weights): hand DALI a dense batch.

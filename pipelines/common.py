@@ -28,6 +28,9 @@ def plan_pipeline_def(
 ) -> Callable:
     """Check the backend arguments and return the ``pipeline_def`` decorator for them.
 
+    Checkpointing is on (DALI: no cost to the pipeline's speed), so the one pipeline of a
+    run can be saved between epochs and rebuilt exactly (``checkpoint=`` at construction).
+
     Raises:
         ValueError: ``device`` not ``"cpu"``/``"gpu"``, or ``"gpu"`` without ``device_id``.
     """
@@ -41,6 +44,7 @@ def plan_pipeline_def(
         device_id=device_id if device == "gpu" else None,
         seed=seed,
         prefetch_queue_depth=prefetch_queue_depth,
+        enable_checkpointing=True,
     )
 
 
@@ -78,6 +82,7 @@ def plan_pipeline(
     seed: int = 0,
     prefetch_queue_depth: int = 2,
     sample_layout: Optional[str] = None,
+    checkpoint: Optional[bytes] = None,
 ) -> Pipeline:
     """Build (not start) a plan-fed pipeline whose outputs are (images, labels, indices, weights).
 
@@ -89,6 +94,8 @@ def plan_pipeline(
         batch_size, device, device_id, num_threads, seed, prefetch_queue_depth: the
             pipeline's settings (see :func:`plan_pipeline_def`).
         sample_layout: the layout of the source's samples (e.g. ``"HWC"`` for arrays).
+        checkpoint: DALI's serialized checkpoint (``Pipeline.checkpoint()``) to build from:
+            the random operators' state and the source's epoch and iteration are restored.
 
     Labels and weights come out on the images' device, sample indices on the CPU.
     """
@@ -107,4 +114,4 @@ def plan_pipeline(
         labels, weights = to_device(device, labels, weights)
         return images, labels, indices, weights
 
-    return _pipeline()
+    return _pipeline() if checkpoint is None else _pipeline(checkpoint=checkpoint)

@@ -261,20 +261,116 @@ def _epoch_pixels(it):
     return batches
 
 
-def test_augmentation_depends_on_seed_rank_and_epoch_only(index):
-    """Epoch 1's random crops are the same whether or not epoch 0 ran first: resume is exact."""
+def _pixels_of_epochs(it, epochs):
+    return [_epoch_pixels(it) for _ in range(epochs)]
+
+
+def _same_pixels(a, b):
+    return set(a) == set(b) and all(torch.equal(a[i], b[i]) for i in a)
+
+
+def test_resume_from_state_dict_replays_the_same_crops_and_flips(index, tmp_path):
+    """One pipeline for the run: its DALI checkpoint in state_dict() makes a resumed iterator
+    draw exactly the crops and flips of an uninterrupted one, through torch.save/torch.load."""
     full = lambda: make_policy_full(len(index))  # noqa: E731
     with make_iterator(index, full(), train=True) as it:
         first = _epoch_pixels(it)
-        second = _epoch_pixels(it)
-    with make_iterator(index, full(), train=True, epoch=1) as jumped:
-        again = _epoch_pixels(jumped)
-    assert set(second) == set(again) == set(range(len(index)))
-    assert all(torch.equal(second[i], again[i]) for i in second)
-    assert sum(not torch.equal(first[i], second[i]) for i in first) > len(first) // 2, "epochs draw new crops"
-    with make_iterator(index, full(), train=True, epoch=1, rank=1, world_size=2, sync_scores=False) as other:
-        other_rank = _epoch_pixels(other)
-    assert any(not torch.equal(other_rank[i], again[i]) for i in other_rank)
+        torch.save({"it": it.state_dict()}, tmp_path / "it.pth")
+        later = _pixels_of_epochs(it, 2)
+        assert it.pipelines_built == 1
+    state = torch.load(tmp_path / "it.pth", weights_only=True)["it"]
+    assert state["pipelines"][0]["checkpoint"].dtype == torch.uint8
+    with make_iterator(index, full(), train=True) as resumed:
+        resumed.load_state_dict(state)
+        again = _pixels_of_epochs(resumed, 2)
+        assert resumed.pipelines_built == 1
+    assert all(_same_pixels(a, b) for a, b in zip(later, again))
+    assert sum(not torch.equal(first[i], later[0][i]) for i in first) > len(first) // 2, "epochs draw new crops"
+    # without the pipeline state (another world size, an old checkpoint) the crops are fresh ones
+    with make_iterator(index, full(), train=True) as fresh:
+        fresh.load_state_dict({**state, "pipelines": [None, None]})
+        other = _epoch_pixels(fresh)
+    assert sum(not torch.equal(other[i], later[0][i]) for i in other) > len(other) // 2
+
+
+def test_each_rank_restores_its_own_pipeline_state(index):
+    full = lambda: make_policy_full(len(index))  # noqa: E731
+    states, expected = [], []
+    for rank in range(2):
+        with make_iterator(index, full(), train=True, rank=rank, world_size=2, sync_scores=False) as it:
+            _epoch_pixels(it)
+            states.append(it.state_dict())
+            expected.append(_epoch_pixels(it))
+    assert states[0]["pipelines"][1] is None and states[1]["pipelines"][0] is None
+    assert not _same_pixels(expected[0], expected[1]) or set(expected[0]) != set(expected[1])
+    gathered = [states[0]["pipelines"][0], states[1]["pipelines"][1]]  # what the training script saves
+    for rank in range(2):
+        with make_iterator(index, full(), train=True, rank=rank, world_size=2, sync_scores=False) as it:
+            it.load_state_dict({**states[0], "pipelines": gathered})
+            assert _same_pixels(_epoch_pixels(it), expected[rank])
+
+
+def test_a_changed_world_size_is_said_in_one_line(index, caplog):
+    full = lambda: make_policy_full(len(index))  # noqa: E731
+    with make_iterator(index, full(), train=True) as it:
+        _epoch_pixels(it)
+        state = it.state_dict()
+    with caplog.at_level("WARNING", logger="orderdp_dali.iterator"):
+        with make_iterator(index, full(), train=True, rank=0, world_size=2, sync_scores=False) as it:
+            it.load_state_dict(state)
+            plan = it.plan
+            seen = _epoch_pixels(it)
+    assert set(seen) == set(plan.shard(0, 2).indices.tolist())
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "from 1 rank(s), this run has 2" in warnings[0] and "fresh" in warnings[0]
+
+
+def test_one_pipeline_serves_every_epoch(index, monkeypatch):
+    """Five epochs of different plan sizes, a break mid-epoch and a replaced plan: DALI builds one pipeline."""
+    from nvidia.dali.pipeline import Pipeline
+
+    built = []
+    original = Pipeline.__init__
+    monkeypatch.setattr(Pipeline, "__init__", lambda self, *a, **kw: (built.append(1), original(self, *a, **kw))[1])
+    policy = ScriptedPolicy(len(index), seed=12)
+    with make_iterator(index, policy) as it:
+        it.start()
+        assert len(built) == 1 and it.last_pass == {}
+        for epoch in range(len(ScriptedPolicy.SIZES)):
+            plan = it.plan
+            seen, _, _ = run_epoch(it, index)
+            assert Counter(seen) == Counter(plan.indices.tolist())
+            assert it.last_pass["prestarted"] and it.last_pass["built"] == (epoch == 0)  # built by start()
+        for step, _ in enumerate(it):
+            if step == 1:
+                break
+        it.load_state_dict({**it.state_dict(), "pipelines": [None], "epoch": 2})
+        plan = it.plan
+        seen, _, _ = run_epoch(it, index)
+        assert Counter(seen) == Counter(plan.indices.tolist())
+    assert len(built) == 1 and it.pipelines_built == 1
+
+
+def test_a_failed_epoch_reruns_from_the_state_it_began_with(tmp_path):
+    """A bad file mid-epoch: the error names it; once it is fixed, the rerun of that epoch (a
+    pipeline rebuilt from the epoch's start) draws the crops an uninterrupted run drew."""
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=12)
+    index = SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    full = lambda: make_policy_full(len(index))  # noqa: E731
+    with make_iterator(index, full(), train=True, batch_size=4) as clean:
+        expected = _pixels_of_epochs(clean, 2)
+    with make_iterator(index, full(), train=True, batch_size=4) as it:
+        assert _same_pixels(_epoch_pixels(it), expected[0])
+        victim_index = int(it.shard.indices[9])  # epoch 1, step 2
+        victim = index.path(victim_index)
+        good = victim.read_bytes()
+        victim.write_bytes(good[: len(good) // 3])
+        with pytest.raises(DecodeError, match=rf"sample {victim_index} .*epoch 1, step 2"):
+            _epoch_pixels(it)
+        victim.write_bytes(good)
+        assert it.epoch == 1 and it.pipelines_built == 1
+        assert _same_pixels(_epoch_pixels(it), expected[1])
+        assert it.pipelines_built == 2
 
 
 def make_policy_full(n):

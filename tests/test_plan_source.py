@@ -70,16 +70,29 @@ def test_feed_returns_each_batch_then_ends_the_pass(tmp_path):
     paths = ["a/x.JPEG", "b/ü y.JPEG", "c/z.jpeg"]
     samples = FileSamples(tmp_path, paths, np.array([2, 0, 1]))
     src = PlanSource(3, make_policy("full", 3, seed=4), 2)
-    feed = BatchFeed(src.batches(), samples)
+    feed = BatchFeed(samples)
+    with pytest.raises(RuntimeError, match="before any pass was begun"):
+        feed(SimpleNamespace(iteration=0, epoch_idx=0))
+    feed.begin(src.batches(), epoch_idx=4)  # the pipeline's 5th pass
     seen = []
     for step in range(2):
-        data, labels, indices, weights = feed(SimpleNamespace(iteration=step, epoch_idx=0))
+        data, labels, indices, weights = feed(SimpleNamespace(iteration=step, epoch_idx=4))
         assert [bytes(d).decode() for d in data] == [str(tmp_path / paths[i]) for i in indices]
         assert labels.tolist() == [[2, 0, 1][i] for i in indices] and weights.dtype == np.float32
         seen += indices.tolist()
     assert sorted(seen) == [0, 1, 2]
     with pytest.raises(StopIteration):
-        feed(SimpleNamespace(iteration=2, epoch_idx=0))
+        feed(SimpleNamespace(iteration=2, epoch_idx=4))
+    # a request for another pass than the one begun is an error, not a silently wrong batch
+    with pytest.raises(RuntimeError, match="asked for DALI epoch 5, but the pass begun is epoch 4"):
+        feed(SimpleNamespace(iteration=0, epoch_idx=5))
+    # the next pass; stop() ends it early (an abandoned epoch)
+    src.advance()
+    feed.begin(src.batches(), epoch_idx=5)
+    assert len(feed(SimpleNamespace(iteration=0, epoch_idx=5))[2]) == 2
+    feed.stop()
+    with pytest.raises(StopIteration):
+        feed(SimpleNamespace(iteration=1, epoch_idx=5))
 
 
 def test_array_samples_gather_rows_and_refuse_other_dtypes():

@@ -72,10 +72,11 @@ def test_unit_weights_stay_lazy_through_shard_and_feed():
     policy = OrderDP(50, 0.8, 0.5, seed=1)
     source = PlanSource(50, policy, batch_size=8, rank=1, world_size=3)
     assert source.shard is source.shard  # cut once per plan
-    feed = BatchFeed(source.batches(), FileSamples(Path("/d"), np.array(["x.JPEG"] * 50), np.zeros(50)))
+    feed = BatchFeed(FileSamples(Path("/d"), np.array(["x.JPEG"] * 50), np.zeros(50)), source.batches())
 
     class Info:
         iteration = 0
+        epoch_idx = 0
 
     _, labels, indices, weights = feed(Info())
     assert len(indices) == len(labels) == 7  # q = 20 over 3 ranks, padded to 21
