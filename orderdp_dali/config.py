@@ -70,8 +70,9 @@ class DataConfig:
     ``root/<val_split>/...``), ``tar`` (webdataset-style shards ``root/<train_split>/*.tar``,
     see :mod:`orderdp_dali.tar_shards`), ``cifar10`` or ``cifar100`` (python pickle batches under
     ``root``). ``augment=false`` trains on deterministic inputs (center crop / no
-    pad-crop or flip). Each training epoch's augmentation is seeded from (train.seed,
-    rank, epoch), so a resumed run draws the same crops and flips as an uninterrupted one.
+    pad-crop or flip). One DALI pipeline per rank serves the whole run, seeded from
+    (train.seed, rank); checkpoints keep every rank's pipeline state, so a resumed run draws
+    the same crops and flips as an uninterrupted one.
     ``num_threads``: DALI's CPU threads per rank (file reading, CPU decoding);
     ``prefetch``: batches decoded ahead. ``dtype``: the images' type (``float16`` halves
     the pipeline's output; the model still runs under ``train.amp``). ``hw_decoder_load``:
@@ -311,7 +312,8 @@ def set_path(data: Dict[str, Any], key: str, value: Any) -> None:
 # Keys of earlier versions, with what replaced them (a clearer error than "unknown key").
 REMOVED_KEYS = {
     "data.py_workers": "files are read by DALI's own threads (data.num_threads), not by worker processes",
-    "data.reseed_every_epoch": "every training epoch's augmentation is now seeded from (train.seed, rank, epoch)",
+    "data.reseed_every_epoch": "augmentation is seeded once per run from (train.seed, rank) and resumed exactly "
+                               "from the checkpoint's pipeline state",
 }
 
 

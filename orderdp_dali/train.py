@@ -378,6 +378,7 @@ def train_one_epoch(
         torch.cuda.synchronize(rt.device)
     elapsed = time.perf_counter() - start
     bar.close()
+    memory = gpu_memory(rt.device)
     w_sum, r_sum, total = _all_reduce_sum([weighted_sum.item(), raw_sum.item(), float(count)], rt)
     return {
         "planned": planned,
@@ -389,11 +390,26 @@ def train_one_epoch(
         "epoch_time": elapsed,
         "data_time": data_time,
         "images_per_s": total / elapsed if elapsed > 0 else 0.0,
-        # this rank's pipeline build and first scheduling; "prestarted": done when the previous
-        # epoch ended, outside this epoch's time
+        # this rank's start of the epoch's pass (reset and first scheduling, plus a build when
+        # one was needed); "prestarted": done when the previous epoch ended (or at start-up),
+        # outside this epoch's time
         "pipeline_start_s": it.last_pass.get("start_s"),
         "pipeline_prestarted": it.last_pass.get("prestarted"),
+        "pipeline_built": it.last_pass.get("built"),
+        **({"gpu_memory": memory} if memory is not None else {}),
     }
+
+
+def gpu_memory(device: torch.device) -> Optional[Dict[str, float]]:
+    """This GPU's memory in MiB (``None`` off CUDA): free and total as the driver sees them (DALI's
+    pools included), and torch's own peak allocation and current reservation."""
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    mib = 2.0**20
+    return {"free_mib": free / mib, "used_mib": (total - free) / mib, "total_mib": total / mib,
+            "torch_max_allocated_mib": torch.cuda.max_memory_allocated(device) / mib,
+            "torch_reserved_mib": torch.cuda.memory_reserved(device) / mib}
 
 
 def _stop_on_nonfinite_loss(first_bad: torch.Tensor, epoch: int, cfg: Config, rt: Runtime) -> None:
@@ -457,15 +473,27 @@ def _should_evaluate(cfg: Config, epoch: int) -> bool:
 
 
 # -------------------------------------------------------------- checkpoints
-def _checkpoint_state(epoch: int, model: nn.Module, optimizer: Any, scaler: Any, it: Any, cfg: Config,
-                      fingerprint: str, planned: List[int], record: Dict[str, Any]) -> Dict[str, Any]:
+def _gather_iterator_state(it: Any, rt: Runtime) -> Dict[str, Any]:
+    """The iterator's state with every rank's DALI pipeline state in ``"pipelines"`` (on rank 0;
+    a collective: every rank calls it). Each rank's pipeline has its own random state, and a
+    resumed rank restores its own."""
+    state = it.state_dict()
+    if rt.distributed:
+        gathered: Optional[List[Any]] = [None] * rt.world_size if rt.is_main else None
+        dist.gather_object(state["pipelines"][rt.rank], gathered, dst=0)
+        state["pipelines"] = gathered
+    return state
+
+
+def _checkpoint_state(epoch: int, model: nn.Module, optimizer: Any, scaler: Any, iterator_state: Dict[str, Any],
+                      cfg: Config, fingerprint: str, planned: List[int], record: Dict[str, Any]) -> Dict[str, Any]:
     return {
         "version": CHECKPOINT_VERSION,
         "epoch": epoch,  # the next epoch to run
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "iterator": it.state_dict(),  # plain data and tensors: loads with weights_only=True
+        "iterator": iterator_state,  # plain data and tensors: loads with weights_only=True
         "config": cfg.to_dict(),
         "dataset": fingerprint,
         "planned": list(planned),
@@ -539,6 +567,7 @@ class TrainingRun:
         self.train_it: Any = None
         self.val_it: Any = None
         self.start_epoch = 0  # the first epoch this run trains (later than 0 after a resume)
+        self.setup: Dict[str, Any] = {}  # the training pipeline's build time, GPU memory after it
         self.phase = "start-up"  # named in the error if a peer rank dies
 
     def __enter__(self) -> "TrainingRun":
@@ -593,6 +622,11 @@ class TrainingRun:
                 if last_record is not None and not any(r.get("epoch") == start - 1 for r in kept):
                     _append_metrics(out / METRICS, last_record)  # it stopped after the checkpoint, before the line
             self.start_epoch = start
+            if start < cfg.train.epochs:
+                # Build the run's one training pipeline and let it decode the first epoch's first
+                # batches now, so no timed epoch pays for a build.
+                self.train_it.start()
+            self.setup = {"pipeline_build_s": self.train_it.pipeline_build_s, "gpu_memory": gpu_memory(rt.device)}
         return self
 
     def run_epoch(self, epoch: int) -> Dict[str, Any]:
@@ -608,19 +642,22 @@ class TrainingRun:
             record["cpu_time"] = time.process_time() - cpu
             self.planned.append(record["planned"])
             record["fraction_saved"] = 1.0 - sum(self.planned) / (self.num_samples * len(self.planned))
-            if rt.is_main and cfg.train.checkpoint:
+            if cfg.train.checkpoint:
                 # Checkpoint before validating, so a validation failure costs no training. The
                 # metrics line follows validation; the checkpoint carries it for a resume that
                 # finds it missing, so each epoch is logged exactly once either way.
-                state = _checkpoint_state(epoch + 1, self.bare, self.optimizer, self.scaler, self.train_it, cfg,
-                                          self.fingerprint, self.planned, record)
-                _save(state, out, epoch + 1, cfg)
+                iterator_state = _gather_iterator_state(self.train_it, rt)  # every rank's pipeline state
+                if rt.is_main:
+                    state = _checkpoint_state(epoch + 1, self.bare, self.optimizer, self.scaler, iterator_state, cfg,
+                                              self.fingerprint, self.planned, record)
+                    _save(state, out, epoch + 1, cfg)
             if self.val_it is not None and _should_evaluate(cfg, epoch):
                 self.phase = f"epoch {epoch} (validation)"
                 _sync_buffers(self.bare, rt)
                 t = time.perf_counter()
                 record.update(evaluate(self.bare, self.val_it, cfg, rt))
                 record["val_time"] = time.perf_counter() - t
+            record["pipelines_built"] = sum(it.pipelines_built for it in (self.train_it, self.val_it) if it is not None)
             if rt.is_main:
                 _append_metrics(out / METRICS, record)
         return record

@@ -134,7 +134,7 @@ def test_parse_override():
 
 @pytest.mark.parametrize("key, replaced_by", [
     ("data.py_workers=2", "DALI's own threads"),
-    ("data.reseed_every_epoch=true", "seeded from (train.seed, rank, epoch)"),
+    ("data.reseed_every_epoch=true", "resumed exactly from the checkpoint's pipeline state"),
 ])
 def test_removed_keys_say_what_replaced_them(key, replaced_by):
     with pytest.raises(ConfigError, match=rf"^{key.split('=')[0]}: no longer a setting: .*{re.escape(replaced_by)}"):

@@ -312,7 +312,7 @@ def _free_port() -> int:
 
 
 # ------------------------------------------- 2. kill -9 mid-epoch, then resume
-# Random crops and flips on: every epoch's augmentation is seeded from (seed, rank, epoch).
+# Random crops and flips on: the resumed run restores its pipeline's random state from the checkpoint.
 KILL_RUN = ["train.epochs=3", *ORDERDP, "train.batch_size=4", "train.eval_every=0"]
 
 
@@ -320,43 +320,79 @@ def _shm_entries() -> Set[str]:
     return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_auto_equals_uninterrupted(colours, cache, tmp_path):
-    ref = run_training(make_cfg(colours, cache, *KILL_RUN), output_dir=tmp_path / "ref")
-    ref_last = load_checkpoint(tmp_path / "ref" / LAST)
+def _train_command(world: int) -> List[str]:
+    """The training command of one process (``world`` 1) or of ``world`` gloo ranks under torchrun."""
+    if world == 1:
+        return [sys.executable, "-m", "orderdp_dali.train"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+            "--max_restarts=0", "-m", "orderdp_dali.train"]
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [1, 2])
+def test_sigkill_mid_epoch_then_resume_auto_equals_uninterrupted(world, colours, cache, tmp_path):
+    """kill -9 in the middle of epoch 1, then --resume auto: every epoch's plan and training loss
+    equal an uninterrupted run's, on one process and on two gloo ranks (each rank restores its
+    own DALI pipeline state from the checkpoint, random crops and flips included)."""
     config = tmp_path / "kill run.yaml"
     config.write_text(json.dumps(make_cfg(colours, cache, *KILL_RUN).to_dict()), encoding="utf-8")  # JSON is YAML
+    cmd = [*_train_command(world), "--config", str(config)]
+    env = {"OMP_NUM_THREADS": "1"}
+    ref_out = tmp_path / "ref"
+    ref = Run([*cmd, "--output-dir", str(ref_out), "train.progress=false"], env=env)
+    try:
+        assert ref.finish(timeout=240) == 0, ref.stderr[-3000:]
+    finally:
+        ref.kill_all()
+    ref_logged, ref_last = read_metrics(ref_out), load_checkpoint(ref_out / LAST)
+
     out = tmp_path / "out dir"
-    cmd = [sys.executable, "-m", "orderdp_dali.train", "--config", str(config), "--output-dir", str(out)]
-    run = Run([*cmd, "train.progress=true"])  # the progress bar tells where the run is
+    run = Run([*cmd, "--output-dir", str(out), "train.progress=true"], env=env)  # the bar tells where the run is
     try:
         assert run.wait_for(_mid_epoch(1), timeout=150), run.stderr[-3000:]
-        assert _children(run.proc.pid) == []  # DALI reads in threads: no worker process to orphan
-        os.kill(run.proc.pid, signal.SIGKILL)  # mid-epoch 1, as the OOM killer would
-        assert run.finish(timeout=30) == -signal.SIGKILL
-        assert not _pids_in_sessions(run.sessions)
+        if world == 1:
+            assert _children(run.proc.pid) == []  # DALI reads in threads: no worker process to orphan
+            os.kill(run.proc.pid, signal.SIGKILL)  # mid-epoch 1, as the OOM killer would
+            assert run.finish(timeout=30) == -signal.SIGKILL
+            assert not _pids_in_sessions(run.sessions)
+        else:
+            ranks = _children(run.proc.pid)
+            assert len(ranks) == world
+            run.sessions.update(ranks)  # torchrun starts each worker in a session of its own
+            for pid in [run.proc.pid, *ranks]:
+                os.kill(pid, signal.SIGKILL)  # the whole job at once, as a lost node would
+            run.finish(timeout=30)
+            deadline = time.monotonic() + 10  # the orphaned ranks die (and may stay as zombies)
+            while any((_stat(pid) or ["Z"])[0] != "Z" for pid in ranks) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert all((_stat(pid) or ["Z"])[0] == "Z" for pid in ranks)
     finally:
         run.kill_all()
     assert [r["epoch"] for r in read_metrics(out)] == [0]  # killed inside epoch 1, before its log line
     killed_state = load_checkpoint(out / LAST)  # intact after the kill
     assert killed_state["epoch"] == 1
+    pipelines = killed_state["iterator"]["pipelines"]
+    assert len(pipelines) == world and all(p is not None for p in pipelines)  # every rank's DALI state
 
-    resumed = Run([*cmd, "--resume", "auto", "train.progress=false"])
+    resumed = Run([*cmd, "--output-dir", str(out), "--resume", "auto", "train.progress=false"], env=env)
     try:
-        assert resumed.finish(timeout=150) == 0, resumed.stderr[-3000:]
+        assert resumed.finish(timeout=240) == 0, resumed.stderr[-3000:]
     finally:
         resumed.kill_all()
     assert f"resumed from {out / LAST}: continuing at epoch 1" in resumed.stdout
+    assert "fresh pipeline seeds" not in resumed.stderr
     logged = read_metrics(out)
     assert [r["epoch"] for r in logged] == [0, 1, 2]  # each epoch exactly once
-    assert [r["plan_sha1"] for r in logged] == [r["plan_sha1"] for r in ref]  # the same plans as uninterrupted
-    assert [r["planned"] for r in logged] == [r["planned"] for r in ref] == [54, 54, 54]
-    assert len({r["plan_sha1"] for r in ref}) == 3  # the plans do differ by epoch: the comparison has teeth
+    assert [r["plan_sha1"] for r in logged] == [r["plan_sha1"] for r in ref_logged]  # the same plans
+    assert [r["planned"] for r in logged] == [r["planned"] for r in ref_logged] == [54, 54, 54]
+    assert len({r["plan_sha1"] for r in ref_logged}) == 3  # the plans do differ by epoch: the comparison has teeth
+    for key in ("train_loss", "train_loss_unweighted"):  # the same crops and flips: the same losses
+        assert [r[key] for r in logged] == [r[key] for r in ref_logged], key
+    assert logged[1]["pipelines_built"] == 1  # the resumed run built its one training pipeline
     last = load_checkpoint(out / LAST)
     assert last["epoch"] == 3 and last["planned"] == ref_last["planned"]
     ours, theirs = last["iterator"]["policy"]["scores"], ref_last["iterator"]["policy"]["scores"]
-    torch.testing.assert_close(ours["values"], theirs["values"])  # same crops, same losses
+    torch.testing.assert_close(ours["values"], theirs["values"])
 
 
 @pytest.mark.slow

@@ -92,8 +92,8 @@ def record_plans(monkeypatch, plans: Dict[int, np.ndarray], crash_at: int = -1) 
     monkeypatch.setattr(train_mod, "train_one_epoch", wrapper)
 
 
-# Random crops and flips stay on: a fresh pipeline per epoch, seeded from (seed, rank, epoch),
-# makes the resumed run's inputs, and so its weights, bit-identical.
+# Random crops and flips stay on: the checkpoint's DALI pipeline state makes the resumed run's
+# inputs, and so its weights, bit-identical.
 RESUME = ("train.epochs=4", "policy.name=orderdp", ORDERDP, "train.eval_every=0")
 
 
@@ -130,6 +130,9 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, data, cache, tmp_pa
     records = run_training(cfg, output_dir=tmp_path, resume="auto")
 
     assert [r["epoch"] for r in records] == [2, 3]
+    _, _, ref_records = uninterrupted
+    for key in ("train_loss", "train_loss_unweighted"):  # the checkpoint's pipeline state: the same crops
+        assert [r[key] for r in records] == [r[key] for r in ref_records[2:]], key
     assert sorted(first) == [0, 1] and sorted(second) == [2, 3]
     for epoch, plan in {**first, **second}.items():
         np.testing.assert_array_equal(plan, ref_plans[epoch])
@@ -142,6 +145,21 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, data, cache, tmp_pa
         assert torch.equal(ours["model"][key], value), key
     ref_scores, our_scores = ref["iterator"]["policy"]["scores"], ours["iterator"]["policy"]["scores"]
     assert torch.equal(our_scores["values"], ref_scores["values"])
+
+
+def test_a_run_builds_one_training_and_one_validation_pipeline(data, cache, tmp_path, monkeypatch):
+    """Four epochs, validating after each: DALI pipelines constructed = 2 (one per split), none
+    of them inside a timed epoch."""
+    from nvidia.dali.pipeline import Pipeline
+
+    built = []
+    original = Pipeline.__init__
+    monkeypatch.setattr(Pipeline, "__init__", lambda self, *a, **kw: (built.append(1), original(self, *a, **kw))[1])
+    records = run_training(make_cfg(data, cache, "train.epochs=4", "train.eval_every=1"), output_dir=tmp_path)
+    assert len(built) == 2
+    assert [r["pipelines_built"] for r in records] == [2, 2, 2, 2]
+    assert all(r["pipeline_prestarted"] and r["val_samples"] == N_VAL for r in records)
+    assert [r["pipeline_built"] for r in records] == [True, False, False, False]  # at start-up, outside epoch 0
 
 
 def test_resume_refuses_another_policy_or_dataset(uninterrupted, data, cache, tmp_path):
