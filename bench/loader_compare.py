@@ -32,8 +32,10 @@ feeding-only ones in rounds of their own):
 (d) feeding only: ``dali-plan-feed / dali-reader-feed`` (goal >= 0.7) and
     ``dali-plan-feed / per-sample-feed`` (goal >= 2.5).
 
-Also each epoch's cold pipeline start (build and first scheduling; start to first batch),
-as every training epoch runs a fresh pipeline seeded from (seed, rank, epoch). The same
+Every loader builds its pipeline when it is constructed, outside the timed epochs (our
+iterator builds one pipeline for all its epochs, as DALI's reader does); the pipeline's
+set-up (build and first scheduling; start to first batch) and, when nothing started an
+epoch early, the start of a pass on the built pipeline are measured apart. The same
 ratios from CPU seconds stand beside (steadier on a shared machine). ``orderdp-dali bench``
 runs this comparison in ``mode: loader`` or ``both``.
 """
@@ -137,11 +139,11 @@ class DaliPlanLoader:
 
     ``feed_only`` swaps decoding and augmentation for the byte count of the file bytes, so
     only the feeding path is timed: main-process batch source, ``fn.io.file.read``,
-    conversion to torch. As in training, the next epoch's pipeline starts decoding when an
-    epoch ends (``prefetch_next_epoch``), outside the timed epoch: DALI's own reader
-    (:class:`DaliReaderLoader`) runs ahead into its next epoch in the same way, so neither
-    gets a head start the other lacks. The cold start is measured apart
-    (:func:`measure_pipeline_start`).
+    conversion to torch. The pipeline is built here (:meth:`DALIPlanIterator.start`), as
+    :class:`DaliReaderLoader` builds its own on construction. As in training, the next epoch
+    starts decoding when an epoch ends (``prefetch_next_epoch``), outside the timed epoch:
+    DALI's own reader runs ahead into its next epoch in the same way, so neither gets a head
+    start the other lacks. Set-up is measured apart (:func:`measure_pipeline_start`).
     """
 
     name = "dali-plan"
@@ -174,6 +176,7 @@ class DaliPlanLoader:
             prefetch_next_epoch=True,
             pipeline_config=pipeline_config,
         )
+        self.iterator.start()  # the one pipeline, built before any timed epoch
 
     def epoch(self) -> int:
         n = 0
@@ -531,24 +534,38 @@ def _per_round(a: Mapping[str, Any], b: Mapping[str, Any], cpu: bool = False) ->
 
 def measure_pipeline_start(index: Any, plan: Any, *, repeats: int, batch_size: int, workers: int, device: str,
                            seed: int, pipeline_config: Any) -> Dict[str, Any]:
-    """The cost of an epoch's fresh pipeline when nothing started it early: medians over
-    ``repeats`` cold starts of ``plan`` (build and first scheduling; start to first batch)."""
+    """What starting costs, medians over ``repeats``: the run's one-time pipeline set-up (build
+    and first scheduling; start to first batch, on a fresh iterator each time) and the start
+    of an epoch's pass on the built pipeline when nothing started it early (``reset()`` and
+    first scheduling; start to first batch)."""
     from orderdp_dali.iterator import DALIPlanIterator
 
-    it = DALIPlanIterator(index, FixedPlan(len(index), plan), batch_size, device=device, num_threads=workers,
-                          seed=seed, sync_scores=False, prefetch_next_epoch=False, pipeline_config=pipeline_config)
-    builds, firsts = [], []
-    try:
-        for _ in range(repeats):
+    def make() -> DALIPlanIterator:
+        return DALIPlanIterator(index, FixedPlan(len(index), plan), batch_size, device=device, num_threads=workers,
+                                seed=seed, sync_scores=False, prefetch_next_epoch=False,
+                                pipeline_config=pipeline_config)
+
+    builds, firsts, passes, pass_firsts = [], [], [], []
+    for _ in range(repeats):
+        it = make()
+        try:
             t0 = time.perf_counter()
             batches = iter(it)
             next(batches)
             firsts.append(time.perf_counter() - t0)
-            batches.close()  # abandon the pass: the next iter() starts a fresh pipeline
-            builds.append(it.last_pass["start_s"])
-    finally:
-        it.close()
+            builds.append(it.pipeline_build_s)
+            for _ in batches:  # finish the epoch: the pipeline is reset, nothing prefetched
+                pass
+            t0 = time.perf_counter()
+            batches = iter(it)
+            next(batches)
+            pass_firsts.append(time.perf_counter() - t0)
+            passes.append(it.last_pass["start_s"])
+            batches.close()
+        finally:
+            it.close()
     return {"build_and_schedule_s": spread(builds)["median"], "start_to_first_batch_s": spread(firsts)["median"],
+            "pass_start_s": spread(passes)["median"], "pass_start_to_first_batch_s": spread(pass_firsts)["median"],
             "epochs": repeats}
 
 
@@ -588,7 +605,7 @@ def run_loader_comparison(
     """Compare ``loaders`` (any of :data:`LOADERS`) over one OrderDP plan of ``train_root``.
 
     ``workers`` defaults to every usable CPU; ``tile`` runs each plan that many times per
-    epoch; ``cold_starts`` (0: none) times fresh pipeline starts apart. Returns plain data:
+    epoch; ``cold_starts`` (0: none) times pipeline set-ups and pass starts apart. Returns plain data:
     per-loader statistics, ``figures`` (a)-(d) for the loaders present, the same from CPU
     seconds, per-round values, and ``ratios`` (``"dali-plan / dali-reader"`` ...).
     """
@@ -719,7 +736,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tile", type=int, default=1,
                    help="repeat each plan this many times per epoch: longer epochs, as a rank's ImageNet epoch is")
-    p.add_argument("--cold-starts", type=int, default=3, help="fresh pipeline starts timed apart (0: none)")
+    p.add_argument("--cold-starts", type=int, default=3,
+                   help="pipeline set-ups (and pass starts) timed apart (0: none)")
     p.add_argument("--out", default=None, help="folder for loader_compare_<device>.json and .md")
     p.add_argument("--json", default=None, help="write the result (JSON) here")
     p.add_argument("--note", action="append", default=[], help="a line for the markdown's notes (repeatable)")

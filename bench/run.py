@@ -15,13 +15,17 @@ alike, and each policy's epoch is compared with the full-data epoch of the same 
 (:mod:`orderdp_dali.bench.report`). An untimed 1-epoch warm-up run comes first.
 
 The run folder (``runs/<name>-<timestamp>/`` unless ``--out``) receives ``results.json``
-(every figure, the config and the environment), ``report.md``, PNG plots and, per run,
-the training loop's ``metrics.jsonl`` and log.
+(every figure, the config and the environment; rewritten after every round of epochs with
+``"complete": false`` until the bench ends, so a run cut short keeps what it measured),
+``report.md``, PNG plots and, per run, the training loop's ``metrics.jsonl`` and log.
+Each run builds its one training pipeline at start-up, outside every timed epoch; that
+set-up is reported apart (``setup`` of each run).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -31,7 +35,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.bench import report as report_mod
@@ -163,21 +167,34 @@ def _warmup(first: Any, run_dir: Path, progress: Progress) -> Dict[str, Any]:
 
 
 def _run_seed(bench: BenchConfig, cfgs: Mapping[str, Any], seed_index: int, progress: Progress,
-              loads: List[Optional[float]]) -> Dict[str, List[Dict[str, Any]]]:
-    """Every policy's run for one seed, interleaved epoch by epoch; policy -> epoch records."""
+              loads: List[Optional[float]],
+              on_round: Optional[Callable[[Dict[str, List[Dict[str, Any]]], Dict[str, Any]], None]] = None,
+              ) -> Tuple[Dict[str, List[Dict[str, Any]]], Dict[str, Dict[str, Any]]]:
+    """Every policy's run for one seed, interleaved epoch by epoch.
+
+    Returns:
+        (policy -> epoch records, policy -> its set-up: the training pipeline's build and first
+        scheduling, done before any timed epoch). ``on_round(records, setup)`` is called after
+        every round of epochs, with the records so far.
+    """
     from orderdp_dali.train import TrainingRun
 
     policies = list(cfgs)
     epochs = next(iter(cfgs.values())).train.epochs
     records: Dict[str, List[Dict[str, Any]]] = {p: [] for p in policies}
+    setup: Dict[str, Dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         logs, live = {}, {}
         for p in policies:
             out = Path(cfgs[p].train.output_dir)
             out.mkdir(parents=True, exist_ok=True)
             logs[p] = stack.enter_context(open(out / "train.log", "w", encoding="utf-8"))
+            t0 = time.perf_counter()
             with contextlib.redirect_stdout(logs[p]):
                 live[p] = stack.enter_context(TrainingRun(cfgs[p], overwrite=True))
+            # data, model, optimizer and the training pipeline (its build time and, on a GPU, the
+            # memory after it): all before any timed epoch
+            setup[p] = {"start_s": time.perf_counter() - t0, **live[p].setup}
         for epoch in range(epochs):
             loads.append(load_average())
             for turn, p in enumerate(turn_order(policies, epoch + seed_index)):
@@ -186,13 +203,27 @@ def _run_seed(bench: BenchConfig, cfgs: Mapping[str, Any], seed_index: int, prog
                 record["turn"] = turn
                 records[p].append(record)
                 progress.epoch(f"{p} seed {cfgs[p].train.seed}", record, epochs)
+            if on_round is not None:
+                on_round(records, setup)
     # Closed DALI pipelines stop their threads when collected: collect before the next seed is timed.
     gc.collect()
-    return records
+    return records, setup
 
 
-def run_policies(bench: BenchConfig, root: Path, run_dir: Path, out: TextIO) -> Dict[str, Any]:
-    """All (seed, policy) runs of ``bench``, interleaved per seed; the ``runs`` part of results.json."""
+def _run_entry(bench: BenchConfig, cfg: Any, policy: str, seed: int, records: List[Dict[str, Any]],
+               setup: Mapping[str, Any]) -> Dict[str, Any]:
+    """One (policy, seed) run as results.json holds it."""
+    return {"policy": policy, "seed": seed, "params": dict(bench.policies[policy]), "epochs": records,
+            "totals": report_mod.run_totals(records), "setup": dict(setup), "config": cfg.to_dict()}
+
+
+def run_policies(bench: BenchConfig, root: Path, run_dir: Path, out: TextIO,
+                 on_round: Optional[Callable[[List[Dict[str, Any]]], None]] = None) -> Dict[str, Any]:
+    """All (seed, policy) runs of ``bench``, interleaved per seed; the ``runs`` part of results.json.
+
+    ``on_round(runs)`` is called after every round of epochs with every run so far (those of
+    the seed under way hold the epochs done), so a caller can save what was measured as it goes.
+    """
     policies, seeds = list(bench.policies), list(bench.seeds)
     cfgs = {
         s: {p: recipe_config(bench, p, s, str(run_dir / "train" / f"{p}-seed{s}"), str(root)) for p in policies}
@@ -209,11 +240,16 @@ def run_policies(bench: BenchConfig, root: Path, run_dir: Path, out: TextIO) -> 
         progress.say(f"warm-up done in {warm['seconds']:.1f} s")
     runs: List[Dict[str, Any]] = []
     loads: List[Optional[float]] = []
+    def entries(seed: int, records: Dict[str, List[Dict[str, Any]]], setup: Dict[str, Dict[str, Any]]):
+        return [_run_entry(bench, cfgs[seed][p], p, seed, records[p], setup[p]) for p in policies]
+
+    def report_round(seed: int, records: Dict[str, List[Dict[str, Any]]], setup: Dict[str, Dict[str, Any]]) -> None:
+        on_round(runs + entries(seed, records, setup))
+
     for k, seed in enumerate(seeds):
-        records = _run_seed(bench, cfgs[seed], k, progress, loads)
-        for p in policies:
-            runs.append({"policy": p, "seed": seed, "params": dict(bench.policies[p]), "epochs": records[p],
-                         "totals": report_mod.run_totals(records[p]), "config": cfgs[seed][p].to_dict()})
+        each_round = functools.partial(report_round, seed) if on_round is not None else None
+        records, setup = _run_seed(bench, cfgs[seed], k, progress, loads, on_round=each_round)
+        runs.extend(entries(seed, records, setup))
     return {"runs": runs, "warmup": warm, "load_averages": loads, "train_settings": _recipe_summary(first)}
 
 
@@ -276,7 +312,12 @@ def run_bench(bench: BenchConfig, run_dir: Path, out: TextIO = sys.stdout, comma
         "notes": list(bench.notes),
     }
     if bench.mode in ("train", "both"):
-        results.update(run_policies(bench, root, run_dir, out))
+
+        def save_partial(runs: List[Dict[str, Any]]) -> None:
+            # What was measured so far, after every round: a run stopped by a time limit keeps it.
+            _write_json(run_dir / "results.json", {**results, "runs": runs, "complete": False})
+
+        results.update(run_policies(bench, root, run_dir, out, on_round=save_partial))
         results["summary"] = report_mod.summarize(results["runs"])
         results["fit"] = report_mod.fit_epoch_cost(results["runs"])
     if bench.mode in ("loader", "both"):
@@ -290,6 +331,7 @@ def run_bench(bench: BenchConfig, run_dir: Path, out: TextIO = sys.stdout, comma
         plot_files = plots.write_all(results["runs"], run_dir, orderdp_sizes=sizes, fit=results["fit"],
                                      summary=results["summary"])
     results["plots"] = plot_files
+    results["complete"] = True
     _write_json(run_dir / "results.json", results)
     write_text_atomic(run_dir / "report.md", report_mod.render_report(results))
     return results

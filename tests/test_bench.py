@@ -187,9 +187,12 @@ def test_loader_comparison_cli_measures_a_to_e(tmp_path, tiny_dataset, monkeypat
     assert result["ratios"]["dali-plan / dali-reader"] == result["figures"]["b_plan_vs_dali_reader"]
     start = result["pipeline_start"]
     assert start["epochs"] == 3 and 0 < start["build_and_schedule_s"] <= start["start_to_first_batch_s"]
+    assert 0 < start["pass_start_s"] <= start["pass_start_to_first_batch_s"]
     md = (out / "loader_compare_cpu.md").read_text()
     assert "python -m orderdp_dali.bench.loader_compare" in md and "(b) our iterator" in md
-    assert "(d) feeding only: our iterator / per-sample worker processes" in md and "Pipeline start per epoch" in md
+    assert "(d) feeding only: our iterator / per-sample worker processes" in md
+    assert "Pipeline set-up, once per run" in md
+    assert "Pass start per epoch on the built pipeline" in md
     assert "(e) feeding only: tar shards / class folders (samples/s)" in md and "| - | reported |" in md
 
 
