@@ -4,17 +4,24 @@
 #   bash bench/gpu_check.sh                 # results to $OUT if set, else runs/gpu_check-<time>
 #   bash bench/gpu_check.sh --dry-run       # print the steps, run nothing (CI runs this)
 #   bash bench/gpu_check.sh --cpu           # tiny CPU versions of every step (no GPU needed)
-#   bash bench/gpu_check.sh --fetch-pytest  # download pytest's wheels to .gpu-wheels/pytest
-#                                           # (for a GPU machine without pytest; no registry there)
+#
+# On the lent GPU machine (no DALI, no registry) follow ../shared/gpu/README.md: its wheel
+# parts carry DALI and pytest (with pluggy, iniconfig, pygments, six, packaging) into
+# /tmp/site, on PYTHONPATH, and its last command runs this script.
 #
 # Steps, each under its own time limit, each writing its results as soon as it ends:
 #   0. environment facts: GPU and driver (nvidia-smi), then torch and CUDA, then DALI, each
 #      asked on its own so that a missing DALI does not hide the rest; stops if CUDA is absent
-#   1. the GPU tests (tests/test_gpu.py):      python -m pytest -m gpu tests
-#      any skipped GPU test fails the check (--cpu: the iterator's CPU tests instead)
+#   1. the GPU tests (tests/test_gpu.py):      python -m pytest -m gpu -s tests
+#      any skipped GPU test fails the check (--cpu: the iterator's CPU tests instead); the
+#      output records the mixed-vs-CPU pixel difference with and without fancy upsampling
 #   2. data: generated ImageNet-like JPEGs (configs/bench_gpu_r50.yaml's dataset)
-#   3. loader only, batch 256: our plan iterator and fn.readers.file, both decoding "mixed"
-#   4. ResNet-50 with AMP, full data vs OrderDP (configs/bench_gpu_r50.yaml)
+#   3. loader only, batch 256: our plan iterator and fn.readers.file, both decoding "mixed";
+#      loader.json also holds the mixed pipeline's set-up time and first-batch latency
+#   4. ResNet-50 with AMP, full data vs OrderDP (configs/bench_gpu_r50.yaml); its
+#      results.json is rewritten after every round of epochs, so a step cut off by its limit
+#      still returns what it measured, with each run's pipeline set-up time and GPU memory
+#      (free/used after the pipeline is built and after every epoch)
 #   5. thresholds, printed as met / not met (python -m orderdp_dali.bench.gpu_thresholds)
 #
 # At most 8 files, directly in the output folder: env.txt, pytest.txt, loader.json,
@@ -27,7 +34,7 @@ set -euo pipefail
 usage() {
     sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
     echo
-    echo "options: --dry-run  --cpu  --out DIR  --fetch-pytest  --skip-tests  --skip-loader  --skip-bench  -h|--help"
+    echo "options: --dry-run  --cpu  --out DIR  --skip-tests  --skip-loader  --skip-bench  -h|--help"
 }
 
 DRY_RUN=0
@@ -35,13 +42,11 @@ CPU=0
 SKIP_TESTS=0
 SKIP_LOADER=0
 SKIP_BENCH=0
-FETCH_PYTEST=0
 OUT_DIR="${OUT:-}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
         --cpu) CPU=1 ;;
-        --fetch-pytest) FETCH_PYTEST=1 ;;
         --skip-tests) SKIP_TESTS=1 ;;
         --skip-loader) SKIP_LOADER=1 ;;
         --skip-bench) SKIP_BENCH=1 ;;
@@ -56,19 +61,9 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 PY="${PYTHON:-python3}"
-WHEELS=.gpu-wheels/pytest
 # Import orderdp_dali as installed, never from the working directory: in the source tree
 # pipelines/ and bench/ are not yet orderdp_dali.pipelines / .bench (setup.py maps them).
 export PYTHONSAFEPATH=1
-
-if [[ $FETCH_PYTEST -eq 1 ]]; then
-    # The GPU machine runs Python 3.12 and reaches no package registry: bring pytest along.
-    rm -rf "$WHEELS" && mkdir -p "$WHEELS"
-    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d "$WHEELS" \
-        pytest pluggy iniconfig packaging
-    ls "$WHEELS"
-    exit 0
-fi
 
 [[ -n "$OUT_DIR" ]] || OUT_DIR="runs/gpu_check-$(date +%Y%m%d-%H%M%S)"
 NPROC="$(nproc 2>/dev/null || echo 1)"
@@ -86,10 +81,15 @@ if [[ $CPU -eq 1 ]]; then
 else
     DEVICE=gpu
     DATA=data/bench_imagenet_like_gpu   # the dataset of configs/bench_gpu_r50.yaml
-    MAKE_ARGS=(--mode imagenet-like --classes 20 --train-per-class 1500 --val-per-class 25)
+    MAKE_ARGS=(--mode imagenet-like --classes 20 --train-per-class 1000 --val-per-class 25)
     LOADER_ARGS=(--device gpu --workers "$NPROC" --batch-size 256 --crop 224 --warmup 1 --repeats 3
                  --loaders dali-plan,dali-reader)
     BENCH_ARGS=(--config configs/bench_gpu_r50.yaml)
+    # The bench step, sized at an assumed 2,500 ResNet-50 AMP training images/s: a 20,000-image
+    # warm-up epoch, 4 full epochs (80,000) and 4 OrderDP epochs (4 x 12,000) are 148,000 images,
+    # 59 s, plus 8 validations of 500 images and start-up (model, cuDNN autotuning, 3 pipeline
+    # builds), about 15 s: 75 s of the 135 s limit, a margin of 1.8x (it still fits at 1,400/s).
+    # A step cut off by its limit keeps the rounds it finished (results.json after each round).
     LIMIT_ENV=30; LIMIT_TESTS=60; LIMIT_DATA=75; LIMIT_LOADER=60; LIMIT_BENCH=135  # 360 s at most
 fi
 
@@ -111,10 +111,6 @@ if [[ $DRY_RUN -eq 0 ]]; then
     mkdir -p "$OUT_DIR"
     : > "$OUT_DIR/status.txt"
     : > "$OUT_DIR/log.txt"
-    if ! "$PY" -c "import pytest" 2>/dev/null && compgen -G "$WHEELS/*.whl" > /dev/null; then
-        "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" "$WHEELS"/*.whl
-        export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$WORK/site"
-    fi
     {
         date -u +%FT%TZ
         nvidia-smi 2>&1 || echo "nvidia-smi: not available"
@@ -136,7 +132,10 @@ if [[ $SKIP_TESTS -eq 0 && $CPU -eq 1 ]]; then
     step tests "$LIMIT_TESTS" bash -c "$PY -m pytest -q -p no:cacheprovider tests/test_iterator.py > '$OUT_DIR/pytest.txt' 2>&1"
 elif [[ $SKIP_TESTS -eq 0 ]]; then
     # Every GPU test must run: a skip (no CUDA, a missing module) is a failure of this check.
-    step tests "$LIMIT_TESTS" bash -c "$PY -m pytest -m gpu -q -rs -p no:cacheprovider tests > '$OUT_DIR/pytest.txt' 2>&1; \
+    # -s: the tests print what they measured (the mixed-vs-CPU pixel difference both ways).
+    step tests "$LIMIT_TESTS" bash -c "$PY -c 'import pytest' 2> '$OUT_DIR/pytest.txt' || { echo 'pytest is not \
+importable: the wheel parts of ../shared/gpu/fetch_wheels.sh carry it (see ../shared/gpu/README.md)' >> '$OUT_DIR/pytest.txt'; exit 4; }; \
+$PY -m pytest -m gpu -q -s -rs -p no:cacheprovider tests > '$OUT_DIR/pytest.txt' 2>&1; \
 rc=\$?; if grep -q SKIPPED '$OUT_DIR/pytest.txt'; then echo 'a GPU test was skipped' >> '$OUT_DIR/pytest.txt'; rc=3; fi; exit \$rc"
 fi
 if [[ $SKIP_LOADER -eq 0 || $SKIP_BENCH -eq 0 ]]; then

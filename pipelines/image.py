@@ -51,6 +51,10 @@ class ImagePipelineConfig:
     # Share of the images that the mixed decoder sends to the hardware JPEG decoder (A100,
     # H100, H200); the rest take the CUDA path with CPU Huffman decoding. DALI's default.
     hw_decoder_load: float = 0.65
+    # Mixed decoder only: upsample JPEG chroma as the CPU decoder (libjpeg-turbo) does. DALI's
+    # default (False) is faster and differs from CPU-decoded pixels by a few grey levels on 4:2:0
+    # JPEGs; set it where GPU pixels are compared with CPU ones.
+    jpeg_fancy_upsampling: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.crop, int) or self.crop < 1:
@@ -78,7 +82,10 @@ def decode_and_augment(jpegs, *, train: bool, device: str, config: ImagePipeline
     the loader comparison runs exactly the same operators.
     """
     decoder = "mixed" if device == "gpu" else "cpu"
-    tuning = {**MIXED_DECODER_BUFFERS, "hw_decoder_load": config.hw_decoder_load} if decoder == "mixed" else {}
+    tuning = {}
+    if decoder == "mixed":
+        tuning = {**MIXED_DECODER_BUFFERS, "hw_decoder_load": config.hw_decoder_load,
+                  "jpeg_fancy_upsampling": bool(config.jpeg_fancy_upsampling)}
     if train:
         images = fn.decoders.image_random_crop(
             jpegs,
