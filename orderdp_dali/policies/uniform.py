@@ -102,7 +102,8 @@ class UniformRandom(FixedBudgetPolicy):
     """A uniform random subset of fixed size each epoch, weights 1: the matched-budget ablation.
 
     Each pruned epoch draws ``budget`` samples afresh, independently of earlier epochs (so a
-    sample may be drawn in consecutive epochs, or not for many). The budget's two forms (``keep_ratio``, or OrderDP's
+    sample may be drawn in consecutive epochs, or not for many); ``rs2`` draws them without
+    replacement across epochs instead. The budget's two forms (``keep_ratio``, or OrderDP's
     ``random_len_ratio`` and ``top_q_ratio``), ``anneal_delta`` and the errors are those of
     :class:`FixedBudgetPolicy`.
     """
