@@ -1,12 +1,13 @@
-"""RS2 without replacement: a random subset per epoch, every sample seen once per cycle of epochs.
+"""RS2 without replacement: a random subset per epoch, every sample seen in each cycle of epochs.
 
 RS2 ("repeated sampling of random subsets", Okanovic et al., ICLR 2024) trains each epoch on
 a fresh random subset of fixed size, drawn *without replacement across epochs*: a random
 permutation of all n samples is consumed ``budget`` samples at a time, and a new one is
-drawn when it is used up. Every sample is therefore trained once in each cycle of
-``m = ceil(n / budget)`` epochs, where :class:`~orderdp_dali.policies.uniform.UniformRandom`
-draws every epoch independently (ten such epochs at 10% leave 0.9^10, about 35%, of the
-samples untrained). Weights are 1; scores are recorded but never used.
+drawn when it is used up. Every sample is therefore trained at least once in each cycle of
+``m = ceil(n / budget)`` epochs (exactly once when ``budget`` divides ``n``), where
+:class:`~orderdp_dali.policies.uniform.UniformRandom` draws every epoch independently (ten
+such epochs at 10% leave 0.9^10, about 35%, of the samples untrained). Weights are 1;
+scores are recorded but never used.
 
 **The leftover at the end of a permutation** (``n`` not a multiple of ``budget``): the
 last epoch of a cycle takes the ``r = n - (m - 1) * budget`` samples left in the
@@ -70,7 +71,7 @@ def _check_budget(num_samples: int, budget: int) -> None:
 
 
 def cycle_length(num_samples: int, budget: int) -> int:
-    """Epochs per permutation, ``ceil(num_samples / budget)``: every sample is trained once in each cycle.
+    """Epochs per permutation, ``ceil(num_samples / budget)``: every sample is trained in each cycle.
 
     Example: 10 samples at budget 4 give cycles of 3 epochs; 1,281,167 at 128,116 give 11.
     """
@@ -112,8 +113,8 @@ class RS2(FixedBudgetPolicy):
     A permutation of all samples is drawn per cycle of ``cycle_length = ceil(n / budget)``
     epochs and read ``budget`` samples at a time; the cycle's last epoch wraps around to the
     permutation's start when ``n`` is not a multiple of ``budget`` (see the module docstring
-    for this rule, its source and a worked example). So every sample is trained once per
-    cycle, and exactly once when ``budget`` divides ``n``; no sample twice in one epoch.
+    for this rule, its source and a worked example). So every sample is trained at least once
+    per cycle, exactly once when ``budget`` divides ``n``, and never twice in one epoch.
 
     The budget's two forms (``keep_ratio``, or OrderDP's ``random_len_ratio`` and
     ``top_q_ratio`` for exactly OrderDP's q), ``anneal_delta`` and the errors are those of
