@@ -43,7 +43,7 @@ __all__ = ["GOALS", "IMAGENET_1K", "IMAGENET_21K", "prepare_split", "measure_sel
 
 IMAGENET_1K = 1_281_167
 IMAGENET_21K = 14_197_122
-POLICY_NAMES = ("full", "orderdp", "infobatch", "uniform")
+POLICY_NAMES = ("full", "orderdp", "infobatch", "uniform", "rs2")
 # Goals, in the unit of each figure (s, ms or MB).
 GOALS: Dict[str, Optional[float]] = {
     "index_scan_s": 10.0,  # a walk of 1,000 local folders: seconds, not minutes
@@ -98,6 +98,7 @@ def build_policy(name: str, n: int, seed: int = 0) -> Any:
         "orderdp": {"random_len_ratio": 0.75, "top_q_ratio": 0.8},
         "infobatch": {"prune_ratio": 0.5, "anneal_delta": 0.875},
         "uniform": {"random_len_ratio": 0.75, "top_q_ratio": 0.8},
+        "rs2": {"random_len_ratio": 0.75, "top_q_ratio": 0.8},
     }
     return make_policy(name, n, seed=seed, num_epochs=90, **params[name])
 

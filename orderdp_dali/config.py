@@ -153,8 +153,8 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """A registered pruning policy (``full``, ``uniform``, ``infobatch``, ``orderdp``) and its
-    hyper-parameters, e.g. ``{random_len_ratio: 0.75, top_q_ratio: 0.8}`` for OrderDP.
+    """A registered pruning policy (``full``, ``uniform``, ``rs2``, ``infobatch``, ``orderdp``) and
+    its hyper-parameters, e.g. ``{random_len_ratio: 0.75, top_q_ratio: 0.8}`` for OrderDP.
     The policy's seed is ``train.seed`` and its ``num_epochs`` is ``train.epochs``."""
 
     name: str = "full"

@@ -11,6 +11,7 @@ import pytest
 from orderdp_dali.plan import EpochPlan
 from orderdp_dali.policies import (
     POLICIES,
+    RS2,
     FullData,
     InfoBatch,
     OrderDP,
@@ -22,6 +23,7 @@ from orderdp_dali.policies import (
 from orderdp_dali.policies.base import first_full_epoch, floor_times
 from orderdp_dali.policies.infobatch import well_learned
 from orderdp_dali.policies.orderdp import per_sample_inclusion, subset_sizes, top_q_of_random_subset
+from orderdp_dali.policies.rs2 import cycle_length, ring_window
 
 # A policy of each kind with small, distinct settings; every factory takes (n, seed).
 FACTORIES: Dict[str, Callable[..., Policy]] = {
@@ -30,6 +32,7 @@ FACTORIES: Dict[str, Callable[..., Policy]] = {
     "orderdp_anneal": lambda n, seed=0: OrderDP(n, 0.8, 0.5, anneal_delta=0.5, seed=seed, num_epochs=10),
     "infobatch": lambda n, seed=0: InfoBatch(n, 0.5, 0.875, seed=seed, num_epochs=10),
     "uniform": lambda n, seed=0: UniformRandom(n, random_len_ratio=0.8, top_q_ratio=0.5, seed=seed),
+    "rs2": lambda n, seed=0: RS2(n, random_len_ratio=0.8, top_q_ratio=0.5, seed=seed),
 }
 
 
@@ -63,9 +66,11 @@ def assert_same_plan(a: EpochPlan, b: EpochPlan) -> None:
 
 
 def test_registry_and_make_policy():
-    assert {"full", "orderdp", "infobatch", "uniform"} <= set(POLICIES)
+    assert {"full", "orderdp", "infobatch", "uniform", "rs2"} <= set(POLICIES)
     assert isinstance(make_policy("orderdp", 100, random_len_ratio=0.5, top_q_ratio=0.5), OrderDP)
     assert isinstance(make_policy("infobatch", 100, num_epochs=5), InfoBatch)
+    rs2 = make_policy("rs2", 100, keep_ratio=0.3)
+    assert isinstance(rs2, RS2) and rs2.budget == 30 and len(rs2.select(0)) == 30
     with pytest.raises(ValueError, match="Unknown policy"):
         make_policy("topk", 100)
 
@@ -433,6 +438,167 @@ def test_full_is_a_fresh_permutation():
     assert not np.array_equal(plans[0].indices, np.arange(n))
 
 
+# ---------------------------------------------------------------- RS2
+
+
+def rs2_cycle_plans(policy: RS2, cycle: int) -> list:
+    m = policy.cycle_length
+    return [policy.select(e) for e in range(cycle * m, (cycle + 1) * m)]
+
+
+@pytest.mark.parametrize(
+    "n,kwargs,window",
+    [
+        (120, dict(keep_ratio=0.25), 4),
+        (120, dict(keep_ratio=0.1), 10),
+        (120, dict(keep_ratio=0.5), 2),
+        (120, dict(keep_ratio=1.0), 1),
+        (100, dict(random_len_ratio=0.5, top_q_ratio=0.5), 4),  # q = 25
+        (1000, dict(random_len_ratio=0.8, top_q_ratio=0.25), 5),  # q = 200
+    ],
+)
+def test_rs2_every_sample_exactly_once_per_window_when_the_budget_divides_n(n, kwargs, window):
+    """Windows of ceil(1 / fraction) epochs, aligned to epoch 0: each is one permutation of all samples.
+
+    An independent draw per epoch (uniform) or a permutation not refreshed per window fails this.
+    """
+    policy = RS2(n, seed=3, **kwargs)
+    assert n % policy.budget == 0 and math.ceil(n / policy.budget) == window == policy.cycle_length
+    if "keep_ratio" in kwargs:
+        assert math.ceil(1 / kwargs["keep_ratio"]) == window
+    windows = []
+    for w in range(4):
+        plans = [policy.select(e) for e in range(w * window, (w + 1) * window)]
+        for plan in plans:
+            assert len(plan) == policy.budget == policy.expected_size(plan.epoch)
+            np.testing.assert_array_equal(plan.weights, 1.0)
+        seen = np.concatenate([plan.indices for plan in plans])
+        np.testing.assert_array_equal(np.sort(seen), np.arange(n))  # each sample exactly once
+        windows.append(seen)
+    if window > 1:  # a fresh permutation per window: the first epochs of windows differ
+        assert not np.array_equal(np.sort(windows[0][: policy.budget]), np.sort(windows[1][: policy.budget]))
+
+
+@pytest.mark.parametrize(
+    "n,keep",
+    [(10, 0.4), (97, 0.3), (1001, 0.1), (100, 0.6), (10, 0.9), (7, 1.0), (12, 0.7)],
+)
+def test_rs2_leftover_wraps_to_the_start_of_the_same_permutation(n, keep):
+    """n not (always) a multiple of the budget: plans of exactly ``budget`` distinct samples;
+    every sample at least once in each cycle of ceil(n / budget) epochs, and the cycle's last
+    epoch is the leftover r plus the permutation's first budget - r samples (the RS2 code's rule)."""
+    policy = RS2(n, keep_ratio=keep, seed=5)
+    b = policy.budget
+    m = policy.cycle_length
+    assert b == floor_times(keep, n) and m == math.ceil(n / b) == cycle_length(n, b)
+    r = n - (m - 1) * b  # samples left for the cycle's last epoch, 1..b
+    for cycle in range(4):
+        plans = rs2_cycle_plans(policy, cycle)
+        perm = policy.permutation(cycle)
+        np.testing.assert_array_equal(np.sort(perm), np.arange(n))
+        for slot, plan in enumerate(plans):
+            assert len(plan) == b == policy.expected_size(plan.epoch)
+            assert np.unique(plan.indices).size == b  # no sample twice within an epoch
+            if slot < m - 1:
+                np.testing.assert_array_equal(plan.indices, perm[slot * b : (slot + 1) * b])
+        last = set(plans[-1].indices.tolist())
+        assert last == set(perm[(m - 1) * b :].tolist()) | set(perm[: b - r].tolist())
+        counts = np.bincount(np.concatenate([p.indices for p in plans]), minlength=n)
+        assert counts.min() == 1 and counts.max() <= 2  # every sample covered, at most once more
+        assert np.count_nonzero(counts == 2) == m * b - n
+        np.testing.assert_array_equal(np.flatnonzero(counts == 2), np.sort(perm[: b - r]))
+
+
+def test_rs2_wrap_around_plan_is_shuffled():
+    """The last epoch of a cycle mixes leftover and top-up: over 400 cycles its first sample is a
+    leftover one about r / budget = half the time (tolerance 5 binomial standard errors)."""
+    policy = RS2(10, keep_ratio=0.4, seed=1)  # budget 4, cycles of 3, r = 2
+    cycles = 400
+    first_is_leftover = 0
+    for k in range(cycles):
+        plan = policy.select(3 * k + 2)
+        first_is_leftover += plan.indices[0] in set(policy.permutation(k)[8:].tolist())
+    assert abs(first_is_leftover / cycles - 0.5) <= 5 * np.sqrt(0.25 / cycles)
+
+
+def test_rs2_budget_matches_orderdp_and_uniform():
+    for n, r, t in [(1_281_167, 0.75, 0.8), (1_281_167, 0.8, 0.9), (50_000, 0.8, 0.375), (97, 0.33, 0.7)]:
+        budget = RS2(n, random_len_ratio=r, top_q_ratio=t).budget
+        assert budget == OrderDP(n, r, t).keep_size == UniformRandom(n, random_len_ratio=r, top_q_ratio=t).budget
+    assert RS2(1_281_167, random_len_ratio=0.8, top_q_ratio=0.9).budget == 922_439  # keep_ratio=0.72: 922,440
+    assert RS2(1_281_167, keep_ratio=0.1).cycle_length == 11  # 10 x 128,116 = 1,281,160: 7 left over
+    assert RS2(1000, keep_ratio=0.6).budget == 600
+
+
+def test_rs2_plans_are_a_pure_function_of_seed_and_epoch():
+    """A run that trained epochs 0..5 (scores fed back) and a fresh instance asked for epochs in any
+    order give the same plans; a restored instance continues the same sequence; scores never matter."""
+    n, epochs = 103, range(0, 25)
+    run = RS2(n, keep_ratio=0.3, seed=7, num_epochs=20)
+    train_epochs(run, range(6))
+    state = run.state_dict()
+    plans = {e: run.select(e) for e in epochs}
+    fresh = RS2(n, keep_ratio=0.3, seed=7, num_epochs=20)
+    for e in reversed(epochs):
+        assert_same_plan(plans[e], fresh.select(e))
+    restored = RS2(n, keep_ratio=0.3, seed=7, num_epochs=20)
+    restored.load_state_dict(state)
+    np.testing.assert_array_equal(restored.scores.values, run.scores.values)
+    for e in range(6, 25):
+        assert_same_plan(plans[e], restored.select(e))
+    longer = RS2(n, keep_ratio=0.3, seed=7, num_epochs=30)  # no annealing: the epoch count may grow
+    longer.load_state_dict(state)
+    assert_same_plan(plans[6], longer.select(6))
+    other = RS2(n, keep_ratio=0.3, seed=8)
+    assert not np.array_equal(plans[0].indices, other.select(0).indices)
+    assert sorted(state) == ["config", "policy", "scores", "version"] and state["policy"] == "rs2"
+    assert state["config"]["budget"] == 30 and state["config"]["keep_ratio"] == 0.3
+
+
+def test_rs2_anneal():
+    policy = RS2(100, keep_ratio=0.3, anneal_delta=0.5, num_epochs=10)  # epochs 5..9 full
+    assert policy.cycle_length == 4
+    for e in range(5):
+        assert len(policy.select(e)) == 30 == policy.expected_size(e)
+    seen = np.concatenate([policy.select(e).indices for e in range(4)])
+    np.testing.assert_array_equal(np.unique(seen), np.arange(100))
+    for e in range(5, 10):
+        plan = policy.select(e)
+        assert policy.expected_size(e) == 100
+        np.testing.assert_array_equal(np.sort(plan.indices), np.arange(100))
+    with pytest.raises(ValueError, match="num_epochs"):
+        RS2(100, keep_ratio=0.3, anneal_delta=0.5)
+
+
+def test_rs2_bad_budget_forms():
+    for kwargs in [dict(), dict(keep_ratio=0.5, random_len_ratio=0.5, top_q_ratio=0.5)]:
+        with pytest.raises(ValueError, match="RS2 needs either keep_ratio or"):
+            RS2(100, **kwargs)
+    with pytest.raises(ValueError, match="top_q_ratio"):
+        RS2(100, random_len_ratio=0.5)
+    with pytest.raises(ValueError, match="keeps no sample"):
+        RS2(100, keep_ratio=0.001)
+    with pytest.raises(ValueError, match="keep no sample"):
+        RS2(10, random_len_ratio=0.1, top_q_ratio=0.5)
+
+
+def test_ring_window_and_cycle_length():
+    perm = np.array([5, 1, 6, 3, 4, 8, 9, 7, 2, 0])
+    np.testing.assert_array_equal(ring_window(perm, 0, 4), [5, 1, 6, 3])
+    np.testing.assert_array_equal(ring_window(perm, 2, 4), [2, 0, 5, 1])
+    np.testing.assert_array_equal(ring_window(perm, 1, 5), [8, 9, 7, 2, 0])
+    window = ring_window(perm, 0, 4)
+    window[0] = -1
+    assert perm[0] == 5  # a copy, not a view
+    assert [cycle_length(10, b) for b in (1, 3, 4, 5, 9, 10)] == [10, 4, 3, 2, 2, 1]
+    for slot in (-1, 3, 1.0):
+        with pytest.raises(ValueError, match="Invalid slot"):
+            ring_window(perm, slot, 4)
+    for budget in (0, 11):
+        with pytest.raises(ValueError, match="Invalid budget"):
+            cycle_length(10, budget)
+
+
 # ---------------------------------------------------------------- common contract
 
 
@@ -466,6 +632,10 @@ def test_state_dict_round_trip_mid_run(kind):
         ("infobatch", lambda n: InfoBatch(n, 0.4, 0.875, seed=9, num_epochs=10)),
         ("infobatch", lambda n: InfoBatch(n, 0.5, 0.875, seed=9, num_epochs=20)),
         ("uniform", lambda n: UniformRandom(n, keep_ratio=0.4, seed=9)),
+        ("rs2", lambda n: RS2(n, keep_ratio=0.4, seed=9)),
+        ("rs2", lambda n: RS2(n, random_len_ratio=0.8, top_q_ratio=0.5, seed=10)),
+        ("rs2", lambda n: UniformRandom(n, random_len_ratio=0.8, top_q_ratio=0.5, seed=9)),  # same budget, other policy
+        ("uniform", lambda n: RS2(n, random_len_ratio=0.8, top_q_ratio=0.5, seed=9)),
         ("full", lambda n: OrderDP(n, 0.8, 0.5, seed=9, num_epochs=10)),
         (
             "orderdp",
@@ -500,6 +670,10 @@ def test_load_state_dict_refuses_other_dataset_size():
         ("keep_ratio", lambda v: UniformRandom(100, keep_ratio=v)),
         ("random_len_ratio", lambda v: UniformRandom(100, random_len_ratio=v, top_q_ratio=0.5)),
         ("top_q_ratio", lambda v: UniformRandom(100, random_len_ratio=0.5, top_q_ratio=v)),
+        ("keep_ratio", lambda v: RS2(100, keep_ratio=v)),
+        ("random_len_ratio", lambda v: RS2(100, random_len_ratio=v, top_q_ratio=0.5)),
+        ("top_q_ratio", lambda v: RS2(100, random_len_ratio=0.5, top_q_ratio=v)),
+        ("anneal_delta", lambda v: RS2(100, keep_ratio=0.5, anneal_delta=v, num_epochs=10)),
         ("anneal_delta", lambda v: InfoBatch(100, anneal_delta=v, num_epochs=10)),
     ],
 )

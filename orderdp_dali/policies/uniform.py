@@ -18,12 +18,11 @@ from orderdp_dali.policies.base import (
 from orderdp_dali.policies.full import full_plan
 from orderdp_dali.policies.orderdp import subset_sizes
 
-__all__ = ["UniformRandom"]
+__all__ = ["FixedBudgetPolicy", "UniformRandom"]
 
 
-@register_policy
-class UniformRandom(Policy):
-    """A uniform random subset of fixed size each epoch, weights 1: the matched-budget ablation.
+class FixedBudgetPolicy(Policy):
+    """Base of the policies that train on a fixed number of samples per pruned epoch, weights 1.
 
     Give the budget in one of two ways:
 
@@ -35,14 +34,13 @@ class UniformRandom(Policy):
       gives 922,440 against OrderDP's 922,439: prefer the ratios form for a matched run.
 
     ``anneal_delta`` (with ``num_epochs``) mirrors OrderDP's option, so the budgets still
-    match when OrderDP anneals. Scores are recorded but never used.
+    match when OrderDP anneals. Scores are recorded but never used. Subclasses implement
+    :meth:`select`: which ``budget`` samples an epoch takes.
 
     Raises:
         ValueError: neither or both budget forms, a ratio outside (0, 1] (the message names
             it), a budget of 0 samples, or ``anneal_delta`` without ``num_epochs``.
     """
-
-    name = "uniform"
 
     def __init__(
         self,
@@ -56,10 +54,11 @@ class UniformRandom(Policy):
         num_epochs: Optional[int] = None,
     ) -> None:
         super().__init__(num_samples, seed=seed, num_epochs=num_epochs)
+        who = type(self).__name__
         orderdp_form = (random_len_ratio, top_q_ratio) != (None, None)
         if (keep_ratio is None) == (not orderdp_form):
             raise ValueError(
-                "UniformRandom needs either keep_ratio or both random_len_ratio and top_q_ratio "
+                f"{who} needs either keep_ratio or both random_len_ratio and top_q_ratio "
                 f"(got keep_ratio={keep_ratio!r}, random_len_ratio={random_len_ratio!r}, "
                 f"top_q_ratio={top_q_ratio!r})"
             )
@@ -69,7 +68,7 @@ class UniformRandom(Policy):
         if orderdp_form:
             if random_len_ratio is None or top_q_ratio is None:
                 missing = "random_len_ratio" if random_len_ratio is None else "top_q_ratio"
-                raise ValueError(f"UniformRandom got one of OrderDP's ratios but not {missing}")
+                raise ValueError(f"{who} got one of OrderDP's ratios but not {missing}")
             self.random_len_ratio = check_ratio("random_len_ratio", random_len_ratio)
             self.top_q_ratio = check_ratio("top_q_ratio", top_q_ratio)
             _, self.budget = subset_sizes(self.num_samples, self.random_len_ratio, self.top_q_ratio)
@@ -81,14 +80,6 @@ class UniformRandom(Policy):
                     f"keep_ratio={keep_ratio!r} keeps no sample of num_samples={self.num_samples}"
                 )
         self.anneal_delta = self._check_anneal_delta(anneal_delta)
-
-    def select(self, epoch: int) -> EpochPlan:
-        """``budget`` distinct samples drawn uniformly without replacement, in random order."""
-        rng = self.rng(epoch)
-        if not self.prunes(epoch):
-            return full_plan(epoch, self.num_samples, rng)
-        indices = rng.choice(self.num_samples, self.budget, replace=False, shuffle=True)
-        return EpochPlan(epoch, indices, unit_weights(self.budget))
 
     def expected_size(self, epoch: int) -> int:
         """``budget`` in pruned epochs, n in annealing ones."""
@@ -104,3 +95,25 @@ class UniformRandom(Policy):
             "budget": self.budget,
             "anneal_delta": self.anneal_delta,
         }
+
+
+@register_policy
+class UniformRandom(FixedBudgetPolicy):
+    """A uniform random subset of fixed size each epoch, weights 1: the matched-budget ablation.
+
+    Each pruned epoch draws ``budget`` samples afresh, independently of earlier epochs (so a
+    sample may be drawn in consecutive epochs, or not for many); ``rs2`` draws them without
+    replacement across epochs instead. The budget's two forms (``keep_ratio``, or OrderDP's
+    ``random_len_ratio`` and ``top_q_ratio``), ``anneal_delta`` and the errors are those of
+    :class:`FixedBudgetPolicy`.
+    """
+
+    name = "uniform"
+
+    def select(self, epoch: int) -> EpochPlan:
+        """``budget`` distinct samples drawn uniformly without replacement, in random order."""
+        rng = self.rng(epoch)
+        if not self.prunes(epoch):
+            return full_plan(epoch, self.num_samples, rng)
+        indices = rng.choice(self.num_samples, self.budget, replace=False, shuffle=True)
+        return EpochPlan(epoch, indices, unit_weights(self.budget))
