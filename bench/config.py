@@ -56,7 +56,7 @@ class LoaderSpec:
 
     ``batch_size``, ``crop`` and ``device`` default to the training recipe's; ``workers``
     to every usable CPU (the same for every loader); ``tile`` repeats each plan per epoch;
-    ``cold_starts``: fresh pipeline starts timed apart (0: none).
+    ``cold_starts``: pipeline set-ups and pass starts timed apart (0: none).
     """
 
     loaders: Tuple[str, ...] = LOADER_NAMES
