@@ -224,14 +224,9 @@ class DALIPlanIterator:
         """
         if self._active:
             raise RuntimeError("start() while an epoch is being iterated")
-        if self._begun_for_current_plan():
-            return
-        self.plan  # noqa: B018 - chosen after flushing the pending updates
-        try:
-            batches = self.source.batches()
-        except ValueError:
-            return  # drop_last with no step: raised again, with its message, by iter()
-        self._begin(batches)
+        if not self._begun_for_current_plan():
+            self.plan  # noqa: B018 - chosen after flushing the pending updates
+            self._begin_early()
 
     def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
         if self._active:
@@ -264,7 +259,7 @@ class DALIPlanIterator:
             self.scores.end_epoch()
             self.source.advance()
             if self.prefetch_next_epoch:
-                self._prestart_next_epoch()
+                self._begin_early()  # the scores are merged: choose the next plan now
         finally:
             self._active = False
             if not ended and runner is not None and runner.passing:
@@ -370,12 +365,12 @@ class DALIPlanIterator:
             raise
         self._begun = (self.source.plan, seconds, runner.builds != builds)
 
-    def _prestart_next_epoch(self) -> None:
-        """Choose the next plan now and let DALI start decoding it.
+    def _begin_early(self) -> None:
+        """Begin the pass over this epoch's plan before it is iterated.
 
-        Called when a training epoch ends (scores already merged), so the pipeline fills
-        its prefetch queue while the caller validates or checkpoints, as DALI's own
-        iterator does with ``auto_reset``.
+        Called by :meth:`start` and when a training epoch ends, so the pipeline fills its
+        prefetch queue while the caller validates or checkpoints, as DALI's own iterator
+        does with ``auto_reset``.
         """
         try:
             batches = self.source.batches()
