@@ -10,6 +10,16 @@ when absent), one training recipe (the sections of an ``orderdp-dali train`` con
     policies: {full: {}, orderdp: {random_len_ratio: 0.75, top_q_ratio: 0.8}, ...}
     seeds: [0, 1]
 
+Each key of ``policies`` names an *entry*: a registered policy with its hyper-parameters.
+An entry may name its policy (``policy``, default: the key) and train its own number of
+epochs (``epochs``, default the recipe's; its LR schedule spans its own epochs), so one
+policy can appear several times::
+
+    policies:
+      full: {}
+      full_short: {policy: full, epochs: 4}      # full data for fewer epochs
+      orderdp_30: {policy: orderdp, random_len_ratio: 0.8, top_q_ratio: 0.375}
+
 The schema is a set of frozen dataclasses built by :func:`orderdp_dali.config.build_checked`,
 so an unknown key or a bad value raises one ConfigError naming the key, as for training
 configs; every (policy, seed) run's training config is then built with
@@ -32,7 +42,8 @@ import yaml
 from orderdp_dali.config import Config, build_checked, checked_field, parse_override, set_path, to_plain
 from orderdp_dali.errors import ConfigError
 
-__all__ = ["BenchConfig", "DatasetSpec", "LoaderSpec", "RECIPE_SECTIONS", "load_bench_config", "recipe_config"]
+__all__ = ["BenchConfig", "DatasetSpec", "Entry", "LoaderSpec", "RECIPE_SECTIONS", "entry", "load_bench_config",
+           "recipe_config"]
 
 RECIPE_SECTIONS = ("data", "model", "optim", "schedule", "train")
 # Every loader of orderdp_dali.bench.loader_compare (kept here so that checking a config imports no DALI).
@@ -74,19 +85,53 @@ class LoaderSpec:
 
 
 @dataclass(frozen=True)
+class Entry:
+    """One entry of ``policies``: its name, the registered policy it runs, that policy's
+    parameters, and its own epoch count (``None``: the recipe's)."""
+
+    name: str
+    policy: str
+    params: Dict[str, Any]
+    epochs: Optional[int] = None
+
+
+ENTRY_KEYS = ("policy", "epochs")  # an entry's own settings, apart from its policy's parameters
+
+
+def entry(bench: "BenchConfig", name: str) -> Entry:
+    """The :class:`Entry` named ``name`` in ``bench.policies``.
+
+    Raises:
+        ConfigError: an ``epochs`` that is not an int >= 1, or a ``policy`` that is not a name.
+    """
+    spec = dict(bench.policies[name])
+    policy = spec.pop("policy", name)
+    epochs = spec.pop("epochs", None)
+    if not isinstance(policy, str) or not policy:
+        raise ConfigError(f"policies.{name}.policy: need a policy name, got {policy!r}")
+    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
+        raise ConfigError(f"policies.{name}.epochs: need an int >= 1, got {epochs!r}")
+    return Entry(name, policy, spec, epochs)
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """One benchmark: the dataset, one training recipe, the policies and the seeds.
 
     ``mode``: ``train`` (every policy trained, interleaved epoch by epoch), ``loader`` (the
     loader comparison only, no model) or ``both``. ``warmup``: an untimed 1-epoch run first.
+    ``target_top1``: the validation top-1 (%) that time-to-accuracy measures the time to
+    (default: the ``full`` entry's final top-1, mean over seeds, minus 1 point).
     """
 
     name: str = "bench"
     mode: str = checked_field("train", choices=("train", "loader", "both"))
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
     training: Dict[str, Any] = checked_field({})
-    policies: Dict[str, Any] = checked_field({"full": {}, "infobatch": {}, "orderdp": {}, "uniform": {}})
+    policies: Dict[str, Any] = checked_field({"full": {}, "infobatch": {}, "orderdp": {},
+                                              "uniform": {"random_len_ratio": 0.75, "top_q_ratio": 0.8}})
     seeds: Tuple[int, ...] = (0,)
+    target_top1: Optional[float] = checked_field(None, lo=0.0, hi=100.0)
     warmup: bool = True
     loader: LoaderSpec = field(default_factory=LoaderSpec)
     output_root: str = "runs"
@@ -187,15 +232,18 @@ def _check(bench: BenchConfig) -> None:
             recipe_config(bench, name, bench.seeds[0], "unused", bench.dataset_root)
 
 
-def recipe_config(bench: BenchConfig, policy: str, seed: int, output_dir: str, dataset_root: str) -> Config:
-    """The validated training :class:`~orderdp_dali.config.Config` of one (policy, seed) run."""
+def recipe_config(bench: BenchConfig, name: str, seed: int, output_dir: str, dataset_root: str) -> Config:
+    """The validated training :class:`~orderdp_dali.config.Config` of one (entry, seed) run."""
+    spec = entry(bench, name)
     data = copy.deepcopy(dict(bench.training))
     data.setdefault("data", {})
     data["data"]["root"] = dataset_root
     data["data"]["train_split"] = bench.dataset.train_split
     data["data"]["val_split"] = bench.dataset.val_split
-    data["policy"] = {"name": policy, "params": dict(bench.policies[policy])}
+    data["policy"] = {"name": spec.policy, "params": dict(spec.params)}
     train = data.setdefault("train", {})
+    if spec.epochs is not None:
+        train["epochs"] = spec.epochs  # the schedule and the policy's num_epochs follow
     train["seed"] = seed
     train["output_dir"] = output_dir
     train.setdefault("checkpoint", False)  # checkpoints would add unequal disk time; not what is measured
@@ -203,4 +251,4 @@ def recipe_config(bench: BenchConfig, policy: str, seed: int, output_dir: str, d
     try:
         return Config.from_dict(data)
     except ConfigError as e:
-        raise ConfigError(f"policies.{policy}: {e}") from None
+        raise ConfigError(f"policies.{name}: {e}") from None

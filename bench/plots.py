@@ -16,6 +16,7 @@ __all__ = [
     "plot_samples_per_epoch",
     "plot_inclusion_probability",
     "plot_efficiency_vs_epoch_size",
+    "plot_frontier",
     "write_all",
 ]
 
@@ -155,6 +156,27 @@ def plot_efficiency_vs_epoch_size(
     return _save(fig, path)
 
 
+def plot_frontier(runs: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Final validation top-1 against total training wall-clock, one point per entry (mean over
+    seeds, error bars one standard deviation each way): up and to the left is better."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for policy, rs in _by_policy(runs).items():
+        walls = [sum(float(e["epoch_time"]) for e in r["epochs"]) for r in rs]
+        finals = [next((float(e["val_top1"]) for e in reversed(r["epochs"]) if e.get("val_top1") is not None), np.nan)
+                  for r in rs]
+        if np.all(np.isnan(finals)):
+            continue
+        ax.errorbar(np.mean(walls), np.nanmean(finals), xerr=np.std(walls), yerr=np.nanstd(finals),
+                    marker="o", capsize=3, linestyle="none", label=policy)
+    ax.set_xlabel("total training wall-clock (s)")
+    ax.set_ylabel("final validation top-1 (%)")
+    ax.set_title("Accuracy for the time spent (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 def write_all(
     runs: Sequence[Mapping[str, Any]],
     out_dir: Path,
@@ -176,6 +198,7 @@ def write_all(
         plot_cumulative_wall(runs, out_dir / "wall_clock.png"),
         plot_accuracy_vs_wall(runs, out_dir / "accuracy_vs_wall.png"),
         plot_samples_per_epoch(runs, out_dir / "samples_per_epoch.png"),
+        plot_frontier(runs, out_dir / "frontier.png"),
     ]
     if orderdp_sizes is not None:
         n, s, q = orderdp_sizes

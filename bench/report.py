@@ -50,6 +50,10 @@ __all__ = [
     "run_totals",
     "paired_epochs",
     "summarize",
+    "planned_epochs",
+    "run_time_to_accuracy",
+    "time_to_accuracy",
+    "format_time_to_accuracy",
     "fit_epoch_cost",
     "projected_efficiency",
     "format_table",
@@ -130,18 +134,26 @@ def _ratio_saving(x: Optional[float], base: Optional[float]) -> Optional[float]:
     return None if x is None or not base else 1.0 - float(x) / float(base)
 
 
+def planned_epochs(run: Mapping[str, Any]) -> int:
+    """The epochs a run was configured for (its records may stop short of them)."""
+    configured = ((run.get("config") or {}).get("train") or {}).get("epochs")
+    return int(configured) if configured is not None else len(run["epochs"])
+
+
 def paired_epochs(
     runs: Sequence[Mapping[str, Any]], baseline: str = BASELINE
 ) -> Dict[str, List[Dict[str, Any]]]:
-    """Policy -> one dict per (seed, epoch) it shares with the baseline (first epoch left out
+    """Entry -> one dict per (seed, epoch) it shares with the baseline (first epoch left out
     when runs have more): savings, efficiency (None where the sample saving is below
-    :data:`MIN_SAMPLE_SAVING`) and CPU efficiency."""
+    :data:`MIN_SAMPLE_SAVING`) and CPU efficiency. Entries configured for another number of
+    epochs than the baseline are not paired (their schedules differ)."""
     skip = _first_timed_epoch(runs)
     base = {r["seed"]: {e["epoch"]: e for e in r["epochs"]} for r in runs if r["policy"] == baseline}
+    base_epochs = {r["seed"]: planned_epochs(r) for r in runs if r["policy"] == baseline}
     out: Dict[str, List[Dict[str, Any]]] = {}
     for r in runs:
-        if r["policy"] == baseline or r["seed"] not in base:
-            continue
+        if r["policy"] == baseline or r["seed"] not in base or planned_epochs(r) != base_epochs[r["seed"]]:
+            continue  # another epoch count (another schedule): compared on totals, not epoch by epoch
         pairs = out.setdefault(r["policy"], [])
         for e in r["epochs"]:
             f = base[r["seed"]].get(e["epoch"])
@@ -250,6 +262,94 @@ def projected_efficiency(a: float, b: float, samples: float) -> Optional[float]:
     ``b N / (a + b N)`` (None where that time is not positive)."""
     total = a + b * samples
     return None if total <= 0 else b * samples / total
+
+
+# ----------------------------------------------------------------------------- time to accuracy
+
+
+def run_time_to_accuracy(epochs: Sequence[Mapping[str, Any]], target: Optional[float],
+                         budgets: Mapping[str, float]) -> Dict[str, Any]:
+    """One run's time to ``target`` top-1 and its top-1 within each wall-clock budget.
+
+    Wall-clock is training time only (the epochs' ``epoch_time``, validation excluded),
+    counted to the end of the epoch whose validation first reaches ``target`` (None: never).
+    The top-1 within a budget is that of the last validated epoch that ended inside it
+    (None: none did); a run that ends sooner keeps its final top-1.
+    """
+    wall, reached = 0.0, None
+    within: Dict[str, Optional[float]] = {k: None for k in budgets}
+    for e in epochs:
+        wall += float(e["epoch_time"])
+        top1 = e.get("val_top1")
+        if top1 is None:
+            continue
+        if reached is None and target is not None and top1 >= target:
+            reached = wall
+        for k, budget in budgets.items():
+            if wall <= budget:
+                within[k] = float(top1)
+    return {"time_to_target_s": reached, "top1_within": within, "wall_s": wall}
+
+
+def time_to_accuracy(runs: Sequence[Mapping[str, Any]], baseline: str = BASELINE,
+                     target_top1: Optional[float] = None,
+                     fractions: Sequence[float] = (0.4, 0.6)) -> Optional[Dict[str, Any]]:
+    """Per entry, mean and spread over seeds: training wall-clock to first reach the target
+    top-1, top-1 within ``fractions`` of the baseline's wall-clock, final top-1.
+
+    The target is ``target_top1`` or, by default, the baseline's final top-1 (mean over
+    seeds) minus 1 point. Budgets are fractions of the baseline's total training wall-clock
+    (mean over seeds). None when there is neither a target nor a baseline to take it from.
+    """
+    base = [run_totals(r["epochs"]) for r in runs if r["policy"] == baseline]
+    base_final = mean_std(t["final_top1"] for t in base)["mean"]
+    base_wall = mean_std(t["wall_s"] for t in base)["mean"]
+    target = target_top1 if target_top1 is not None else (None if base_final is None else base_final - 1.0)
+    if target is None:
+        return None
+    budgets = {f"{round(100 * f)}%": f * base_wall for f in fractions} if base_wall else {}
+    entries = []
+    for name, rs in group_runs(runs).items():
+        per_run = [run_time_to_accuracy(r["epochs"], target, budgets) for r in rs]
+        entries.append({
+            "policy": name,
+            "seeds": [r["seed"] for r in rs],
+            "epochs": planned_epochs(rs[0]),
+            "reached": sum(t["time_to_target_s"] is not None for t in per_run),
+            "time_to_target_s": mean_std(t["time_to_target_s"] for t in per_run),  # over the seeds that reached it
+            "top1_within": {k: mean_std(t["top1_within"][k] for t in per_run) for k in budgets},
+            "final_top1": mean_std(run_totals(r["epochs"])["final_top1"] for r in rs),
+            "wall_s": mean_std(t["wall_s"] for t in per_run),
+        })
+    return {
+        "target_top1": target,
+        "target": "target_top1" if target_top1 is not None else f"{baseline} final top-1 - 1",
+        "baseline_wall_s": base_wall,
+        "budgets_s": budgets,
+        "entries": entries,
+    }
+
+
+def format_time_to_accuracy(tta: Optional[Mapping[str, Any]]) -> List[str]:
+    """The time-to-accuracy table (markdown lines)."""
+    if not tta:
+        return ["Time to accuracy: no target (set target_top1, or include a 'full' entry with validation)."]
+    budgets = list(tta["budgets_s"])
+    head = (f"| entry | epochs | wall-clock (s) | time to {tta['target_top1']:.1f}% top-1 (s) | reached "
+            + "".join(f"| top-1 at {k} of full's wall-clock " for k in budgets) + "| final top-1 (%) |")
+    lines = [head, "|" + "---|" * (5 + len(budgets))]
+    for e in tta["entries"]:
+        reached = f"{e['reached']}/{len(e['seeds'])}"
+        ttt = _ms(e["time_to_target_s"]) if e["reached"] else "not reached"
+        within = "".join(f"| {_ms(e['top1_within'][k], 2)} " for k in budgets)
+        lines.append(f"| {e['policy']} | {e['epochs']} | {_ms(e['wall_s'])} | {ttt} | {reached} {within}"
+                     f"| {_ms(e['final_top1'], 2)} |")
+    lines += ["", f"Target: {tta['target_top1']:.2f}% top-1 ({tta['target']}). Wall-clock is training time "
+              "(validation excluded), summed to the end of the epoch whose validation first reached the target, "
+              "mean ± std over the seeds that reached it; top-1 at a budget is that of the last epoch ended "
+              "within it (a run that ends sooner keeps its final top-1)"
+              + (f"; full data's wall-clock: {tta['baseline_wall_s']:.1f} s." if tta.get("baseline_wall_s") else ".")]
+    return lines
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -457,9 +557,11 @@ def render_report(results: Mapping[str, Any]) -> str:
             "epochs' training time: data wait + compute, validation excluded) and CPU seconds are per run, mean "
             "± std over seeds. Accuracy: validation top-1, best and final epoch.",
             "",
-            "## Fixed and per-sample cost",
+            "## Time to accuracy",
             "",
         ]
+        lines += format_time_to_accuracy(results.get("time_to_accuracy"))
+        lines += ["", "## Fixed and per-sample cost", ""]
         lines += format_fit(results.get("fit"))
         if results.get("runs"):
             lines += ["", "### Every run", "", format_seed_table(results["runs"])]

@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextI
 
 from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.bench import report as report_mod
-from orderdp_dali.bench.config import BenchConfig, load_bench_config, recipe_config
+from orderdp_dali.bench.config import BenchConfig, entry, load_bench_config, recipe_config
 from orderdp_dali.bench.machine import environment, load_average
 from orderdp_dali.errors import ConfigError, DatasetError
 
@@ -180,7 +180,7 @@ def _run_seed(bench: BenchConfig, cfgs: Mapping[str, Any], seed_index: int, prog
     from orderdp_dali.train import TrainingRun
 
     policies = list(cfgs)
-    epochs = next(iter(cfgs.values())).train.epochs
+    epochs = {p: cfgs[p].train.epochs for p in policies}  # an entry may train fewer epochs than another
     records: Dict[str, List[Dict[str, Any]]] = {p: [] for p in policies}
     setup: Dict[str, Dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
@@ -195,14 +195,15 @@ def _run_seed(bench: BenchConfig, cfgs: Mapping[str, Any], seed_index: int, prog
             # data, model, optimizer and the training pipeline (its build time and, on a GPU, the
             # memory after it): all before any timed epoch
             setup[p] = {"start_s": time.perf_counter() - t0, **live[p].setup}
-        for epoch in range(epochs):
+        for epoch in range(max(epochs.values())):
             loads.append(load_average())
-            for turn, p in enumerate(turn_order(policies, epoch + seed_index)):
+            turns = [p for p in turn_order(policies, epoch + seed_index) if epoch < epochs[p]]
+            for turn, p in enumerate(turns):
                 with contextlib.redirect_stdout(logs[p]):
                     record = live[p].run_epoch(epoch)
                 record["turn"] = turn
                 records[p].append(record)
-                progress.epoch(f"{p} seed {cfgs[p].train.seed}", record, epochs)
+                progress.epoch(f"{p} seed {cfgs[p].train.seed}", record, epochs[p])
             if on_round is not None:
                 on_round(records, setup)
     # Closed DALI pipelines stop their threads when collected: collect before the next seed is timed.
@@ -212,9 +213,11 @@ def _run_seed(bench: BenchConfig, cfgs: Mapping[str, Any], seed_index: int, prog
 
 def _run_entry(bench: BenchConfig, cfg: Any, policy: str, seed: int, records: List[Dict[str, Any]],
                setup: Mapping[str, Any]) -> Dict[str, Any]:
-    """One (policy, seed) run as results.json holds it."""
-    return {"policy": policy, "seed": seed, "params": dict(bench.policies[policy]), "epochs": records,
-            "totals": report_mod.run_totals(records), "setup": dict(setup), "config": cfg.to_dict()}
+    """One (entry, seed) run as results.json holds it: ``policy`` is the entry's name, ``method``
+    the registered policy it runs."""
+    return {"policy": policy, "method": cfg.policy.name, "seed": seed, "params": dict(bench.policies[policy]),
+            "epochs": records, "totals": report_mod.run_totals(records), "setup": dict(setup),
+            "config": cfg.to_dict()}
 
 
 def run_policies(bench: BenchConfig, root: Path, run_dir: Path, out: TextIO,
@@ -231,10 +234,10 @@ def run_policies(bench: BenchConfig, root: Path, run_dir: Path, out: TextIO,
     }
     first = cfgs[seeds[0]][policies[0]]
     warmed = warm_page_cache(root / bench.dataset.train_split) + warm_page_cache(root / bench.dataset.val_split)
-    progress = Progress(out, total_epochs=len(seeds) * len(policies) * first.train.epochs)
+    progress = Progress(out, total_epochs=sum(c.train.epochs for per_seed in cfgs.values() for c in per_seed.values()))
     cache = (f"page cache warmed ({warmed / 1e6:.0f} MB)" if warmed
              else "data larger than half the RAM: page cache not warmed")
-    progress.say(f"{cache}; {len(policies)} policies x {len(seeds)} seed(s), taking turns epoch by epoch")
+    progress.say(f"{cache}; {len(policies)} entries x {len(seeds)} seed(s), taking turns epoch by epoch")
     warm = _warmup(first, run_dir, progress) if bench.warmup else None
     if warm:
         progress.say(f"warm-up done in {warm['seconds']:.1f} s")
@@ -251,6 +254,15 @@ def run_policies(bench: BenchConfig, root: Path, run_dir: Path, out: TextIO,
         records, setup = _run_seed(bench, cfgs[seed], k, progress, loads, on_round=each_round)
         runs.extend(entries(seed, records, setup))
     return {"runs": runs, "warmup": warm, "load_averages": loads, "train_settings": _recipe_summary(first)}
+
+
+def first_orderdp_sizes(bench: BenchConfig, n: int) -> Optional[Tuple[int, int, int]]:
+    """(n, s, q) of the first entry running OrderDP, or None when none does."""
+    for name in bench.policies:
+        spec = entry(bench, name)
+        if spec.policy == "orderdp":
+            return orderdp_sizes(n, spec.params)
+    return None
 
 
 def orderdp_sizes(n: int, params: Mapping[str, Any]) -> Tuple[int, int, int]:
@@ -320,14 +332,13 @@ def run_bench(bench: BenchConfig, run_dir: Path, out: TextIO = sys.stdout, comma
         results.update(run_policies(bench, root, run_dir, out, on_round=save_partial))
         results["summary"] = report_mod.summarize(results["runs"])
         results["fit"] = report_mod.fit_epoch_cost(results["runs"])
+        results["time_to_accuracy"] = report_mod.time_to_accuracy(results["runs"], target_top1=bench.target_top1)
     if bench.mode in ("loader", "both"):
         results["loader"] = _run_loader(bench, root, out)
     results["total_s"] = time.perf_counter() - t0
     plot_files: List[str] = []
     if results.get("runs"):
-        sizes = None
-        if "orderdp" in bench.policies:
-            sizes = orderdp_sizes(results["dataset"]["train_size"], bench.policies["orderdp"])
+        sizes = first_orderdp_sizes(bench, results["dataset"]["train_size"])
         plot_files = plots.write_all(results["runs"], run_dir, orderdp_sizes=sizes, fit=results["fit"],
                                      summary=results["summary"])
     results["plots"] = plot_files
@@ -409,6 +420,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print()
     if results.get("summary"):
         print(report_mod.format_table(results["summary"]))
+        print()
+        print("\n".join(report_mod.format_time_to_accuracy(results.get("time_to_accuracy"))))
         print()
         print("\n".join(report_mod.format_fit(results.get("fit"))))
         print()

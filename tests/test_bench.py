@@ -106,7 +106,7 @@ def test_harness_interleaves_policies_and_reports_paired_figures(tmp_path, tiny_
     results = json.loads((out / "results.json").read_text())
     md = (out / "report.md").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["accuracy_vs_wall.png", "efficiency_vs_epoch_size.png", "orderdp_inclusion.png",
+    assert pngs == ["accuracy_vs_wall.png", "efficiency_vs_epoch_size.png", "frontier.png", "orderdp_inclusion.png",
                     "samples_per_epoch.png", "wall_clock.png"]
     assert all((out / p).stat().st_size > 1000 for p in pngs)
     env = results["environment"]
@@ -158,6 +158,100 @@ def test_harness_interleaves_policies_and_reports_paired_figures(tmp_path, tiny_
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_named_entries_train_their_own_epochs_and_get_time_to_accuracy(tmp_path, tiny_dataset, capsys):
+    """Two entries of one policy (full for 3 and for 2 epochs, its schedule ending at its own
+    last epoch) beside OrderDP: the short entry is compared on totals, not paired epoch by epoch."""
+    from orderdp_dali.bench.run import main
+    from orderdp_dali.lr_schedule import lr_at, progress
+
+    training = {"data": {"crop": 32, "val_resize": 36, "num_threads": 1}, "model": {"name": "tiny"},
+                "optim": {"name": "sgd", "lr": 0.05}, "schedule": {"name": "cosine"},
+                "train": {"epochs": 3, "batch_size": 16, "device": "cpu", "eval_every": 1}}
+    cfg = _tiny_config(tmp_path, tiny_dataset, training=training, policies={
+        "full": {}, "full_short": {"policy": "full", "epochs": 2},
+        "orderdp_30": {"policy": "orderdp", "random_len_ratio": 0.8, "top_q_ratio": 0.375}})
+    out = tmp_path / "run"
+    assert main(["--config", str(cfg), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| full_short | 2 |" in printed  # the time-to-accuracy table, printed too
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is True
+    runs = {r["policy"]: r for r in results["runs"]}
+    assert {p: (r["method"], len(r["epochs"])) for p, r in runs.items()} == {
+        "full": ("full", 3), "full_short": ("full", 2), "orderdp_30": ("orderdp", 3)}
+    assert [e["samples"] for e in runs["orderdp_30"]["epochs"]] == [14] * 3  # q = floor(0.375 floor(0.8 * 48))
+    last = runs["full_short"]["epochs"][-1]  # the step's lr of its last step: the end of a 2-epoch cosine
+    end = progress(1, last["steps"] - 1, last["steps"])
+    assert last["lr"] == pytest.approx(lr_at(_schedule("cosine"), 0.05, 2, end))
+    assert last["lr"] < 0.1 * 0.05
+    summary = {row["policy"]: row for row in results["summary"]}
+    assert summary["full_short"]["paired"] is None and summary["orderdp_30"]["paired"]["epochs_paired"] == 2
+    tta = results["time_to_accuracy"]
+    assert [e["policy"] for e in tta["entries"]] == ["full", "full_short", "orderdp_30"]
+    full_final = runs["full"]["epochs"][-1]["val_top1"]
+    assert tta["target_top1"] == pytest.approx(full_final - 1.0)
+    assert tta["baseline_wall_s"] == pytest.approx(sum(e["epoch_time"] for e in runs["full"]["epochs"]))
+    assert "## Time to accuracy" in (out / "report.md").read_text()
+    assert (out / "frontier.png").stat().st_size > 1000
+
+
+def _schedule(name):
+    from orderdp_dali.config import load_config
+
+    return load_config(None, ["data.root=/x", f"schedule.name={name}"]).schedule
+
+
+def _epochs(times, top1):
+    return [{"epoch": k, "epoch_time": t, "val_top1": a, "samples": 10} for k, (t, a) in enumerate(zip(times, top1))]
+
+
+def test_time_to_accuracy_of_a_hand_made_series():
+    runs = [
+        {"policy": "full", "seed": 0, "epochs": _epochs([10] * 4, [50, 70, 80, 90])},
+        {"policy": "full", "seed": 1, "epochs": _epochs([10] * 4, [50, 72, 84, 88])},
+        {"policy": "orderdp", "seed": 0, "epochs": _epochs([6] * 4, [45, 65, 78, 89])},
+        {"policy": "orderdp", "seed": 1, "epochs": _epochs([6] * 4, [45, 60, 70, 80])},
+        {"policy": "full_short", "seed": 0, "epochs": _epochs([10] * 2, [60, 87])},
+    ]
+    tta = report.time_to_accuracy(runs)
+    # target: full's final top-1 (90 and 88: 89) minus 1; budgets: 40% and 60% of full's 40 s
+    assert tta["target_top1"] == 88 and tta["budgets_s"] == {"40%": 16, "60%": 24}
+    e = {x["policy"]: x for x in tta["entries"]}
+    assert e["full"]["reached"] == 2 and e["full"]["time_to_target_s"]["mean"] == 40
+    assert e["full"]["top1_within"]["40%"]["mean"] == 50 and e["full"]["top1_within"]["60%"]["mean"] == 71
+    assert e["orderdp"]["reached"] == 1 and e["orderdp"]["time_to_target_s"]["mean"] == 24  # 4 x 6 s
+    assert e["orderdp"]["top1_within"]["40%"]["mean"] == 62.5  # 65 and 60 after 12 s
+    assert e["orderdp"]["top1_within"]["60%"]["mean"] == 84.5  # 89 and 80 after 24 s
+    assert e["orderdp"]["final_top1"]["mean"] == 84.5 and e["orderdp"]["wall_s"]["mean"] == 24
+    assert e["full_short"]["reached"] == 0 and e["full_short"]["top1_within"]["60%"]["mean"] == 87
+    lines = report.format_time_to_accuracy(tta)
+    assert any(ln.startswith("| full_short |") and "not reached | 0/1" in ln for ln in lines)
+    # an explicit target
+    e = {x["policy"]: x for x in report.time_to_accuracy(runs, target_top1=75)["entries"]}
+    assert e["full"]["time_to_target_s"]["mean"] == 30 and e["orderdp"]["time_to_target_s"]["mean"] == 21  # 18, 24
+    assert report.time_to_accuracy([r for r in runs if r["policy"] != "full"]) is None  # no baseline, no target
+
+
+def test_entries_with_their_own_epochs_are_not_paired():
+    def run(policy, seed, epochs, samples):
+        return {"policy": policy, "seed": seed, "config": {"train": {"epochs": epochs}},
+                "epochs": [{"epoch": k, "epoch_time": 1.0, "samples": samples} for k in range(epochs)]}
+
+    pairs = report.paired_epochs([run("full", 0, 3, 10), run("full_short", 0, 2, 10), run("orderdp", 0, 3, 6)])
+    assert set(pairs) == {"orderdp"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("policies={full: {}, short: {policy: full, epochs: 0}}", r"policies\.short\.epochs: need an int >= 1"),
+    ("policies={full: {}, x: {policy: nope}}", r"policies\.x: policy\.name: unknown policy 'nope'"),
+    ("target_top1=120", "target_top1"),
+])
+def test_bench_entry_errors_name_the_entry(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_bench_config(None, ["dataset.root=/x", override])
+
+
 def test_loader_comparison_cli_measures_a_to_e(tmp_path, tiny_dataset, monkeypatch):
     from orderdp_dali.bench.loader_compare import main
 
