@@ -43,7 +43,7 @@ from orderdp_dali.config import Config, build_checked, checked_field, parse_over
 from orderdp_dali.errors import ConfigError
 
 __all__ = ["BenchConfig", "DatasetSpec", "Entry", "LoaderSpec", "RECIPE_SECTIONS", "entry", "load_bench_config",
-           "recipe_config"]
+           "recipe_config", "task_bench"]
 
 RECIPE_SECTIONS = ("data", "model", "optim", "schedule", "train")
 # Every loader of orderdp_dali.bench.loader_compare (kept here so that checking a config imports no DALI).
@@ -122,6 +122,9 @@ class BenchConfig:
     loader comparison only, no model) or ``both``. ``warmup``: an untimed 1-epoch run first.
     ``target_top1``: the validation top-1 (%) that time-to-accuracy measures the time to
     (default: the ``full`` entry's final top-1, mean over seeds, minus 1 point).
+    ``tasks``: several benches in one (a study over datasets): task name -> what it changes
+    of this config (``dataset``, ``training``, ``policies``, ``seeds``, ``target_top1``...,
+    merged key by key); each task runs as its own bench (:func:`task_bench`).
     """
 
     name: str = "bench"
@@ -132,6 +135,7 @@ class BenchConfig:
                                               "uniform": {"random_len_ratio": 0.75, "top_q_ratio": 0.8}})
     seeds: Tuple[int, ...] = (0,)
     target_top1: Optional[float] = checked_field(None, lo=0.0, hi=100.0)
+    tasks: Dict[str, Any] = checked_field({})
     warmup: bool = True
     loader: LoaderSpec = field(default_factory=LoaderSpec)
     output_root: str = "runs"
@@ -144,6 +148,40 @@ class BenchConfig:
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able data (the ``config`` of results.json)."""
         return to_plain(dataclasses.asdict(self))
+
+
+def _merged(base: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:
+    """``base`` with ``changes`` merged in key by key (nested mappings merged, anything else replaced)."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def task_bench(bench: BenchConfig, task: str) -> BenchConfig:
+    """The bench of one of ``bench.tasks``: this config with the task's changes merged in,
+    named ``<name>-<task>``, checked like any bench config.
+
+    Raises:
+        ConfigError: the task's changes are not a mapping, or give a bad value (named
+            ``tasks.<task>...``).
+    """
+    changes = bench.tasks[task]
+    if not isinstance(changes, dict):
+        raise ConfigError(f"tasks.{task}: need a mapping of what the task changes, got {changes!r}")
+    if "tasks" in changes or "name" in changes:
+        raise ConfigError(f"tasks.{task}: a task cannot set 'tasks' or 'name' (it is named {bench.name}-{task})")
+    data = _merged({k: v for k, v in bench.to_dict().items() if k != "tasks"}, changes)
+    data["name"] = f"{bench.name}-{task}"
+    try:
+        sub = build_checked(BenchConfig, data)
+        _check(sub)
+    except ConfigError as e:
+        raise ConfigError(f"tasks.{task}: {e}") from None
+    return sub
 
 
 def _apply_override(data: Dict[str, Any], item: str) -> None:
@@ -207,6 +245,12 @@ def _check(bench: BenchConfig) -> None:
     """The checks one field cannot make alone; then every run's training config."""
     if not bench.name or "/" in bench.name:
         raise ConfigError(f"name: need a non-empty file-name-safe string, got {bench.name!r}")
+    if bench.tasks:  # the tasks are the benches: check each, with every run's training config
+        for task in bench.tasks:
+            if not task or "/" in task:
+                raise ConfigError(f"tasks: need file-name-safe task names, got {task!r}")
+            task_bench(bench, task)
+        return
     seeds = bench.seeds
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: need a non-empty list of distinct integers >= 0, got {list(seeds)!r}")

@@ -59,6 +59,7 @@ __all__ = [
     "format_table",
     "loader_lines",
     "render_report",
+    "render_study",
 ]
 
 RESULTS_VERSION = 2
@@ -577,4 +578,23 @@ def render_report(results: Mapping[str, Any]) -> str:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     if results.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def render_study(results: Mapping[str, Any]) -> str:
+    """``report.md`` of a study (a bench with ``tasks``): each task's tables and its full report."""
+    lines = [f"# Study: {results['name']}", "", f"Command: `{results['command']}`", "",
+             f"Total {results.get('total_s', 0):.0f} s. Each task ran as its own bench; its full report (every run, "
+             "the fit, the plots) is in its folder.", ""]
+    for task, sub in results["tasks"].items():
+        lines += [f"## {task} ([full report]({task}/report.md))", ""]
+        ds = sub.get("dataset", {})
+        lines += [f"Data: {ds.get('train_size')} train / {ds.get('val_size')} val images; "
+                  f"{sub['config']['training'].get('train', {}).get('epochs')} epochs; seeds {sub['config']['seeds']}; "
+                  f"{sub.get('total_s', 0):.0f} s.", ""]
+        if sub.get("summary"):
+            lines += [format_table(sub["summary"]), ""]
+            lines += format_time_to_accuracy(sub.get("time_to_accuracy")) + [""]
+        if "frontier.png" in (sub.get("plots") or []):
+            lines += [f"![{task} frontier]({task}/frontier.png)", ""]
     return "\n".join(lines) + "\n"

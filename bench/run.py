@@ -39,11 +39,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextI
 
 from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.bench import report as report_mod
-from orderdp_dali.bench.config import BenchConfig, entry, load_bench_config, recipe_config
+from orderdp_dali.bench.config import BenchConfig, entry, load_bench_config, recipe_config, task_bench
 from orderdp_dali.bench.machine import environment, load_average
 from orderdp_dali.errors import ConfigError, DatasetError
 
-__all__ = ["ensure_dataset", "run_policies", "run_bench", "main", "get_args_parser", "turn_order"]
+__all__ = ["ensure_dataset", "run_policies", "run_bench", "run_study", "main", "get_args_parser", "turn_order"]
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +348,23 @@ def run_bench(bench: BenchConfig, run_dir: Path, out: TextIO = sys.stdout, comma
     return results
 
 
+def run_study(bench: BenchConfig, run_dir: Path, out: TextIO = sys.stdout, command: str = "") -> Dict[str, Any]:
+    """Every task of ``bench.tasks`` as its own bench into ``run_dir/<task>/``, one after the
+    other; ``run_dir`` gets results.json (each task's results) and report.md (each task's
+    tables, with a link to its full report)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results: Dict[str, Any] = {"version": report_mod.RESULTS_VERSION, "name": bench.name, "command": command,
+                               "config": bench.to_dict(), "tasks": {}}
+    for k, task in enumerate(bench.tasks, 1):
+        print(f"[bench] task {k}/{len(bench.tasks)}: {task}", file=out, flush=True)
+        results["tasks"][task] = run_bench(task_bench(bench, task), run_dir / task, out, command)
+        results["total_s"] = time.perf_counter() - t0
+        _write_json(run_dir / "results.json", {**results, "complete": k == len(bench.tasks)})
+    write_text_atomic(run_dir / "report.md", report_mod.render_study(results))
+    return results
+
+
 def _run_loader(bench: BenchConfig, root: Path, out: TextIO) -> Dict[str, Any]:
     from orderdp_dali.bench.loader_compare import run_loader_comparison
 
@@ -413,10 +430,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.out) if args.out else Path(bench.output_root) / f"{bench.name}-{stamp}"
-        results = run_bench(bench, run_dir, sys.stdout, command)
+        if bench.tasks:
+            results = run_study(bench, run_dir, sys.stdout, command)
+        else:
+            results = run_bench(bench, run_dir, sys.stdout, command)
     except (ConfigError, DatasetError) as e:
         print(f"orderdp-dali bench: error: {e}", file=sys.stderr)
         return 2
+    if bench.tasks:
+        for task, sub in results["tasks"].items():
+            print(f"\n## {task}\n")
+            _print_results(sub)
+        print(f"report: {run_dir / 'report.md'}  (total {results['total_s']:.0f} s)")
+        return 0
+    _print_results(results)
+    print(f"report: {run_dir / 'report.md'}  (total {results['total_s']:.0f} s)")
+    return 0
+
+
+def _print_results(results: Mapping[str, Any]) -> None:
+    """The tables of one bench's results on stdout."""
     print()
     if results.get("summary"):
         print(report_mod.format_table(results["summary"]))
@@ -428,5 +461,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if results.get("loader"):
         print("\n".join(report_mod.loader_lines(results["loader"])))
         print()
-    print(f"report: {run_dir / 'report.md'}  (total {results['total_s']:.0f} s)")
-    return 0

@@ -206,6 +206,44 @@ def _epochs(times, top1):
     return [{"epoch": k, "epoch_time": t, "val_top1": a, "samples": 10} for k, (t, a) in enumerate(zip(times, top1))]
 
 
+def test_study_tasks_merge_into_the_base_config_and_errors_name_the_task():
+    from orderdp_dali.bench.config import task_bench
+
+    base = ["dataset.root=/base", "policies={full: {}, full_short: {policy: full, epochs: 2}}", "train.epochs=4",
+            "tasks={a: {training: {train: {epochs: 6}}, policies: {full_short: {epochs: 3}}}, "
+            "b: {dataset: {root: /b}, seeds: [0, 1]}}"]
+    bench = load_bench_config(None, base)
+    a, b = task_bench(bench, "a"), task_bench(bench, "b")
+    assert (a.name, a.dataset.root, a.training["train"]["epochs"], a.policies["full_short"]) == (
+        "bench-a", "/base", 6, {"policy": "full", "epochs": 3})
+    assert (b.dataset.root, b.training["train"]["epochs"], b.seeds, b.policies["full_short"]["epochs"]) == (
+        "/b", 4, (0, 1), 2)
+    with pytest.raises(ConfigError, match=r"tasks\.c: .*policies\.x: policy\.name: unknown policy 'nope'"):
+        load_bench_config(None, [*base[:3], "tasks={c: {policies: {x: {policy: nope}}}}"])
+    with pytest.raises(ConfigError, match=r"tasks\.c: need a mapping"):
+        load_bench_config(None, [*base[:3], "tasks={c: 3}"])
+
+
+@pytest.mark.slow
+def test_a_study_runs_each_task_as_its_own_bench(tmp_path, tiny_dataset, capsys):
+    from orderdp_dali.bench.run import main
+
+    cfg = _tiny_config(tmp_path, tiny_dataset, policies={"full": {}, "rs2": {"keep_ratio": 0.5}},
+                       tasks={"first": {"training": {"train": {"epochs": 2}}},
+                              "second": {"training": {"train": {"epochs": 1}}, "seeds": [1]}})
+    out = tmp_path / "study"
+    assert main(["--config", str(cfg), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "## first" in printed and "## second" in printed and "| rs2 |" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is True and list(results["tasks"]) == ["first", "second"]
+    first, second = results["tasks"]["first"], results["tasks"]["second"]
+    assert {len(r["epochs"]) for r in first["runs"]} == {2} and {r["seed"] for r in second["runs"]} == {1}
+    assert (out / "first" / "report.md").is_file() and (out / "second" / "frontier.png").is_file()
+    md = (out / "report.md").read_text()
+    assert "## first ([full report](first/report.md))" in md and "time to" in md
+
+
 def test_time_to_accuracy_of_a_hand_made_series():
     runs = [
         {"policy": "full", "seed": 0, "epochs": _epochs([10] * 4, [50, 70, 80, 90])},
@@ -430,9 +468,19 @@ def test_bench_config_errors_name_the_key(tmp_path, override, message):
 
 
 def test_shipped_bench_configs_validate():
+    from orderdp_dali.bench.config import entry, task_bench
+
     for path in sorted((REPO / "configs").glob("bench_*.yaml")):
         b = load_bench_config(str(path))
-        assert b.mode == "loader" or ("full" in b.policies and "orderdp" in b.policies), path.name
+        for bench in [task_bench(b, t) for t in b.tasks] or [b]:
+            methods = {entry(bench, name).policy for name in bench.policies}
+            assert bench.mode == "loader" or ("full" in bench.policies and "orderdp" in methods), path.name
+    study = load_bench_config(str(REPO / "configs" / "bench_study.yaml"))
+    for task in study.tasks:
+        bench = task_bench(study, task)
+        methods = [entry(bench, name).policy for name in bench.policies]
+        assert {"full", "infobatch", "orderdp", "uniform", "rs2"} <= set(methods) and len(bench.seeds) >= 3
+        assert methods.count("full") == 2 and entry(bench, "full_short").epochs < bench.training["train"]["epochs"]
     digits = load_bench_config(str(REPO / "configs" / "bench_digits.yaml"))
     assert len(digits.seeds) >= 3 and list(digits.policies) == POLICIES
 
