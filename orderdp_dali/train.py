@@ -39,6 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from orderdp_dali import ranking
 from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.checkpoint import (
     CHECKPOINT_VERSION,
@@ -637,9 +638,18 @@ class TrainingRun:
             self.phase = f"epoch {epoch} (training)"
             record = {"epoch": epoch, "policy": cfg.policy.name, "world_size": rt.world_size,
                       "plan_sha1": _plan_sha1(self.train_it.plan)}
+            # Whether the ranking ranks (orderdp_dali.ranking): the planned samples' stored scores as
+            # the plan was chosen, copied before training and compared after it, outside the timed epoch.
+            policy = self.train_it.policy
+            before = (ranking.snapshot(self.train_it.plan.indices, policy.scores.values, policy.scores.seen)
+                      if policy.ranks_by_loss else None)
             cpu = time.process_time()  # every thread of this process, DALI's included
             record.update(train_one_epoch(self.model, self.optimizer, self.scaler, self.train_it, epoch, cfg, rt))
             record["cpu_time"] = time.process_time() - cpu
+            if before is not None:  # the iterator merged the epoch's losses into every rank's table at its end
+                trained = ranking.trained_count(record["planned"], record["steps"], self.train_it.batch_size,
+                                                rt.world_size)
+                record.update(ranking.epoch_figures(before, policy.scores.values, trained))
             self.planned.append(record["planned"])
             record["fraction_saved"] = 1.0 - sum(self.planned) / (self.num_samples * len(self.planned))
             if cfg.train.checkpoint:

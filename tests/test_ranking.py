@@ -1,6 +1,7 @@
 """The ranking diagnostics (orderdp_dali.ranking) on hand-made tables with hand-computed answers."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -141,3 +142,57 @@ def test_trained_count_is_the_prefix_the_ranks_train(planned, world, batch, drop
     count = trained_count(planned, steps, batch, world)
     assert count == expected
     assert trained == set(order[:count].tolist())
+
+
+# ------------------------------------------------------------ in training
+def _train_cfg(data, cache, *extra):
+    from train_helpers import overrides
+
+    from orderdp_dali.config import load_config
+
+    return load_config(None, overrides(data, cache, "train.eval_every=0", *extra))
+
+
+def test_orderdp_training_records_carry_the_figures(data, cache, tmp_path):
+    """Each epoch's metrics line carries the figures, equal to what the table said before and after
+    the epoch (recomputed here from full copies of it), and OrderDP keeps above-mean scores."""
+    from scipy.stats import spearmanr
+
+    from orderdp_dali.train import METRICS, TrainingRun
+
+    cfg = _train_cfg(data, cache, "train.epochs=4", "policy.name=orderdp",
+                     "policy.params={random_len_ratio: 0.8, top_q_ratio: 0.5}")
+    records = []
+    with TrainingRun(cfg, output_dir=tmp_path) as run:
+        for epoch in range(cfg.train.epochs):
+            table = run.train_it.policy.scores
+            values, seen, plan = table.values.copy(), table.seen.copy(), run.train_it.plan.indices.copy()
+            record = run.run_epoch(epoch)
+            records.append(record)
+            after = run.train_it.policy.scores.values
+            kept = seen[plan]
+            assert record["ranking_kept_unseen"] == int((~kept).sum())
+            assert record["ranking_uniform_unseen"] == pytest.approx(len(plan) * (~seen).sum() / len(seen))
+            assert record["ranking_spearman_pairs"] == int(kept.sum())
+            if not kept.any():
+                assert record["ranking_score_ratio"] is None and record["ranking_spearman"] is None
+                continue
+            ratio = values[plan][kept].astype(np.float64).mean() / values[seen].astype(np.float64).mean()
+            assert record["ranking_score_ratio"] == pytest.approx(ratio)
+            if kept.sum() >= 2:
+                assert record["ranking_spearman"] == pytest.approx(spearmanr(values[plan][kept], after[plan][kept])[0])
+    assert records[0]["ranking_score_ratio"] is None and records[0]["ranking_kept_unseen"] == records[0]["planned"]
+    # OrderDP ranks unseen samples first: epoch 1 may keep only unseen ones (no ratio); from then on
+    # the kept scored samples are the top of their subset, above the table's mean.
+    ratios = [r["ranking_score_ratio"] for r in records[1:] if r["ranking_score_ratio"] is not None]
+    assert ratios and all(x > 1.0 for x in ratios), [r["ranking_score_ratio"] for r in records]
+    logged = [json.loads(line) for line in (tmp_path / METRICS).read_text().splitlines()]
+    assert [{k: r[k] for k in FIELDS} for r in logged] == json.loads(json.dumps([{k: r[k] for k in FIELDS}
+                                                                                  for r in records]))
+
+
+def test_full_data_training_records_leave_the_figures_out(data, cache, tmp_path):
+    from orderdp_dali.train import run_training
+
+    records = run_training(_train_cfg(data, cache, "train.epochs=2", "policy.name=full"), output_dir=tmp_path)
+    assert len(records) == 2 and not any(k.startswith("ranking_") for r in records for k in r)
