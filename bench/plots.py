@@ -18,6 +18,7 @@ __all__ = [
     "plot_efficiency_vs_epoch_size",
     "plot_frontier",
     "write_all",
+    "plot_ranking",
 ]
 
 
@@ -205,4 +206,41 @@ def write_all(
         written.append(plot_inclusion_probability(n, s, q, out_dir / "orderdp_inclusion.png"))
     if fit is not None:
         written.append(plot_efficiency_vs_epoch_size(fit, summary, out_dir / "efficiency_vs_epoch_size.png"))
+    if any("ranking_score_ratio" in e for r in runs for e in r["epochs"]):  # a policy ranks by loss
+        written.append(plot_ranking(runs, out_dir / "ranking.png"))
     return [p.name for p in written]
+
+
+def plot_ranking(runs: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Whether the ranking ranks, per loss-ranked policy against the epoch (mean over seeds): the kept
+    samples' mean stored score over a uniform draw's (left; 1 = chance) and the Spearman correlation of
+    stored score and next loss (right; 0 = stale scores). See :mod:`orderdp_dali.ranking`."""
+    import warnings
+
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for policy, rs in _by_policy(runs).items():
+        if not any("ranking_score_ratio" in e for r in rs for e in r["epochs"]):
+            continue  # not ranked by loss
+        with warnings.catch_warnings():  # epochs without figures (the first) are NaN for every seed
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ratio = _mean_curve(rs, "ranking_score_ratio")
+            rho = _mean_curve(rs, "ranking_spearman")
+        x = np.arange(1, len(ratio) + 1)
+        left.plot(x, ratio, marker="o", label=policy)
+        right.plot(x, rho, marker="o", label=policy)
+    left.axhline(1.0, color="grey", ls="--", label="uniform draw (exact expectation)")
+    right.axhline(0.0, color="grey", ls="--")
+    left.set_ylabel("kept / uniform mean stored score")
+    left.set_title("Does the plan keep high-loss samples?")
+    right.set_ylabel("Spearman: stored score vs loss when trained")
+    right.set_ylim(-1.05, 1.05)
+    right.set_title("Do stored scores predict the next loss?")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)

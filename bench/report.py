@@ -60,6 +60,8 @@ __all__ = [
     "loader_lines",
     "render_report",
     "render_study",
+    "ranking_summary",
+    "ranking_lines",
 ]
 
 RESULTS_VERSION = 2
@@ -572,6 +574,7 @@ def render_report(results: Mapping[str, Any]) -> str:
         if results.get("warmup"):
             lines += ["", f"An untimed 1-epoch warm-up run ({results['warmup']['seconds']:.1f} s) preceded the "
                       "timed runs."]
+    lines += ranking_lines(results.get("ranking"))
     if results.get("loader"):
         lines += ["", "## Loader comparison (no model)", ""] + loader_lines(results["loader"])
     if results.get("notes"):
@@ -598,3 +601,85 @@ def render_study(results: Mapping[str, Any]) -> str:
         if "frontier.png" in (sub.get("plots") or []):
             lines += [f"![{task} frontier]({task}/frontier.png)", ""]
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- whether the ranking ranks
+
+RANKING_RATIO = "ranking_score_ratio"
+RANKING_SPEARMAN = "ranking_spearman"
+
+
+def _carries_ranking(runs: Sequence[Mapping[str, Any]]) -> bool:
+    return any(RANKING_RATIO in e for r in runs for e in r["epochs"])
+
+
+def ranking_summary(runs: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """results.json's ``ranking``: per loss-ranked policy, its ranking figures (:mod:`orderdp_dali.ranking`).
+
+    Only policies whose records carry the fields (those that rank by loss) appear. Per policy:
+    ``score_ratio`` (kept samples' mean stored score over a uniform draw's exact expectation)
+    and ``spearman`` (stored score against the loss when next trained), each :func:`mean_std`
+    over every (seed, epoch) that has the figure (epoch 0 has none: no stored scores yet);
+    ``kept_unseen`` and ``uniform_unseen``, the never-scored samples kept per epoch and the
+    count a uniform draw expects, likewise; ``records``: the (seed, epoch) records looked at; and
+    ``epochs``: the four figures per epoch, over seeds.
+    """
+    def figures(records: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+        return {
+            "score_ratio": mean_std(e.get(RANKING_RATIO) for e in records),
+            "spearman": mean_std(e.get(RANKING_SPEARMAN) for e in records),
+            "kept_unseen": mean_std(e.get("ranking_kept_unseen") for e in records),
+            "uniform_unseen": mean_std(e.get("ranking_uniform_unseen") for e in records),
+        }
+
+    out: Dict[str, Dict[str, Any]] = {}
+    for policy, rs in group_runs(runs).items():
+        if not _carries_ranking(rs):
+            continue
+        by_epoch: Dict[int, List[Mapping[str, Any]]] = {}
+        for r in rs:
+            for e in r["epochs"]:
+                by_epoch.setdefault(int(e["epoch"]), []).append(e)
+        out[policy] = {
+            "seeds": [r["seed"] for r in rs],
+            "records": sum(len(r["epochs"]) for r in rs),
+            **figures([e for r in rs for e in r["epochs"]]),
+            "epochs": [{"epoch": k, **figures(by_epoch[k])} for k in sorted(by_epoch)],
+        }
+    return out
+
+
+def ranking_lines(ranking: Optional[Mapping[str, Mapping[str, Any]]]) -> List[str]:
+    """The report's section on whether the ranking ranks (empty without loss-ranked policies)."""
+    if not ranking:
+        return []
+
+    def span(stat: Mapping[str, Any]) -> str:
+        return "n/a" if stat["mean"] is None else f"{stat['min']:.2f} .. {stat['max']:.2f}"
+
+    lines = [
+        "",
+        "## Whether the ranking ranks",
+        "",
+        "| policy | kept / uniform score ratio | min .. max | Spearman, stored score vs next loss | min .. max "
+        "| epochs with figures | unseen kept per epoch (uniform draw) |",
+        "|" + "---|" * 7,
+    ]
+    for policy, s in ranking.items():
+        lines.append(
+            f"| {policy} | {_ms(s['score_ratio'], 2)} | {span(s['score_ratio'])} | {_ms(s['spearman'], 2)} "
+            f"| {span(s['spearman'])} | {s['score_ratio']['n']} of {s['records']} "
+            f"| {_num(s['kept_unseen']['mean'])} ({_num(s['uniform_unseen']['mean'])}) |"
+        )
+    lines += [
+        "",
+        "Per epoch of each policy that ranks by loss (mean ± std over seeds and epochs; `ranking.png` per epoch). "
+        "**Score ratio**: the mean stored score (most recent loss) of the samples the plan kept, over the mean a "
+        "uniform draw of the same size from the same table has in expectation (exact, no random draw); 1.0 is "
+        "chance. **Spearman**: rank correlation between a kept sample's stored score when the plan was chosen and "
+        "its loss when trained in that epoch; near 0 the stored scores are stale and ranking by them ranks noise. "
+        "Never-scored samples (they hold the initial score, not a loss) are left out of both; the last column "
+        "counts those kept, with a uniform draw's expected count in brackets. An epoch without a scored kept "
+        "sample (the first) has no figures.",
+    ]
+    return lines

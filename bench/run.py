@@ -333,6 +333,7 @@ def run_bench(bench: BenchConfig, run_dir: Path, out: TextIO = sys.stdout, comma
         results["summary"] = report_mod.summarize(results["runs"])
         results["fit"] = report_mod.fit_epoch_cost(results["runs"])
         results["time_to_accuracy"] = report_mod.time_to_accuracy(results["runs"], target_top1=bench.target_top1)
+        results["ranking"] = report_mod.ranking_summary(results["runs"])
     if bench.mode in ("loader", "both"):
         results["loader"] = _run_loader(bench, root, out)
     results["total_s"] = time.perf_counter() - t0
