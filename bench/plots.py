@@ -212,7 +212,7 @@ def write_all(
 
 
 def plot_ranking(runs: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Whether the ranking ranks, per loss-ranked policy against the epoch (mean over seeds): the kept
+    """Whether the ranking ranks, per loss-ranked entry against the epoch (mean over seeds): the kept
     samples' mean stored score over a uniform draw's (left; 1 = chance) and the Spearman correlation of
     stored score and next loss (right; 0 = stale scores). See :mod:`orderdp_dali.ranking`."""
     import warnings

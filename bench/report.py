@@ -598,6 +598,7 @@ def render_study(results: Mapping[str, Any]) -> str:
         if sub.get("summary"):
             lines += [format_table(sub["summary"]), ""]
             lines += format_time_to_accuracy(sub.get("time_to_accuracy")) + [""]
+        lines += ranking_lines(sub.get("ranking"), heading="###")
         if "frontier.png" in (sub.get("plots") or []):
             lines += [f"![{task} frontier]({task}/frontier.png)", ""]
     return "\n".join(lines) + "\n"
@@ -614,9 +615,10 @@ def _carries_ranking(runs: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def ranking_summary(runs: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """results.json's ``ranking``: per loss-ranked policy, its ranking figures (:mod:`orderdp_dali.ranking`).
+    """results.json's ``ranking``: per loss-ranked entry, its ranking figures (:mod:`orderdp_dali.ranking`).
 
-    Only policies whose records carry the fields (those that rank by loss) appear. Per policy:
+    Keyed by the runs' ``policy`` (the entry's name: one policy may run as several entries).
+    Only entries whose records carry the fields (their policy ranks by loss) appear. Per entry:
     ``score_ratio`` (kept samples' mean stored score over a uniform draw's exact expectation)
     and ``spearman`` (stored score against the loss when next trained), each :func:`mean_std`
     over every (seed, epoch) that has the figure (epoch 0 has none: no stored scores yet);
@@ -649,8 +651,9 @@ def ranking_summary(runs: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, An
     return out
 
 
-def ranking_lines(ranking: Optional[Mapping[str, Mapping[str, Any]]]) -> List[str]:
-    """The report's section on whether the ranking ranks (empty without loss-ranked policies)."""
+def ranking_lines(ranking: Optional[Mapping[str, Mapping[str, Any]]], heading: str = "##") -> List[str]:
+    """The report's section on whether the ranking ranks, under a ``heading``-level title (empty
+    without loss-ranked entries)."""
     if not ranking:
         return []
 
@@ -659,9 +662,9 @@ def ranking_lines(ranking: Optional[Mapping[str, Mapping[str, Any]]]) -> List[st
 
     lines = [
         "",
-        "## Whether the ranking ranks",
+        f"{heading} Whether the ranking ranks",
         "",
-        "| policy | kept / uniform score ratio | min .. max | Spearman, stored score vs next loss | min .. max "
+        "| entry | kept / uniform score ratio | min .. max | Spearman, stored score vs next loss | min .. max "
         "| epochs with figures | unseen kept per epoch (uniform draw) |",
         "|" + "---|" * 7,
     ]
@@ -673,13 +676,14 @@ def ranking_lines(ranking: Optional[Mapping[str, Mapping[str, Any]]]) -> List[st
         )
     lines += [
         "",
-        "Per epoch of each policy that ranks by loss (mean ± std over seeds and epochs; `ranking.png` per epoch). "
-        "**Score ratio**: the mean stored score (most recent loss) of the samples the plan kept, over the mean a "
-        "uniform draw of the same size from the same table has in expectation (exact, no random draw); 1.0 is "
-        "chance. **Spearman**: rank correlation between a kept sample's stored score when the plan was chosen and "
-        "its loss when trained in that epoch; near 0 the stored scores are stale and ranking by them ranks noise. "
-        "Never-scored samples (they hold the initial score, not a loss) are left out of both; the last column "
-        "counts those kept, with a uniform draw's expected count in brackets. An epoch without a scored kept "
-        "sample (the first) has no figures.",
+        "Per epoch of each entry whose policy ranks by loss (mean ± std over seeds and epochs; `ranking.png` per "
+        "epoch). **Score ratio**: the mean stored score (most recent loss) of the samples the plan kept, over the "
+        "mean a uniform draw of the same size from the same table has in expectation (exact, no random draw); 1.0 "
+        "is chance. **Spearman**: rank correlation between a kept sample's stored score when the plan was chosen "
+        "and its loss when trained in that epoch; near 0 the stored scores are stale and ranking by them ranks "
+        "noise. Never-scored samples (they hold the initial score, not a loss) are left out of both; the last "
+        "column counts those kept, with a uniform draw's expected count in brackets. An epoch without a scored "
+        "kept sample (the first) has no figures.",
+        "",
     ]
     return lines

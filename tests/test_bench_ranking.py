@@ -64,6 +64,9 @@ def test_ranking_lines_and_report_section():
     results = {"name": "t", "command": "c", "config": {"policies": {}}, "environment": {}, "ranking": summary}
     assert "## Whether the ranking ranks" in report.render_report(results)
     assert "ranking ranks" not in report.render_report({**results, "ranking": {}})
+    study = {"name": "s", "command": "c", "tasks": {"digits": {"config": {"training": {}, "seeds": [0, 1]},
+                                                              "ranking": summary}}}
+    assert "### Whether the ranking ranks" in report.render_study(study)  # under its task's heading
 
 
 def test_ranking_plot_only_when_runs_carry_the_fields(tmp_path):
