@@ -107,7 +107,7 @@ def test_harness_interleaves_policies_and_reports_paired_figures(tmp_path, tiny_
     md = (out / "report.md").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["accuracy_vs_wall.png", "efficiency_vs_epoch_size.png", "frontier.png", "orderdp_inclusion.png",
-                    "samples_per_epoch.png", "wall_clock.png"]
+                    "ranking.png", "samples_per_epoch.png", "wall_clock.png"]
     assert all((out / p).stat().st_size > 1000 for p in pngs)
     env = results["environment"]
     for key in ("python", "torch", "torchvision", "dali", "numpy", "cpu_model", "cpu_usable", "gpu", "load_average"):
