@@ -340,7 +340,7 @@ def format_time_to_accuracy(tta: Optional[Mapping[str, Any]]) -> List[str]:
     budgets = list(tta["budgets_s"])
     head = (f"| entry | epochs | wall-clock (s) | time to {tta['target_top1']:.1f}% top-1 (s) | reached "
             + "".join(f"| top-1 at {k} of full's wall-clock " for k in budgets) + "| final top-1 (%) |")
-    lines = [head, "|" + "---|" * (5 + len(budgets))]
+    lines = [head, "|" + "---|" * (6 + len(budgets))]
     for e in tta["entries"]:
         reached = f"{e['reached']}/{len(e['seeds'])}"
         ttt = _ms(e["time_to_target_s"]) if e["reached"] else "not reached"

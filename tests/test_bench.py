@@ -265,6 +265,7 @@ def test_time_to_accuracy_of_a_hand_made_series():
     assert e["full_short"]["reached"] == 0 and e["full_short"]["top1_within"]["60%"]["mean"] == 87
     lines = report.format_time_to_accuracy(tta)
     assert any(ln.startswith("| full_short |") and "not reached | 0/1" in ln for ln in lines)
+    assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|")  # header, rule and rows agree
     # an explicit target
     e = {x["policy"]: x for x in report.time_to_accuracy(runs, target_top1=75)["entries"]}
     assert e["full"]["time_to_target_s"]["mean"] == 30 and e["orderdp"]["time_to_target_s"]["mean"] == 21  # 18, 24
