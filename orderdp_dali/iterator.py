@@ -79,7 +79,9 @@ class DALIPlanIterator:
         pipeline_config: crop size, normalisation, output dtype.
 
     Sharding: training plans are padded by wrap-around to a multiple of ``world_size``
-    (see :meth:`EpochPlan.shard`), so every rank yields the same number of batches.
+    (see :meth:`EpochPlan.shard`), so every rank yields the same number of batches. In
+    training a last batch of one sample is merged into the batch before it (BatchNorm
+    cannot train on one sample; see :class:`~orderdp_dali.plan_source.EpochBatches`).
 
     One pipeline per iterator: it is built on first use (or by :meth:`start`), and each
     epoch is one pass of it. A pass that fails (a file that breaks decoding) rebuilds the
@@ -332,7 +334,7 @@ class DALIPlanIterator:
                 return self._make_pipeline(
                     feed,
                     train=self.augment,
-                    batch_size=self.batch_size,
+                    batch_size=self.source.max_batch,  # one more where a last single sample is merged
                     device=self.device,
                     device_id=self.device_id if self.device == "gpu" else None,
                     num_threads=self.num_threads,

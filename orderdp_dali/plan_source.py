@@ -30,27 +30,46 @@ class EpochBatches:
         epoch: the epoch.
         indices, weights: the shard's samples in training order (a dropped last partial
             batch already removed).
-        batch_size: samples per batch; only the last batch may be smaller.
+        batch_size: samples per batch; only the last batch may differ.
+        merge_single: training: a last batch of one sample joins the one before it (which
+            then holds ``batch_size + 1``), because BatchNorm cannot train on one sample and
+            dropping it would train on less than the plan; a shard of a single sample has no
+            step at all (nothing to merge it into).
+
+    Example (``batch_size`` 4, ``merge_single``): 9 samples are batches of 4 and 5, 10 are
+    4, 4 and 2, 1 is no batch.
     """
 
     epoch: int
     indices: np.ndarray
     weights: np.ndarray
     batch_size: int
+    merge_single: bool = False
 
     @property
     def steps(self) -> int:
-        return num_steps(len(self.indices), self.batch_size)
+        n = len(self.indices)
+        steps = num_steps(n, self.batch_size)
+        if self.merge_single and self.batch_size > 1 and n % self.batch_size == 1:
+            steps -= 1  # the single last sample rides with the batch before it (none when n == 1)
+        return steps
+
+    @property
+    def max_batch(self) -> int:
+        """The largest batch a pass yields (what the pipeline's batch size must allow)."""
+        return self.batch_size + 1 if self.merge_single and self.batch_size > 1 else self.batch_size
 
     def __len__(self) -> int:
         return self.steps
 
     def batch(self, step: int) -> Tuple[np.ndarray, np.ndarray]:
         """(indices, weights) of batch ``step``."""
-        if not 0 <= step < self.steps:
-            raise IndexError(f"step {step} outside epoch {self.epoch}'s {self.steps} batches")
+        steps = self.steps
+        if not 0 <= step < steps:
+            raise IndexError(f"step {step} outside epoch {self.epoch}'s {steps} batches")
         lo = step * self.batch_size
-        return self.indices[lo : lo + self.batch_size], self.weights[lo : lo + self.batch_size]
+        hi = len(self.indices) if step == steps - 1 else lo + self.batch_size  # the last takes what is left
+        return self.indices[lo:hi], self.weights[lo:hi]
 
 
 class PlanSource:
@@ -127,7 +146,23 @@ class PlanSource:
         return self._shard
 
     def __len__(self) -> int:
-        return num_steps(len(self.shard), self.batch_size, self.drop_last)
+        return self._cut(self.shard).steps
+
+    @property
+    def max_batch(self) -> int:
+        """The largest batch any epoch yields: ``batch_size``, or one more where a last batch of
+        one sample is merged (training without ``drop_last``; see :class:`EpochBatches`)."""
+        return EpochBatches(0, np.empty(0), np.empty(0), self.batch_size, self._merge_single).max_batch
+
+    @property
+    def _merge_single(self) -> bool:
+        return self.pad and not self.drop_last
+
+    def _cut(self, shard: EpochPlan) -> EpochBatches:
+        steps = num_steps(len(shard), self.batch_size, self.drop_last)
+        used = steps * self.batch_size if self.drop_last else len(shard)
+        return EpochBatches(self._epoch, shard.indices[:used], shard.weights[:used], self.batch_size,
+                            self._merge_single)
 
     def batches(self) -> EpochBatches:
         """This epoch's batches.
@@ -136,15 +171,14 @@ class PlanSource:
             ValueError: ``drop_last`` with a shard smaller than one batch (no step at all).
         """
         shard = self.shard
-        steps = num_steps(len(shard), self.batch_size, self.drop_last)
-        if self.drop_last and steps == 0 and len(shard) > 0:
+        batches = self._cut(shard)
+        if self.drop_last and batches.steps == 0 and len(shard) > 0:
             raise ValueError(
                 f"batch_size {self.batch_size} is larger than this rank's {len(shard)} planned samples "
                 f"in epoch {self._epoch} with drop_last=True: the epoch would have no step; "
                 "lower batch_size or set drop_last=False"
             )
-        used = steps * self.batch_size if self.drop_last else len(shard)
-        return EpochBatches(self._epoch, shard.indices[:used], shard.weights[:used], self.batch_size)
+        return batches
 
     def advance(self) -> None:
         """Move to the next epoch (its plan is chosen when first asked for)."""

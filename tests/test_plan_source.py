@@ -29,12 +29,27 @@ def test_batches_cover_exactly_this_ranks_shard(n, world, batch, drop_last):
         batches = src.batches()
         assert batches.steps == len(src)
         got = [batches.batch(k) for k in range(batches.steps)]
-        assert all(len(i) == batch for i, _ in got[:-1]) and 0 < len(got[-1][0]) <= batch
+        assert all(len(i) == batch for i, _ in got[:-1]) and 0 < len(got[-1][0]) <= batches.max_batch
+        assert len(got[-1][0]) > 1 or len(got) == 1  # a last single sample joins the batch before it
         indices = np.concatenate([i for i, _ in got])
         keep = len(shard) // batch * batch if drop_last else len(shard)
         np.testing.assert_array_equal(indices, shard.indices[:keep])
         with pytest.raises(IndexError):
             batches.batch(batches.steps)
+
+
+@pytest.mark.parametrize("n, sizes", [(9, [4, 5]), (10, [4, 4, 2]), (5, [5]), (4, [4]), (1, []), (2, [2])])
+def test_a_last_single_sample_joins_the_batch_before_it_in_training(n, sizes):
+    """BatchNorm cannot train on one sample: training merges it (batch_size + 1); evaluation does not."""
+    plan = EpochPlan(0, np.arange(n), np.ones(n))
+    policy = SimpleNamespace(num_samples=n, select=lambda epoch: plan)
+    train = PlanSource(n, policy, 4)
+    batches = train.batches()
+    assert [len(batches.batch(k)[0]) for k in range(batches.steps)] == sizes and len(train) == len(sizes)
+    assert train.max_batch == batches.max_batch == 5
+    evaluation = PlanSource(n, policy, 4, pad=False).batches()
+    assert [len(evaluation.batch(k)[0]) for k in range(evaluation.steps)][-1:] == [n % 4 or 4]
+    assert PlanSource(n, policy, 4, pad=False).max_batch == PlanSource(n, policy, 4, drop_last=True).max_batch == 4
 
 
 def test_the_seven_sample_example_of_the_readme():
@@ -69,7 +84,7 @@ def test_bad_batch_size(bad):
 def test_feed_returns_each_batch_then_ends_the_pass(tmp_path):
     paths = ["a/x.JPEG", "b/ü y.JPEG", "c/z.jpeg"]
     samples = FileSamples(tmp_path, paths, np.array([2, 0, 1]))
-    src = PlanSource(3, make_policy("full", 3, seed=4), 2)
+    src = PlanSource(3, make_policy("full", 3, seed=4), 2, pad=False)  # as evaluation: batches of 2 and 1
     feed = BatchFeed(samples)
     with pytest.raises(RuntimeError, match="before any pass was begun"):
         feed(SimpleNamespace(iteration=0, epoch_idx=0))

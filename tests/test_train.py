@@ -317,3 +317,11 @@ def test_float16_pipeline_output_trains_and_validates(data, cache, tmp_path):
     cfg = make_cfg(data, cache, "data.dtype=float16", "train.epochs=1", "train.eval_every=1", "policy.name=full")
     (record,) = run_training(cfg, output_dir=tmp_path)
     assert np.isfinite(record["train_loss"]) and record["val_samples"] == 12
+
+
+def test_a_last_batch_of_one_sample_trains_with_batchnorm(data, cache, tmp_path):
+    """48 samples in batches of 47 end in a 1-sample batch, which BatchNorm cannot train on
+    (ResNet-18 at 32 px has 1x1 maps in its last stage): it is merged into the batch before."""
+    cfg = make_cfg(data, cache, "model.name=resnet18", "train.batch_size=47", "train.epochs=1", "train.eval_every=0")
+    (record,) = run_training(cfg, output_dir=tmp_path)
+    assert record["steps"] == 1 and record["samples"] == record["planned"] == N_TRAIN
