@@ -124,9 +124,10 @@ def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
     """Seed torch, numpy's and Python's global RNGs per rank (the model is initialised before
     this, identically on all ranks). Our own randomness (plans, augmentation) never uses the
     global RNGs; this is for third-party code that does."""
-    torch.manual_seed(seed + rank)
-    np.random.seed(seed + rank)
-    random.seed(seed + rank)
+    per_rank = (seed + rank) % 2**32  # np.random.seed takes 32 bits; train.seed may be 2**32 - 1
+    torch.manual_seed(per_rank)
+    np.random.seed(per_rank)
+    random.seed(per_rank)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
