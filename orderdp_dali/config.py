@@ -16,7 +16,9 @@ Everything is checked before anything starts: an unknown key, a value of the wro
 out of range raises one :class:`~orderdp_dali.errors.ConfigError` naming the key. YAML is read
 strictly (:func:`load_yaml`): a key or section given twice in one mapping is refused with both
 line numbers instead of letting the last one win, and ``true``/``false`` are never numbers.
-:meth:`Config.to_dict` gives plain JSON-able data for checkpoints and logs.
+:meth:`Config.to_dict` gives plain JSON-able data for checkpoints and logs;
+:func:`config_changes` compares two of them (what a resume would change, see
+:data:`RUNTIME_KEYS`).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from orderdp_dali.errors import ConfigError
 
 __all__ = [
     "MAX_SEED",
+    "RUNTIME_KEYS",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -45,6 +48,8 @@ __all__ = [
     "TrainConfig",
     "build_checked",
     "checked_field",
+    "config_changes",
+    "flatten",
     "load_config",
     "load_yaml",
     "parse_override",
@@ -600,6 +605,45 @@ def _takes_number(cls: type, param: inspect.Parameter) -> bool:
         return bool(kinds & {int, float}) and bool not in kinds
     default = param.default
     return isinstance(default, (int, float)) and not isinstance(default, bool)
+
+
+# ------------------------------------------------------------ comparing
+# Keys that say how and where a run executes, not what its epochs compute: a resume may change
+# them freely (more threads on a new machine, a moved dataset, quieter output). The training set
+# behind the data paths is still checked by its fingerprint. Every other key is part of the recipe.
+RUNTIME_KEYS = frozenset({
+    "data.root", "data.train_split", "data.val_split", "data.train_list", "data.val_list", "data.classes_file",
+    "data.val_labels_csv", "data.exclude_file", "data.cache_dir",
+    "data.num_threads", "data.prefetch", "data.hw_decoder_load",
+    "model.channels_last",
+    "train.print_freq", "train.progress", "train.output_dir", "train.checkpoint", "train.save_every",
+    "train.eval_every", "train.dist_timeout_s", "train.compile", "train.compile_mode", "train.deterministic",
+})
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Nested sections as one level of dotted keys: ``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}``.
+
+    ``policy.params`` is kept whole (its keys depend on the policy)."""
+    flat: Dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and dotted != "policy.params":
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+    """Each dotted key whose value differs between two configs as plain data (:meth:`Config.to_dict`),
+    as ``key -> (saved value, current value)``, in key order.
+
+    Only keys ``saved`` has are compared: a checkpoint written before a setting existed says
+    nothing about it. Lists and tuples compare alike (JSON has no tuples).
+    """
+    before, after = flatten(to_plain(saved)), flatten(to_plain(now))
+    return {k: (before[k], after.get(k)) for k in sorted(before) if k in after and before[k] != after[k]}
 
 
 def to_plain(obj: Any) -> Any:
