@@ -31,7 +31,12 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+if __name__ == "__main__":  # python -m orderdp_dali.train: torch failing to load is one line, not a traceback
+    from orderdp_dali.cli import exit_if_unloadable
+
+    exit_if_unloadable("train", "torch")
 
 import numpy as np
 import torch
@@ -883,6 +888,10 @@ def describe_error(error: BaseException) -> Tuple[int, str]:
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return 1, f"cannot write{where}: {error.strerror}; choose a writable --output-dir"
         return 1, f"{error.strerror or error}{where}"
+    if isinstance(error, ImportError):  # torch or DALI loading lazily (e.g. under ulimit -v)
+        from orderdp_dali.cli import describe_import_error
+
+        return 1, describe_import_error(error)
     if "bad_alloc" in str(error) or isinstance(error, MemoryError):
         return 1, (
             "out of memory (std::bad_alloc): lower train.batch_size, data.crop or data.num_threads "
