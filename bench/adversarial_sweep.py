@@ -696,6 +696,27 @@ bad_train("cfg-drop-last-batch-over-plan", "config", ["data.drop_last=true", "tr
           ["train.batch_size", "data.drop_last"])
 bad_train("cfg-drop-last-batch-over-orderdp-plan", "config",
           [*ORDERDP, "data.drop_last=true", "train.batch_size=32"], [], ["train.batch_size", "data.drop_last"])
+# YAML keeps the last of two equal keys; a config must not train on a value its author did not see win.
+bad_train("cfg-duplicate-key-in-yaml", "config", ["--config", "{work}/twice.yaml"],
+          ["twice.yaml", "train.epochs", "line 4", "line 3"],
+          setup=_yaml_file("twice.yaml", "train:\n  epochs: 1\n  epochs: 3\n"), config=False,
+          setup_text="twice.yaml = base + train: {epochs: 1, then epochs: 3 on the next line}")
+bad_train("cfg-duplicate-section-in-yaml", "config", ["--config", "{work}/sections.yaml"],
+          ["sections.yaml", "optim", "line 4", "line 2"],
+          setup=_yaml_file("sections.yaml", "optim: {lr: 0.05}\ntrain: {epochs: 1}\noptim: {lr: 0.1}\n"),
+          config=False, setup_text="sections.yaml = base + an optim: section at lines 2 and 4")
+bad_train("cfg-bool-for-ratio", "config", [*ORDERDP, "policy.params.random_len_ratio=true"],
+          ["policy.params.random_len_ratio", "true"])
+bad_train("cfg-seed-above-32-bits", "config", ["train.seed=4294967296"], ["train.seed", "4294967296"])
+
+
+def _latin1_config(ctx: Ctx, work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "latin1.yaml").write_bytes(f"base: {json.dumps(str(ctx.config))}\n# caf\u00e9\n".encode("latin-1"))
+
+
+bad_train("cfg-config-file-not-utf8", "config", ["--config", "{work}/latin1.yaml"], ["latin1.yaml", "UTF-8", "line 2"],
+          setup=_latin1_config, config=False, setup_text="latin1.yaml = base + a comment with a Latin-1 byte (0xe9)")
 
 
 # ---------------------------------------------------------------- data
@@ -811,6 +832,9 @@ bad_train("ckpt-other-model", "checkpoint", ["model.name=resnet18", "--resume", 
           fixture="full1")
 bad_train("ckpt-other-optimizer", "checkpoint", ["optim.name=lamb", "train.epochs=2", "--resume", "auto"],
           ["optim.name"], fixture="full1")
+bad_train("ckpt-changed-recipe", "checkpoint",
+          ["optim.lr=0.1", "train.batch_size=4", "data.crop=28", "data.val_resize=28", "train.epochs=2",
+           "--resume", "auto"], ["optim.lr", "train.batch_size", "data.crop", "--allow-changes"], fixture="full1")
 
 
 # ---------------------------------------------------------------- output dir
@@ -1097,6 +1121,39 @@ custom("fault-extend-finished-orderdp-run", "fault",
        "copy finished run orderdp1 (1 epoch); train orderdp train.epochs=2 --resume auto")(_extend("orderdp1", ORDERDP))
 bad_train("fault-extend-finished-infobatch-run", "fault", [*INFOBATCH, "train.epochs=2", "--resume", "auto"],
           ["infobatch"], ["anneal", "train.epochs"], fixture="infobatch1")
+
+
+@custom("fault-resume-with-allow-changes", "fault",
+        "continues with the new lr: exit 0, epochs 0,1 logged once, a config_changes line naming optim.lr, "
+        "config.json and epoch 0's line untouched, config.1.json holding the new lr",
+        "copy finished run full1 (1 epoch); train optim.lr=0.1 train.epochs=2 --resume auto --allow-changes")
+def _allow_changes(ctx: Ctx, work: Path) -> Outcome:
+    out = ctx.copy_run("full1", work / "out")
+    keep = Snapshot(out / "config.json")
+    first = (out / METRICS).read_text(encoding="utf-8").splitlines()
+    o = judge_success(ctx.train(["optim.lr=0.1", "train.epochs=2", "--resume", "auto", "--allow-changes"], work,
+                                out=out))
+    records = read_metrics(out, o)
+    epochs = [r.get("epoch") for r in records if "kind" not in r]
+    changes = [r for r in records if r.get("kind") == "config_changes"]
+    if epochs != [0, 1]:
+        o.lose(f"{METRICS} logs epochs {epochs}, expected [0, 1] (each exactly once)")
+    if len(changes) != 1 or changes[0].get("epoch") != 1 or "optim.lr" not in (changes[0].get("changes") or {}):
+        o.fail(f"expected one config_changes line for epoch 1 naming optim.lr, got {changes}")
+    now = (out / METRICS).read_text(encoding="utf-8").splitlines() if (out / METRICS).is_file() else []
+    if now[:1] != first[:1]:
+        o.lose("epoch 0's line of the finished run was rewritten")
+    for damage in keep.damage():
+        o.lose(f"the first record was rewritten: {damage}")
+    later = out / "config.1.json"
+    if not later.is_file() or json.loads(later.read_text(encoding="utf-8"))["optim"]["lr"] != 0.1:
+        o.fail("config.1.json does not hold the new optim.lr")
+    expect_checkpoint(out, o, 2)
+    return o
+
+
+# torch's libraries do not fit in 1 GiB of address space: the import fails before any of our code runs.
+bad_train("fault-torch-import-under-ulimit", "fault", [], ["torch", "ulimit"], ulimit_kb=1024 * 1024)
 
 
 # ------------------------------------------------------------------ running and reporting

@@ -22,7 +22,9 @@ policy can appear several times::
 
 The schema is a set of frozen dataclasses built by :func:`orderdp_dali.config.build_checked`,
 so an unknown key or a bad value raises one ConfigError naming the key, as for training
-configs; every (policy, seed) run's training config is then built with
+configs, and the YAML is read as strictly (:func:`orderdp_dali.config.read_yaml_file`: a key
+given twice is refused with its line numbers; ``seeds`` lie in 0 .. 2**32 - 1); every
+(policy, seed) run's training config is then built with
 :meth:`orderdp_dali.config.Config.from_dict` before anything starts.
 
 Overrides use dotted keys: ``seeds=[0,1,2]``, ``policies=[full,orderdp]`` (a subset, in
@@ -37,9 +39,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-import yaml
-
-from orderdp_dali.config import Config, build_checked, checked_field, parse_override, set_path, to_plain
+from orderdp_dali.config import (
+    MAX_SEED,
+    Config,
+    build_checked,
+    checked_field,
+    parse_override,
+    read_yaml_file,
+    set_path,
+    to_plain,
+)
 from orderdp_dali.errors import ConfigError
 
 __all__ = ["BenchConfig", "DatasetSpec", "Entry", "LoaderSpec", "RECIPE_SECTIONS", "entry", "load_bench_config",
@@ -79,7 +88,7 @@ class LoaderSpec:
     top_q_ratio: float = checked_field(0.8, lo=0.0, hi=1.0, lo_open=True)
     warmup: int = checked_field(1, lo=0)
     repeats: int = checked_field(3, lo=1)
-    seed: int = checked_field(0, lo=0)
+    seed: int = checked_field(0, lo=0, hi=MAX_SEED)
     tile: int = checked_field(1, lo=1)
     cold_starts: int = checked_field(3, lo=0)
 
@@ -213,14 +222,7 @@ def load_bench_config(path: Optional[str], overrides: Sequence[str] = ()) -> Ben
     """
     data: Dict[str, Any] = {}
     if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"cannot read bench config {path}: {e.strerror or e}") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"invalid YAML in {path}: {_first_problem(e)}") from None
+        data = read_yaml_file(Path(path), "bench config") or {}  # strict: a key given twice is refused
         if not isinstance(data, dict):
             raise ConfigError(f"bench config {path} must hold a mapping, got {type(data).__name__}")
     data = copy.deepcopy(data)
@@ -237,10 +239,6 @@ def load_bench_config(path: Optional[str], overrides: Sequence[str] = ()) -> Ben
     return bench
 
 
-def _first_problem(error: yaml.YAMLError) -> str:
-    return str(getattr(error, "problem", None) or str(error).splitlines()[0])
-
-
 def _check(bench: BenchConfig) -> None:
     """The checks one field cannot make alone; then every run's training config."""
     if not bench.name or "/" in bench.name:
@@ -252,8 +250,9 @@ def _check(bench: BenchConfig) -> None:
             task_bench(bench, task)
         return
     seeds = bench.seeds
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds: need a non-empty list of distinct integers >= 0, got {list(seeds)!r}")
+    if not seeds or any(not 0 <= s <= MAX_SEED for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: need a non-empty list of distinct integers in 0 .. {MAX_SEED} (2**32 - 1), "
+                          f"got {list(seeds)!r}")
     if not bench.policies:
         raise ConfigError("policies: need at least one policy (a mapping policy -> parameters)")
     for name, params in bench.policies.items():

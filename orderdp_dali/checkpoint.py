@@ -7,6 +7,10 @@ run's config as plain data, the training set's fingerprint and the per-epoch pla
 
 Writes are atomic (:mod:`orderdp_dali.atomic`): a crash mid-write leaves the previous
 file intact.
+
+A resume continues the checkpoint's recipe (:func:`check_resumable`); a change that
+``--allow-changes`` lets through is recorded, never written over the run's first record
+(:func:`record_config`: ``config.json`` stays, ``config.<epoch>.json`` holds the new config).
 """
 from __future__ import annotations
 
@@ -16,21 +20,23 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from orderdp_dali.atomic import write_atomic, write_text_atomic
-from orderdp_dali.config import to_plain
+from orderdp_dali.config import RUNTIME_KEYS, config_changes, to_plain
 from orderdp_dali.errors import CheckpointError, first_line
 
 __all__ = [
     "CHECKPOINT_VERSION",
+    "CONFIG",
     "LAST",
     "check_resumable",
     "load_checkpoint",
     "numpy_to_torch",
+    "record_config",
     "resolve_resume",
     "save_checkpoint",
     "torch_to_numpy",
@@ -40,6 +46,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 LAST = "last.pth"
+CONFIG = "config.json"  # the config of a run's first epochs; config.<epoch>.json from a changed resume on
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -97,18 +104,37 @@ def resolve_resume(resume: Optional[str], output_dir: PathLike) -> Optional[Path
 
 
 def check_resumable(
-    state: Mapping[str, Any], path: PathLike, fingerprint: str, policy: Any, config: Mapping[str, Any]
-) -> None:
-    """Refuse to continue ``state`` on another dataset, model, optimizer or policy (name or settings).
+    state: Mapping[str, Any],
+    path: PathLike,
+    fingerprint: str,
+    policy: Any,
+    config: Mapping[str, Any],
+    allow_changes: bool = False,
+) -> Dict[str, Tuple[Any, Any]]:
+    """Refuse to continue ``state`` on another dataset, model, optimizer, policy, or recipe.
+
+    Always refused: another training set (fingerprint), ``model.name``, ``optim.name``, policy
+    name or settings (``policy.params``, ``train.seed``; see
+    :meth:`~orderdp_dali.policies.Policy.settings_conflict`: only the epoch count may change, and
+    only where no plan depends on it), and fewer ``train.epochs`` than the checkpoint has run.
+
+    Refused unless ``allow_changes``: any other change of the recipe, i.e. of a key outside
+    :data:`~orderdp_dali.config.RUNTIME_KEYS` (lr, batch size, crop, augmentation, label
+    smoothing, schedule, weight decay, amp, dtype, fewer epochs...): the remaining epochs would
+    compute something else than the run's first ones, and the record of how those were trained
+    would no longer describe the run. A larger ``train.epochs`` is allowed (extending a run).
 
     Args:
         state: a loaded checkpoint.
         path: where it came from (for messages).
         fingerprint: this run's training-set fingerprint.
-        policy: this run's policy (see :meth:`~orderdp_dali.policies.Policy.settings_conflict`:
-            only the epoch count may change, and only where no plan depends on it).
-        config: this run's config as plain data (``Config.to_dict()``): ``model.name`` and
-            ``optim.name`` must be the checkpoint's.
+        policy: this run's policy.
+        config: this run's config as plain data (``Config.to_dict()``).
+        allow_changes: accept recipe changes (the caller records them).
+
+    Returns:
+        The recipe changes accepted (``key -> (checkpoint's value, this run's)``); empty when
+        the recipe is the checkpoint's.
 
     Raises:
         CheckpointError: naming what the checkpoint has and what this run has.
@@ -147,6 +173,46 @@ def check_resumable(
             "resume with the checkpoint's settings (policy.params, train.seed, train.epochs) or start a fresh run"
         )
         raise CheckpointError(f"checkpoint {path} was made with other {policy.name} settings ({changed}): {reason}")
+    return _check_recipe(state, path, config, allow_changes)
+
+
+def _check_recipe(
+    state: Mapping[str, Any], path: PathLike, config: Mapping[str, Any], allow_changes: bool
+) -> Dict[str, Tuple[Any, Any]]:
+    """The recipe part of :func:`check_resumable` (the policy and names were checked before)."""
+    done = int(state.get("epoch", 0))
+    epochs = (config.get("train") or {}).get("epochs")
+    if isinstance(epochs, int) and epochs < done:
+        raise CheckpointError(
+            f"checkpoint {path} has trained {done} epochs, this run asks for train.epochs={epochs}: "
+            f"resume with train.epochs >= {done}, or keep the checkpoint as the finished run"
+        )
+    recipe = {}
+    for key, (then, now) in config_changes(state.get("config") or {}, config).items():
+        if key in RUNTIME_KEYS or key.startswith("policy."):  # the policy was compared as the policy sees it
+            continue
+        if key == "train.epochs" and isinstance(then, int) and isinstance(now, int) and now > then:
+            continue  # extending a run: its policy said above whether its plans allow it
+        recipe[key] = (then, now)
+    if recipe and not allow_changes:
+        shown = list(recipe.items())[:MAX_SHOWN_CHANGES]
+        more = f" and {len(recipe) - len(shown)} more" if len(recipe) > len(shown) else ""
+        changed = ", ".join(f"{k} {_yaml_value(a)} -> {_yaml_value(b)}" for k, (a, b) in shown) + more
+        back = " ".join(f"{k}={_yaml_value(a)}" for k, (a, _) in shown)
+        raise CheckpointError(
+            f"checkpoint {path} was trained with another recipe ({changed}): the remaining epochs would compute "
+            f"something else than the first ones; resume with the checkpoint's values ({back}), or pass "
+            "--allow-changes to continue with the new ones (recorded in metrics.jsonl and config.<epoch>.json)"
+        )
+    return recipe
+
+
+MAX_SHOWN_CHANGES = 6  # a refusal stays one readable line
+
+
+def _yaml_value(value: Any) -> str:
+    """``value`` as one would write it in a ``key=value`` override (JSON is YAML)."""
+    return json.dumps(value)
 
 
 def numpy_to_torch(obj: Any) -> Any:
@@ -171,6 +237,43 @@ def torch_to_numpy(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(torch_to_numpy(v) for v in obj)
     return obj
+
+
+def record_config(
+    out: PathLike, config: Mapping[str, Any], start: int = 0, saved: Optional[Mapping[str, Any]] = None
+) -> Optional[Path]:
+    """Keep the record of the configs a run was trained with, beside its log and checkpoints.
+
+    A fresh run (``saved`` is None) writes ``config.json``. A resumed run never rewrites it:
+    it describes how the run's first epochs were trained (it is written from ``saved``, the
+    checkpoint's config, only when missing, e.g. in a new output folder). When ``config``
+    differs from ``saved`` in any key (see :func:`~orderdp_dali.config.config_changes`), the
+    whole new config goes to ``config.<start>.json``: the config of epochs ``start`` on.
+    Records ``config.<k>.json`` with ``k >= start`` are removed first: those epochs are run
+    again, as :func:`trim_metrics` drops their log lines.
+
+    Args:
+        out: the run's output folder (exists).
+        config: this run's config as plain data.
+        start: the first epoch this run trains.
+        saved: the checkpoint's config (None: a fresh run).
+
+    Returns:
+        The ``config.<start>.json`` written, or None.
+    """
+    out = Path(out)
+    if saved is None:
+        write_text_atomic(out / CONFIG, json.dumps(to_plain(config), indent=2) + "\n")
+        return None
+    for old in out.glob("config.*.json"):
+        epoch = old.name[len("config."):-len(".json")]
+        if epoch.isdigit() and int(epoch) >= start:
+            old.unlink()
+    if not (out / CONFIG).is_file():
+        write_text_atomic(out / CONFIG, json.dumps(to_plain(saved), indent=2) + "\n")
+    if not config_changes(saved, config):
+        return None
+    return write_text_atomic(out / f"config.{start}.json", json.dumps(to_plain(config), indent=2) + "\n")
 
 
 def trim_metrics(path: PathLike, first_epoch: int) -> List[Dict[str, Any]]:

@@ -13,8 +13,12 @@ Overrides use dotted keys, values in YAML syntax: ``train.epochs=5``,
 ``optim.lr=0.1``, ``policy.params.top_q_ratio=0.9``, ``schedule.milestones=[30,60]``.
 
 Everything is checked before anything starts: an unknown key, a value of the wrong type or
-out of range raises one :class:`~orderdp_dali.errors.ConfigError` naming the key.
-:meth:`Config.to_dict` gives plain JSON-able data for checkpoints and logs.
+out of range raises one :class:`~orderdp_dali.errors.ConfigError` naming the key. YAML is read
+strictly (:func:`load_yaml`): a key or section given twice in one mapping is refused with both
+line numbers instead of letting the last one win, and ``true``/``false`` are never numbers.
+:meth:`Config.to_dict` gives plain JSON-able data for checkpoints and logs;
+:func:`config_changes` compares two of them (what a resume would change, see
+:data:`RUNTIME_KEYS`).
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ import yaml
 from orderdp_dali.errors import ConfigError
 
 __all__ = [
+    "MAX_SEED",
+    "RUNTIME_KEYS",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -42,8 +48,12 @@ __all__ = [
     "TrainConfig",
     "build_checked",
     "checked_field",
+    "config_changes",
+    "flatten",
     "load_config",
+    "load_yaml",
     "parse_override",
+    "read_yaml_file",
     "set_path",
     "to_plain",
 ]
@@ -51,6 +61,9 @@ __all__ = [
 PathLike = Union[str, "Path"]
 # torch.compile's modes (``default`` is torch's own default); here so that configs check them without torch.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# The largest seed: numpy's global seeding (np.random.seed, done for third-party code) takes 32-bit
+# seeds, so a larger one would fail only after the data were indexed. Checked up front instead.
+MAX_SEED = 2**32 - 1
 
 
 def _opt(default: Any, *, choices: Sequence[Any] = (), lo: Optional[float] = None, hi: Optional[float] = None,
@@ -178,7 +191,7 @@ class TrainConfig:
 
     epochs: int = _opt(90, lo=1)
     batch_size: int = _opt(128, lo=1)
-    seed: int = _opt(0, lo=0)
+    seed: int = _opt(0, lo=0, hi=MAX_SEED)
     device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
     amp: str = _opt("none", choices=("none", "bf16", "fp16"))
     label_smoothing: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)
@@ -248,27 +261,114 @@ def parse_override(item: str) -> Tuple[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"Invalid override {item!r}: empty key")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = load_yaml(text) if text.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"{key}: cannot parse value {text!r}: {getattr(e, 'problem', None) or e}") from None
     return key, value
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    Plain PyYAML keeps the last of two equal keys, so ``epochs: 1`` ... ``epochs: 3`` (or a
+    second ``optim:`` section) silently replaces the first. Here it is a
+    ``ConstructorError`` marked at the second key, naming the key's dotted path
+    (``train.epochs``) and the line of the first. Keys merged in with ``<<: *anchor`` may
+    still be overridden: that is what a merge is for.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._paths = _mapping_paths(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> Dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            prefix = getattr(self, "_paths", {}).get(id(node), "")
+            first: Dict[Any, yaml.Mark] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if earlier is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None,
+                        f"duplicate key {prefix + str(key)!r} (first at line {earlier.line + 1}): the later value "
+                        "would silently replace the earlier one; keep one of them",
+                        key_node.start_mark,
+                    )
+                first[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _mapping_paths(root: yaml.Node) -> Dict[int, str]:
+    """``id(mapping node) -> "section.key."``, the dotted prefix of its keys, for every mapping in a document."""
+    paths: Dict[int, str] = {}
+    stack = [(root, "")]
+    while stack:
+        node, prefix = stack.pop()
+        if id(node) in paths:  # an alias of a node already seen
+            continue
+        if isinstance(node, yaml.MappingNode):
+            paths[id(node)] = prefix
+            for key_node, value_node in node.value:
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                stack.append((value_node, f"{prefix}{name}."))
+        elif isinstance(node, yaml.SequenceNode):
+            paths[id(node)] = prefix
+            stack.extend((item, f"{prefix[:-1]}[{i}].") for i, item in enumerate(node.value))
+    return paths
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed as YAML with :class:`StrictLoader` (safe types only, no duplicate keys).
+
+    Raises:
+        yaml.YAMLError: bad syntax or a duplicate key; ``problem_mark`` gives the line.
+    """
+    return yaml.load(text, Loader=StrictLoader)  # a SafeLoader: plain data only
+
+
+def read_yaml_file(path: PathLike, what: str = "config file") -> Any:
+    """The YAML document in ``path``, read strictly (:func:`load_yaml`).
+
+    Args:
+        path: the file.
+        what: how messages name it (``"config file"``, ``"bench config"``).
+
+    Raises:
+        ConfigError: unreadable file, bytes that are not UTF-8, bad YAML or a duplicate key;
+            the message names the file and, where there is one, the line.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text: byte 0x{raw[e.start]:02x} at line {line}; save the file as UTF-8"
+        ) from None
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"invalid YAML in {path}{where}: {problem}") from None
 
 
 def _read_yaml(path: Path, chain: Tuple[Path, ...]) -> Dict[str, Any]:
     path = path.expanduser().resolve()
     if path in chain:
         raise ConfigError(f"config 'base:' cycle: {' -> '.join(str(p) for p in chain + (path,))}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"invalid YAML in {path}{where}: {problem}") from None
+    data = read_yaml_file(path, "config file")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -477,17 +577,73 @@ def _check_policy(policy: PolicyConfig, train: TrainConfig) -> None:
     params = inspect.signature(POLICIES[policy.name].__init__).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     allowed = [k for k in params if k not in ("self", "num_samples", "seed", "num_epochs")]
-    for k in policy.params:
+    for k, value in policy.params.items():
         if k in ("seed", "num_epochs"):
             raise ConfigError(f"policy.params.{k}: set by train.{'seed' if k == 'seed' else 'epochs'}, not here")
         if not accepts_any and k not in allowed:
             raise ConfigError(
                 f"policy.params.{k}: unknown parameter of policy {policy.name!r}; known: {', '.join(allowed) or 'none'}"
             )
+        if isinstance(value, bool) and k in params and _takes_number(POLICIES[policy.name], params[k]):
+            # float(True) is 1.0: without this, random_len_ratio=true would train as 1.0
+            raise ConfigError(f"policy.params.{k}: expected a number, got {str(value).lower()}")
     try:  # the policy validates its own values; 10^6 samples stands in for the dataset
         make_policy(policy.name, 1_000_000, seed=train.seed, num_epochs=train.epochs, **policy.params)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"policy.params: {e}") from None
+
+
+def _takes_number(cls: type, param: inspect.Parameter) -> bool:
+    """Whether ``cls.__init__``'s parameter ``param`` is a number (int or float, maybe Optional), not a flag:
+    from its annotation, else from its default."""
+    try:
+        hint = typing.get_type_hints(cls.__init__).get(param.name)
+    except Exception:  # an annotation that does not resolve: judge by the default
+        hint = None
+    if hint is not None:
+        kinds = set(typing.get_args(hint)) if typing.get_origin(hint) is Union else {hint}
+        return bool(kinds & {int, float}) and bool not in kinds
+    default = param.default
+    return isinstance(default, (int, float)) and not isinstance(default, bool)
+
+
+# ------------------------------------------------------------ comparing
+# Keys that say how and where a run executes, not what its epochs compute: a resume may change
+# them freely (more threads on a new machine, a moved dataset, quieter output). The training set
+# behind the data paths is still checked by its fingerprint. Every other key is part of the recipe.
+RUNTIME_KEYS = frozenset({
+    "data.root", "data.train_split", "data.val_split", "data.train_list", "data.val_list", "data.classes_file",
+    "data.val_labels_csv", "data.exclude_file", "data.cache_dir",
+    "data.num_threads", "data.prefetch", "data.hw_decoder_load",
+    "model.channels_last",
+    "train.print_freq", "train.progress", "train.output_dir", "train.checkpoint", "train.save_every",
+    "train.eval_every", "train.dist_timeout_s", "train.compile", "train.compile_mode", "train.deterministic",
+})
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Nested sections as one level of dotted keys: ``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}``.
+
+    ``policy.params`` is kept whole (its keys depend on the policy)."""
+    flat: Dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and dotted != "policy.params":
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+    """Each dotted key whose value differs between two configs as plain data (:meth:`Config.to_dict`),
+    as ``key -> (saved value, current value)``, in key order.
+
+    Only keys ``saved`` has are compared: a checkpoint written before a setting existed says
+    nothing about it. Lists and tuples compare alike (JSON has no tuples).
+    """
+    before, after = flatten(to_plain(saved)), flatten(to_plain(now))
+    return {k: (before[k], after.get(k)) for k in sorted(before) if k in after and before[k] != after[k]}
 
 
 def to_plain(obj: Any) -> Any:

@@ -31,7 +31,12 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+if __name__ == "__main__":  # python -m orderdp_dali.train: torch failing to load is one line, not a traceback
+    from orderdp_dali.cli import exit_if_unloadable
+
+    exit_if_unloadable("train", "torch")
 
 import numpy as np
 import torch
@@ -40,12 +45,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from orderdp_dali import ranking
-from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.checkpoint import (
     CHECKPOINT_VERSION,
     LAST,
     check_resumable,
     load_checkpoint,
+    record_config,
     resolve_resume,
     save_checkpoint,
     trim_metrics,
@@ -124,9 +129,10 @@ def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
     """Seed torch, numpy's and Python's global RNGs per rank (the model is initialised before
     this, identically on all ranks). Our own randomness (plans, augmentation) never uses the
     global RNGs; this is for third-party code that does."""
-    torch.manual_seed(seed + rank)
-    np.random.seed(seed + rank)
-    random.seed(seed + rank)
+    per_rank = (seed + rank) % 2**32  # np.random.seed takes 32 bits; train.seed may be 2**32 - 1
+    torch.manual_seed(per_rank)
+    np.random.seed(per_rank)
+    random.seed(per_rank)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -518,13 +524,26 @@ def _save(state: Dict[str, Any], out: Path, epoch_done: int, cfg: Config) -> Non
             save_checkpoint(state, keep)
 
 
+class Resumed(NamedTuple):
+    """What :func:`_resume` restored: the next epoch, the plan sizes so far, the metrics line of
+    the epoch before it as the checkpoint recorded it (if any), the checkpoint's config, and the
+    recipe changes ``--allow-changes`` let through (``key -> (old, new)``)."""
+
+    epoch: int
+    planned: List[int]
+    record: Optional[Dict[str, Any]]
+    config: Dict[str, Any]
+    changes: Dict[str, Tuple[Any, Any]]
+
+
 def _resume(
-    path: Path, model: nn.Module, optimizer: Any, scaler: Any, it: Any, fingerprint: str, cfg: Config
-) -> Tuple[int, List[int], Optional[Dict[str, Any]]]:
-    """Load ``path`` into the training objects; return (next epoch, plan sizes so far, the
-    metrics line of the epoch before it as the checkpoint recorded it, if any)."""
+    path: Path, model: nn.Module, optimizer: Any, scaler: Any, it: Any, fingerprint: str, cfg: Config,
+    allow_changes: bool = False,
+) -> Resumed:
+    """Load ``path`` into the training objects after checking that this run may continue it
+    (:func:`~orderdp_dali.checkpoint.check_resumable`: a changed recipe only with ``allow_changes``)."""
     state = load_checkpoint(path)
-    check_resumable(state, path, fingerprint, it.policy, cfg.to_dict())
+    changes = check_resumable(state, path, fingerprint, it.policy, cfg.to_dict(), allow_changes)
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -536,7 +555,16 @@ def _resume(
     if it.epoch != epoch:
         raise CheckpointError(f"{path}: iterator is at epoch {it.epoch} but the checkpoint says {epoch}")
     record = json.loads(state["record"]) if isinstance(state.get("record"), str) else None
-    return epoch, [int(p) for p in state.get("planned", [])], record
+    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+    return Resumed(epoch, [int(p) for p in state.get("planned", [])], record, saved, changes)
+
+
+def _config_changes_record(epoch: int, changes: Dict[str, Tuple[Any, Any]]) -> Dict[str, Any]:
+    """The metrics line that records recipe changes let through on resume. Its ``kind`` tells it
+    apart from the epochs' lines (readers of epochs skip it); its ``epoch`` is the first epoch
+    trained with them, so a resume before that epoch drops it with the epochs' lines."""
+    return {"kind": "config_changes", "epoch": epoch, "config": f"config.{epoch}.json",
+            "changes": {k: {"old": old, "new": new} for k, (old, new) in changes.items()}}
 
 
 # --------------------------------------------------------------------- run
@@ -556,6 +584,7 @@ class TrainingRun:
         output_dir: Optional[PathLike] = None,
         resume: Optional[str] = None,
         overwrite: bool = False,
+        allow_changes: bool = False,
     ) -> None:
         chosen = output_dir if output_dir is not None else cfg.train.output_dir
         if not str(chosen).strip():
@@ -564,6 +593,7 @@ class TrainingRun:
         self.out = Path(chosen).expanduser()
         self.resume = resume
         self.overwrite = overwrite
+        self.allow_changes = allow_changes  # resume with another recipe (recorded): see check_resumable
         self.rt: Optional[Runtime] = None
         self.train_it: Any = None
         self.val_it: Any = None
@@ -607,21 +637,26 @@ class TrainingRun:
             self.scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.train.amp == "fp16")
             seed_everything(cfg.train.seed, rt.rank, cfg.train.deterministic)
             self.fingerprint = data.train.fingerprint
-            start, self.planned, last_record = 0, [], None
+            start, self.planned, last_record, resumed = 0, [], None, None
             ckpt = resolve_resume(self.resume, out)
             if ckpt is not None:
-                start, self.planned, last_record = _resume(ckpt, self.bare, self.optimizer, self.scaler,
-                                                           self.train_it, self.fingerprint, cfg)
+                resumed = _resume(ckpt, self.bare, self.optimizer, self.scaler, self.train_it, self.fingerprint,
+                                  cfg, self.allow_changes)
+                start, self.planned, last_record = resumed.epoch, resumed.planned, resumed.record
                 if rt.is_main:
                     print(f"resumed from {ckpt}: continuing at epoch {start}", flush=True)
             elif rt.is_main and not self.overwrite:
                 _refuse_previous_run(out)
             if rt.is_main:
                 out.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+                # config.json describes the run's first epochs; a resume with other settings adds config.<start>.json
+                record_config(out, cfg.to_dict(), start, None if resumed is None else resumed.config)
                 kept = trim_metrics(out / METRICS, start)
-                if last_record is not None and not any(r.get("epoch") == start - 1 for r in kept):
+                logged = any(r.get("epoch") == start - 1 and "kind" not in r for r in kept)
+                if last_record is not None and not logged:
                     _append_metrics(out / METRICS, last_record)  # it stopped after the checkpoint, before the line
+                if resumed is not None and resumed.changes:
+                    _append_metrics(out / METRICS, _config_changes_record(start, resumed.changes))
             self.start_epoch = start
             if start < cfg.train.epochs:
                 # Build the run's one training pipeline and let it decode the first epoch's first
@@ -688,6 +723,7 @@ def run_training(
     resume: Optional[str] = None,
     overwrite: bool = False,
     on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
+    allow_changes: bool = False,
 ) -> List[Dict[str, Any]]:
     """Train as ``cfg`` says; return the per-epoch records of the epochs this call ran.
 
@@ -700,6 +736,9 @@ def run_training(
         overwrite: start afresh in an ``output_dir`` that holds a previous run (without it,
             such a run is refused and nothing is touched).
         on_epoch: called with each epoch's record once it is logged (progress display).
+        allow_changes: resume with a recipe other than the checkpoint's (lr, batch size, ...;
+            without it such a resume is refused); the change is recorded in ``metrics.jsonl``
+            (a ``"kind": "config_changes"`` line) and ``config.<epoch>.json``.
 
     Returns:
         One dict per epoch run (the JSON lines of the metrics log), on every rank.
@@ -710,7 +749,7 @@ def run_training(
         DistributedError: another rank died or stopped responding (within
             ``train.dist_timeout_s``); the message names the phase and the last checkpoint.
     """
-    with TrainingRun(cfg, output_dir, resume, overwrite) as run:
+    with TrainingRun(cfg, output_dir, resume, overwrite, allow_changes) as run:
         records = []
         for epoch in range(run.start_epoch, cfg.train.epochs):
             records.append(run.run_epoch(epoch))
@@ -798,6 +837,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="start afresh in an output dir that holds a run, replacing it"
     )
     parser.add_argument(
+        "--allow-changes", action="store_true",
+        help="with --resume: continue with a recipe other than the checkpoint's (lr, batch size, ...); the change is "
+             "recorded in metrics.jsonl and config.<epoch>.json",
+    )
+    parser.add_argument(
         "--debug", action="store_true", help="on an error, show the traceback too (or set ORDERDP_DALI_DEBUG=1)"
     )
     return parser
@@ -813,7 +857,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
-        run_training(cfg, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite)
+        run_training(cfg, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite,
+                     allow_changes=args.allow_changes)
     except KeyboardInterrupt:
         print("orderdp-dali train: interrupted", file=sys.stderr)
         return 130
@@ -843,6 +888,10 @@ def describe_error(error: BaseException) -> Tuple[int, str]:
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return 1, f"cannot write{where}: {error.strerror}; choose a writable --output-dir"
         return 1, f"{error.strerror or error}{where}"
+    if isinstance(error, ImportError):  # torch or DALI loading lazily (e.g. under ulimit -v)
+        from orderdp_dali.cli import describe_import_error
+
+        return 1, describe_import_error(error)
     if "bad_alloc" in str(error) or isinstance(error, MemoryError):
         return 1, (
             "out of memory (std::bad_alloc): lower train.batch_size, data.crop or data.num_threads "

@@ -461,11 +461,46 @@ def test_bench_config_overrides_route_to_recipe_and_policies(tmp_path):
         ("loader.loaders=[dali-plan,nope]", "loader.loaders: unknown loader 'nope'"),
         ("dataset.rot=x", "dataset.rot: unknown key; did you mean dataset.root?"),
         ("data.train_split=tr", "training.data.train_split: set it as dataset.train_split"),
+        ("seeds=[4294967296]", "seeds: need a non-empty list of distinct integers in 0 .. 4294967295"),
+        ("loader.seed=4294967296", "loader.seed: 4294967296 out of range"),
+        ("policies.orderdp.random_len_ratio=true",
+         "policies.orderdp: policy.params.random_len_ratio: expected a number"),
     ],
 )
 def test_bench_config_errors_name_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_bench_config(str(_tiny_config(tmp_path, tmp_path)), [override])
+
+
+def test_bench_seed_beyond_32_bits_is_one_line_not_a_traceback(tmp_path, capsys):
+    from orderdp_dali.bench.run import main
+
+    assert main(["--config", str(_tiny_config(tmp_path, tmp_path)), "seeds=[4294967296]",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("orderdp-dali bench: error: seeds: ") and "4294967296" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, where", [
+    ("name: a\nseeds: [0]\nname: b\n", "at line 4, column 1: duplicate key 'name' (first at line 2)"),
+    ("name: a\npolicies:\n  full: {}\n  orderdp: {top_q_ratio: 0.5}\n  orderdp: {top_q_ratio: 0.9}\n",
+     "at line 6, column 3: duplicate key 'policies.orderdp' (first at line 5)"),
+])
+def test_bench_config_yaml_is_strict(tmp_path, text, where):
+    path = tmp_path / "twice.yaml"
+    path.write_text(f"dataset: {{root: {tmp_path}}}\n" + text, encoding="utf-8")  # line 1
+    with pytest.raises(ConfigError) as err:
+        load_bench_config(str(path))
+    assert str(err.value).startswith(f"invalid YAML in {path} {where}: the later value would silently replace")
+
+
+def test_bench_config_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(f"dataset: {{root: {tmp_path}}}\nname: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"^bench config {re.escape(str(path))} is not UTF-8 text: byte 0xe9 at "
+                                          r"line 2; save the file as UTF-8$"):
+        load_bench_config(str(path))
 
 
 def test_shipped_bench_configs_validate():

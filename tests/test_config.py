@@ -94,6 +94,12 @@ def test_round_trip_frozen_and_override():
         ("data.val_resize=100", "data.val_resize: 100 is smaller than data.crop=224"),
         ("data.root=", "data.root: required"),
         ("optim.nesterov=true optim.name=lars", "optim.nesterov: needs optim.name=sgd"),
+        ("policy.name=orderdp policy.params.random_len_ratio=true",
+         "policy.params.random_len_ratio: expected a number, got true"),
+        ("policy.name=infobatch policy.params.prune_ratio=false", "policy.params.prune_ratio: expected a number"),
+        ("policy.name=orderdp policy.params.initial_score=true", "policy.params.initial_score: expected a number"),
+        ("train.seed=4294967296", "train.seed: 4294967296 out of range (need <= 4294967295)"),
+        ("train.seed=-1", "train.seed: -1 out of range"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
@@ -139,3 +145,71 @@ def test_parse_override():
 def test_removed_keys_say_what_replaced_them(key, replaced_by):
     with pytest.raises(ConfigError, match=rf"^{key.split('=')[0]}: no longer a setting: .*{re.escape(replaced_by)}"):
         load_config(None, [key])
+
+
+def test_a_seed_of_32_bits_is_the_largest_and_seeds_every_rank():
+    """2**32 - 1 passes validation and seeds numpy's global RNG on every rank (seed + rank wraps)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from orderdp_dali.config import MAX_SEED
+    from orderdp_dali.train import seed_everything
+
+    assert load_config(None, ["data.root=/r", f"train.seed={MAX_SEED}"]).train.seed == MAX_SEED == 2**32 - 1
+    states = np.random.get_state(), random.getstate(), torch.random.get_rng_state()
+    try:
+        seed_everything(MAX_SEED, rank=3, deterministic=False)  # np.random.seed(2**32 + 2) would raise
+        first = np.random.random()
+        seed_everything(2, rank=0, deterministic=False)
+        assert np.random.random() == first
+    finally:
+        np.random.set_state(states[0])
+        random.setstate(states[1])
+        torch.random.set_rng_state(states[2])
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("data: {root: /r}\ntrain:\n  epochs: 1\n  batch_size: 4\n  epochs: 3\n", "train.epochs", (5, 3)),
+    ("data: {root: /r}\noptim: {lr: 0.1}\ntrain: {epochs: 2}\noptim:\n  lr: 0.2\n", "optim", (4, 2)),
+    ("data: {root: /r}\npolicy:\n  name: orderdp\n  params: {top_q_ratio: 0.5, top_q_ratio: 0.9}\n",
+     "policy.params.top_q_ratio", (4, 4)),
+])
+def test_a_key_or_section_given_twice_is_refused_with_both_lines(tmp_path, text, key, lines):
+    path = write(tmp_path / "twice.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    second, first = lines
+    assert str(err.value).startswith(f"invalid YAML in {path} at line {second}, column ")
+    assert f"duplicate key '{key}' (first at line {first})" in str(err.value)
+
+
+def test_a_key_given_twice_in_a_base_file_names_that_file(tmp_path):
+    base = write(tmp_path / "base.yaml", "train:\n  epochs: 1\n  epochs: 3\n")
+    child = write(tmp_path / "child.yaml", "base: base.yaml\ndata: {root: /r}\n")
+    with pytest.raises(ConfigError, match=rf"invalid YAML in {re.escape(str(base))} at line 3.*'train.epochs'"):
+        load_config(child)
+
+
+def test_merge_keys_and_overrides_still_replace_values(tmp_path):
+    """Strictness is about a key written twice in one mapping: a ``<<`` merge may be overridden,
+    and so may a base file's key by the file that includes it, or a file's key by an override."""
+    path = write(tmp_path / "m.yaml", "defaults: &d {lr: 0.1, momentum: 0.8}\ndata: {root: /r}\n"
+                                       "optim:\n  <<: *d\n  lr: 0.2\n")
+    from orderdp_dali.config import read_yaml_file
+
+    assert read_yaml_file(path)["optim"] == {"lr": 0.2, "momentum": 0.8}
+    write(tmp_path / "a.yaml", "train: {epochs: 7}\ndata: {root: /r}\n")
+    b = write(tmp_path / "b.yaml", "base: a.yaml\ntrain: {epochs: 9}\n")
+    assert load_config(b, ["train.epochs=11"]).train.epochs == 11
+    with pytest.raises(ConfigError, match=r"^policy.params: cannot parse value .*duplicate key 'a'"):
+        parse_override("policy.params={a: 1, a: 2}")
+
+
+def test_a_config_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("data: {root: /r}\n# caf\u00e9\ntrain: {epochs: 2}\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"config file {path} is not UTF-8 text: byte 0xe9 at line 2; save the file as UTF-8"
