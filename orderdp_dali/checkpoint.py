@@ -280,21 +280,39 @@ def trim_metrics(path: PathLike, first_epoch: int) -> List[Dict[str, Any]]:
     """Drop the lines of a JSON-lines metrics log with ``epoch >= first_epoch`` (atomically); return the rest.
 
     A resumed run re-runs from ``first_epoch``, so each epoch ends up in the log exactly once.
-    Unparseable lines (a crash mid-append) are dropped with a warning.
+    An unparseable *last* line is what a crash in the middle of an append leaves: it is dropped
+    with a warning (the checkpoint carries the last epoch's line, and the caller logs it again).
+    An unparseable line anywhere else is damage, not a torn append: dropping it would lose that
+    epoch's record, so it is refused and the file is left as it is (unless ``first_epoch`` is 0,
+    when every line goes anyway).
+
+    Raises:
+        CheckpointError: a line before the last is not a JSON object; the message names the file
+            and the line.
     """
     path = Path(path)
     if not path.is_file():
         return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
     kept: List[Dict[str, Any]] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for k, (n, line) in enumerate(numbered):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("dropping unparseable line %d of %s", n, path)
+            problem = "" if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
+        except json.JSONDecodeError as e:
+            record, problem = None, f"not valid JSON ({e.msg} at column {e.colno})"
+        if problem:
+            if k == len(numbered) - 1:
+                log.warning("dropping line %d of %s, the last one: %s (an append cut short)", n, path, problem)
+                continue
+            if first_epoch > 0:
+                raise CheckpointError(
+                    f"{path}, line {n}: {problem}; only a torn last line may be dropped, and this one would lose "
+                    "an epoch's record: repair or delete the line, then resume again (nothing was changed)"
+                )
             continue
-        if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] < first_epoch:
+        if isinstance(record.get("epoch"), int) and record["epoch"] < first_epoch:
             kept.append(record)
     text = "".join(json.dumps(r) + "\n" for r in kept)
     write_text_atomic(path, text)

@@ -7,6 +7,7 @@ holder or a killed writer is a subprocess, so it has a PID of its own and really
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,9 +20,11 @@ import pytest
 from train_helpers import overrides, write_colour_dataset
 
 from orderdp_dali import atomic
-from orderdp_dali.checkpoint import METRICS
+from orderdp_dali.checkpoint import trim_metrics
 from orderdp_dali.config import load_config
+from orderdp_dali.errors import CheckpointError
 
+METRICS = "metrics.jsonl"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,6 +60,25 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+# ------------------------------------------------------- a damaged metrics log
+def test_trim_metrics_drops_only_a_torn_last_line(tmp_path, caplog):
+    path = tmp_path / METRICS
+    good = [json.dumps({"epoch": e, "train_loss": 1.0}) for e in range(3)]
+    for bad in ('{"epoch": 1, "train_lo', "[1, 2]", "\x00\x00\x00"):
+        text = "\n".join([good[0], bad, good[2], '{"epoch": 3, "tr']) + "\n"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(CheckpointError, match=rf"{path}, line 2: "):
+            trim_metrics(path, 3)
+        assert path.read_text(encoding="utf-8") == text
+    path.write_text("\n".join([*good, '{"epoch": 3, "tr']), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        kept = trim_metrics(path, 3)
+    assert [r["epoch"] for r in kept] == [0, 1, 2] and "dropping line 4" in caplog.text
+    assert path.read_text(encoding="utf-8") == "".join(line + "\n" for line in good)
+    path.write_text(f"{good[0]}\ngarbage\n{good[1]}\n", encoding="utf-8")
+    assert trim_metrics(path, 0) == [] and path.read_text() == ""  # a fresh start (--overwrite) keeps nothing
 
 
 # ------------------------------------------------------- temporary files of a killed run
