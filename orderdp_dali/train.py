@@ -65,6 +65,7 @@ from orderdp_dali.errors import (
     NonFiniteLossError,
     first_line,
 )
+from orderdp_dali.interrupts import signals_as_interrupts
 from orderdp_dali.lr_schedule import lr_at, progress, set_lr
 from orderdp_dali.models import build_model, compile_model, fixed_input_size
 from orderdp_dali.policies import make_policy
@@ -848,26 +849,34 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``orderdp-dali train`` command: 0 when the run ends, 2 for bad settings, data or checkpoints,
+    1 for other errors, 130 after Ctrl-C and 143 after SIGTERM (:mod:`orderdp_dali.interrupts`: the
+    run unwinds as on an error, leaving its last checkpoint and no temporary file; a second signal
+    exits at once, without a traceback)."""
     parser = get_args_parser()
     args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     debug = args.debug or os.environ.get("ORDERDP_DALI_DEBUG", "") not in ("", "0")
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.print_config:
-            print(json.dumps(cfg.to_dict(), indent=2))
-            return 0
-        run_training(cfg, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite,
-                     allow_changes=args.allow_changes)
-    except KeyboardInterrupt:
-        print("orderdp-dali train: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if debug:
-            raise
-        code, message = describe_error(e)
-        print(f"orderdp-dali train: error: {message}", file=sys.stderr)
-        return code
+    with signals_as_interrupts("orderdp-dali train") as signalled:
+        try:
+            cfg = load_config(args.config, args.overrides)
+            if args.print_config:
+                print(json.dumps(cfg.to_dict(), indent=2))
+                return 0
+            run_training(cfg, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite,
+                         allow_changes=args.allow_changes)
+        except KeyboardInterrupt:
+            print(f"orderdp-dali train: interrupted ({signalled.name})", file=sys.stderr)
+            return signalled.exit_code
+        except Exception as e:
+            if signalled.signum is not None and not debug:  # the signal surfaced inside a library's error
+                print(f"orderdp-dali train: interrupted ({signalled.name})", file=sys.stderr)
+                return signalled.exit_code
+            if debug:
+                raise
+            code, message = describe_error(e)
+            print(f"orderdp-dali train: error: {message}", file=sys.stderr)
+            return code
     return 0
 
 

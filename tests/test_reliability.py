@@ -397,8 +397,9 @@ def test_sigkill_mid_epoch_then_resume_auto_equals_uninterrupted(world, colours,
 
 @pytest.mark.slow
 def test_sigterm_mid_epoch_exits_promptly_and_leaves_nothing_behind(colours, cache, tmp_path):
-    """torchrun's teardown and preemption send SIGTERM: the run must end at once, with no
-    process, shared-memory file or temporary file left, and its last checkpoint intact."""
+    """torchrun's teardown and preemption send SIGTERM: the run must end at once as Ctrl-C ends it,
+    with the shell's code for SIGTERM (143), no process, shared-memory file, temporary file or lock
+    file left, and its last checkpoint intact."""
     shm_before = _shm_entries()
     out = tmp_path / "term"
     run = Run([sys.executable, "-m", "orderdp_dali.train", *make_cfg_args(colours, cache, *KILL_RUN),
@@ -407,10 +408,12 @@ def test_sigterm_mid_epoch_exits_promptly_and_leaves_nothing_behind(colours, cac
         assert run.wait_for(_mid_epoch(1), timeout=150), run.stderr[-3000:]
         assert _children(run.proc.pid) == []
         run.proc.send_signal(signal.SIGTERM)
-        assert run.finish(timeout=20) == -signal.SIGTERM
+        assert run.finish(timeout=20) == 128 + signal.SIGTERM, run.stderr[-3000:]
         assert not _pids_in_sessions(run.sessions)
     finally:
         run.kill_all()
+    assert "Traceback" not in run.stderr
+    assert "orderdp-dali train: interrupted (SIGTERM)" in run.stderr
     assert not {e for e in _shm_entries() - shm_before if "orderdp" in e or "dali" in e.lower()}
     # The bar said "inside epoch 1", but an epoch here is ~0.1 s: the signal may land in epoch 2.
     # Either way the last checkpoint loads and the log holds the epochs before it (or all but
@@ -423,6 +426,35 @@ def test_sigterm_mid_epoch_exits_promptly_and_leaves_nothing_behind(colours, cac
 
 def make_cfg_args(root: Path, cache: Path, *extra: str) -> List[str]:
     return overrides(root, cache, *SMALL, *extra)
+
+
+# A run that is still training when a test is done with it (it is then stopped).
+LONG_RUN = [*(a for a in KILL_RUN if not a.startswith("train.epochs=")), "train.epochs=400"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second", ["50 ms later", "after the first is reported"])
+def test_a_second_sigint_exits_quietly(second, colours, cache, tmp_path):
+    """Ctrl-C twice: the second one lands while the first unwinds the run or while DALI's exit handler
+    runs; either way the process ends at once, with no traceback and no temporary file."""
+    out = tmp_path / "twice"
+    run = Run([sys.executable, "-m", "orderdp_dali.train", *make_cfg_args(colours, cache, *LONG_RUN),
+               "train.progress=true", "--output-dir", str(out)])
+    try:
+        assert run.wait_for(_mid_epoch(1), timeout=150), run.stderr[-3000:]
+        run.proc.send_signal(signal.SIGINT)
+        if second == "50 ms later":
+            time.sleep(0.05)
+        else:
+            assert run.wait_for("orderdp-dali train: interrupted", timeout=20), run.stderr[-3000:]
+        run.proc.send_signal(signal.SIGINT)
+        assert run.finish(timeout=20) == 128 + signal.SIGINT, run.stderr[-3000:]
+    finally:
+        run.kill_all()
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr, run.stderr[-3000:]
+    assert "orderdp-dali train: interrupted" in run.stderr
+    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+    assert load_checkpoint(out / LAST)["epoch"] >= 1
 
 
 # ----------------------------------------------------- 3. a rank that dies
