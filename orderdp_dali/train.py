@@ -65,6 +65,7 @@ from orderdp_dali.errors import (
     NonFiniteLossError,
     first_line,
 )
+from orderdp_dali.folder_lock import FolderLock
 from orderdp_dali.interrupts import signals_as_interrupts
 from orderdp_dali.lr_schedule import lr_at, progress, set_lr
 from orderdp_dali.models import build_model, compile_model, fixed_input_size
@@ -601,6 +602,7 @@ class TrainingRun:
         self.start_epoch = 0  # the first epoch this run trains (later than 0 after a resume)
         self.setup: Dict[str, Any] = {}  # the training pipeline's build time, GPU memory after it
         self.phase = "start-up"  # named in the error if a peer rank dies
+        self._lock: Optional[FolderLock] = None
 
     def __enter__(self) -> "TrainingRun":
         try:
@@ -626,6 +628,8 @@ class TrainingRun:
         """Build everything and resume if asked; errors in settings, data or checkpoint raise here."""
         cfg, out = self.cfg, self.out
         self.rt = rt = init_runtime(cfg)
+        if rt.is_main:  # the only rank that writes the folder; held until close(), dropped by the kernel on a crash
+            self._lock = FolderLock(out).acquire()
         with self._guard():
             data = build_data(cfg)
             _refuse_one_class(data, cfg)
@@ -709,13 +713,19 @@ class TrainingRun:
         return record
 
     def close(self) -> None:
-        """Release the pipelines and, if this run joined it, the process group (idempotent)."""
-        for it in (self.train_it, self.val_it):
-            if it is not None:
-                it.close()
-        self.train_it = self.val_it = None
-        if self.rt is not None and self.rt.owns_process_group and dist.is_initialized():
-            dist.destroy_process_group()
+        """Release the pipelines, the output folder's lock and, if this run joined it, the process
+        group (idempotent)."""
+        try:
+            for it in (self.train_it, self.val_it):
+                if it is not None:
+                    it.close()
+            self.train_it = self.val_it = None
+            if self.rt is not None and self.rt.owns_process_group and dist.is_initialized():
+                dist.destroy_process_group()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
 
 def run_training(

@@ -20,9 +20,11 @@ import pytest
 from train_helpers import overrides, write_colour_dataset
 
 from orderdp_dali import atomic
-from orderdp_dali.checkpoint import trim_metrics
+from orderdp_dali.checkpoint import LAST, trim_metrics
 from orderdp_dali.config import load_config
 from orderdp_dali.errors import CheckpointError
+from orderdp_dali.folder_lock import LOCK_NAME, FolderLock, OutputDirInUseError
+from orderdp_dali.train import run_training
 
 METRICS = "metrics.jsonl"
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +62,47 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+# ----------------------------------------------------------------- the lock
+def test_a_run_into_a_folder_in_use_is_refused_naming_the_holder_until_it_dies(data, cache, tmp_path):
+    out = tmp_path / "run"
+    run_training(cfg(data, cache, "train.epochs=1"), output_dir=out)
+    holder = start_python(f"""
+        import sys, time
+        from orderdp_dali.folder_lock import FolderLock
+        lock = FolderLock({str(out)!r}).acquire()
+        print("locked", flush=True)
+        time.sleep(120)
+        """, "locked")
+    try:
+        before = files(out)
+        assert LOCK_NAME in before
+        for resume, overwrite in ((None, False), ("auto", False), (None, True)):
+            with pytest.raises(OutputDirInUseError, match=rf"train.output_dir: {out} is in use by another run "
+                                                          rf"\(PID {holder.pid}, since .*\); wait for it"):
+                run_training(cfg(data, cache, "train.epochs=2", "optim.lr=0.2"), output_dir=out, resume=resume,
+                             overwrite=overwrite)
+            assert files(out) == before  # nothing touched, not even the holder's lock file
+    finally:
+        stop(holder)  # SIGKILL: no clean-up ran, the kernel let go of the lock
+    assert (out / LOCK_NAME).exists()
+    records = run_training(cfg(data, cache, "train.epochs=2"), output_dir=out, resume="auto")
+    assert [r["epoch"] for r in records] == [1]
+    assert [r["epoch"] for r in logged(out)] == [0, 1]
+    # the stale lock file went with the run (config.1.json: the extended train.epochs, from epoch 1 on)
+    assert sorted(os.listdir(out)) == ["config.1.json", "config.json", LAST, METRICS]
+
+
+def test_the_lock_is_exclusive_in_one_process_too_and_a_failed_start_leaves_no_folder(data, cache, tmp_path):
+    out = tmp_path / "new" / "run"
+    with FolderLock(out):
+        with pytest.raises(OutputDirInUseError, match=rf"\(PID {os.getpid()}, since"):
+            FolderLock(out).acquire()
+    assert not (tmp_path / "new").exists()  # the lock made both folders; releasing it removed them, empty
+    with pytest.raises(Exception, match="data.root"):
+        run_training(cfg(tmp_path / "no data", cache), output_dir=out)
+    assert not (tmp_path / "new").exists()
 
 
 # ------------------------------------------------------- a damaged metrics log
@@ -104,3 +147,31 @@ def test_remove_stale_temporaries_matches_write_atomic_names_only(tmp_path):
     assert sorted(p.name for p in removed) == [".config.json.abcd_123.tmp", ".epoch_0004.pth.k3j9x2aq.tmp"]
     assert sorted(os.listdir(tmp_path)) == [".dir.abcdefgh.tmp", ".x.abc.tmp"]
     assert atomic.remove_stale_temporaries(tmp_path / "missing") == []
+
+
+# ------------------------------------------------------- bench --out
+def test_bench_refuses_an_out_folder_that_holds_a_bench_unless_overwrite(tmp_path, monkeypatch, capsys):
+    from orderdp_dali.bench import run as bench_run
+
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"name: tiny\ndataset: {{root: {tmp_path / 'data'}}}\npolicies: {{full: {{}}}}\n")
+    out = tmp_path / "old bench"
+    out.mkdir()
+    (out / "results.json").write_text('{"complete": true}')
+    (out / "report.md").write_text("# the old report\n")
+    kept = files(out)
+    ran = []
+    monkeypatch.setattr(bench_run, "run_bench", lambda bench, run_dir, *a: ran.append(run_dir) or {
+        "total_s": 0.0, "runs": []})
+    assert bench_run.main(["--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"orderdp-dali bench: error: --out: {out} already holds files (report.md, results.json); "
+                   "choose another --out, or pass --overwrite to write the new bench over them")
+    assert files(out) == kept and ran == []
+    assert bench_run.main(["--config", str(config), "--out", str(out), "--overwrite"]) == 0
+    assert ran == [out] and files(out) == kept  # the stand-in bench wrote nothing; the lock file is gone
+    assert bench_run.main(["--config", str(config), "--out", str(tmp_path / "new")]) == 0
+    assert ran[-1] == tmp_path / "new"
+    with FolderLock(tmp_path / "busy", setting="--out"):
+        assert bench_run.main(["--config", str(config), "--out", str(tmp_path / "busy")]) == 2
+    assert f"--out: {tmp_path / 'busy'} is in use by another run (PID {os.getpid()}" in capsys.readouterr().err

@@ -457,6 +457,36 @@ def test_a_second_sigint_exits_quietly(second, colours, cache, tmp_path):
     assert load_checkpoint(out / LAST)["epoch"] >= 1
 
 
+@pytest.mark.slow
+def test_two_runs_cannot_share_an_output_dir(colours, cache, tmp_path):
+    """A second fresh run (another lr) and a --resume auto started while a run trains in the folder
+    are both refused naming the first run's PID; the first run's log and config stay its own."""
+    out = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "orderdp_dali.train", *make_cfg_args(colours, cache, *LONG_RUN)]
+    first = Run([*cmd, "train.progress=true", "--output-dir", str(out)])
+    try:
+        assert first.wait_for(_mid_epoch(1), timeout=150), first.stderr[-3000:]
+        for extra in (["optim.lr=0.2"], ["--resume", "auto"], ["--overwrite"]):
+            second = Run([*cmd, *extra, "train.progress=false", "--output-dir", str(out)])
+            try:
+                assert second.finish(timeout=150) == 2, second.stderr[-3000:]
+            finally:
+                second.kill_all()
+            assert second.stderr.strip().splitlines()[-1] == (
+                f"orderdp-dali train: error: train.output_dir: {out} is in use by another run (PID {first.proc.pid}, "
+                f"since {json.loads((out / '.orderdp-dali.lock').read_text())['started']}); wait for it to end or "
+                "stop it, or choose another --output-dir"), extra
+            assert first.proc.poll() is None  # still training
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.finish(timeout=20) == 128 + signal.SIGTERM, first.stderr[-3000:]
+    finally:
+        first.kill_all()
+    epochs = [r["epoch"] for r in read_metrics(out)]
+    assert epochs == list(range(len(epochs))) and len(epochs) >= 1  # each epoch once, in order
+    assert json.loads((out / "config.json").read_text())["optim"]["lr"] == 0.05
+    assert sorted(os.listdir(out)) == ["config.json", LAST, "metrics.jsonl"]
+
+
 # ----------------------------------------------------- 3. a rank that dies
 @pytest.mark.slow
 @pytest.mark.parametrize("failure", ["dies", "hangs"])
