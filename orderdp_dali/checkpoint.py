@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,9 +33,13 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "CONFIG",
     "LAST",
+    "METRICS",
+    "another_run",
     "check_resumable",
     "load_checkpoint",
     "numpy_to_torch",
+    "peek_checkpoint",
+    "previous_run_files",
     "record_config",
     "resolve_resume",
     "save_checkpoint",
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 LAST = "last.pth"
 CONFIG = "config.json"  # the config of a run's first epochs; config.<epoch>.json from a changed resume on
+METRICS = "metrics.jsonl"
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -101,6 +106,106 @@ def resolve_resume(resume: Optional[str], output_dir: PathLike) -> Optional[Path
     if not path.is_file():
         raise CheckpointError(f"--resume {resume}: no such checkpoint file")
     return path
+
+
+def peek_checkpoint(path: PathLike) -> Optional[Dict[str, Any]]:
+    """A checkpoint's plain entries (``version``, ``epoch``, ``run_id``, ``config``, ``dataset``)
+    without reading its tensors: memory-mapped, so it costs little however large the model is.
+
+    Returns ``None`` when the file does not load; :func:`load_checkpoint` then says why.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch raises many types for a corrupt or foreign file
+        return None
+    if not isinstance(state, dict):
+        return None
+    return {key: state.get(key) for key in ("version", "epoch", "run_id", "config", "dataset")}
+
+
+def previous_run_files(output_dir: PathLike) -> List[str]:
+    """The files that make ``output_dir`` hold a run: a non-empty ``metrics.jsonl`` or ``last.pth``."""
+    out = Path(output_dir)
+    return [name for name in (METRICS, LAST) if (out / name).is_file() and (out / name).stat().st_size > 0]
+
+
+def _run_ids(output_dir: Path) -> Set[str]:
+    """The run ids recorded in ``output_dir``: its metrics lines' and its ``last.pth``'s."""
+    ids: Set[str] = set()
+    try:
+        lines = (output_dir / METRICS).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("run_id"), str):
+            ids.add(record["run_id"])
+    last = peek_checkpoint(output_dir / LAST) if (output_dir / LAST).is_file() else None
+    if last is not None and isinstance(last.get("run_id"), str):
+        ids.add(last["run_id"])
+    return ids
+
+
+def _recipe(config: Any) -> Any:
+    """A run's config without ``train.output_dir`` (a run continued in a copy of its folder is the same run)."""
+    if not isinstance(config, dict):
+        return config
+    train = {k: v for k, v in (config.get("train") or {}).items() if k != "output_dir"}
+    return {**config, "train": train}
+
+
+def another_run(path: PathLike, state: Optional[Mapping[str, Any]], output_dir: PathLike) -> Optional[str]:
+    """Why ``output_dir`` holds another run than the one checkpoint ``path`` continues, or ``None`` if it does not.
+
+    Resuming trims the folder's ``metrics.jsonl`` to the checkpoint's epoch and replaces its
+    ``last.pth`` and ``config.json``: right for the run the checkpoint belongs to, the loss of a
+    different run's record otherwise. The folder holds *the same run* when, checked in this order:
+
+    1. it holds no run at all (:func:`previous_run_files` is empty): nothing to lose;
+    2. the checkpoint lies in it (``last.pth``, ``epoch_0004.pth``): the folder's own run;
+    3. both carry run ids (every checkpoint and metrics line written since ids exist): the
+       checkpoint's id is the only one the folder records. A run gets its id when it starts afresh
+       and keeps it through every resume, also into another or a copied folder;
+    4. otherwise (files written before run ids): the folder's ``config.json`` equals the
+       checkpoint's config, ``train.output_dir`` aside.
+
+    Args:
+        path: the checkpoint to resume.
+        state: what :func:`peek_checkpoint` read from it (``None``: it does not load, the resume
+            will say so, and nothing is judged here).
+        output_dir: the folder the resumed run writes into.
+
+    Returns:
+        ``None``, or what the folder holds and why it is another run (for an error message).
+    """
+    out, path = Path(output_dir), Path(path)
+    found = previous_run_files(out)
+    if not found or state is None:
+        return None
+    try:
+        if path.resolve().parent == out.resolve():
+            return None
+    except OSError:
+        pass
+    ours = state.get("run_id")
+    theirs = _run_ids(out)
+    if isinstance(ours, str) and theirs:
+        if theirs == {ours}:
+            return None
+        why = f"run id {', '.join(sorted(t[:8] for t in theirs))}, the checkpoint's {ours[:8]}"
+    else:
+        try:
+            saved = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = None
+        if saved is not None and _recipe(saved) == _recipe(state.get("config")):
+            return None
+        why = ("its config.json differs from the checkpoint's config" if saved is not None
+               else "no run id or config.json to tell whose it is")
+    return f"{', '.join(found)}; {why}"
 
 
 def check_resumable(

@@ -28,6 +28,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -47,9 +48,14 @@ from torch import nn
 from orderdp_dali import ranking
 from orderdp_dali.checkpoint import (
     CHECKPOINT_VERSION,
+    CONFIG,
     LAST,
+    METRICS,
+    another_run,
     check_resumable,
     load_checkpoint,
+    peek_checkpoint,
+    previous_run_files,
     record_config,
     resolve_resume,
     save_checkpoint,
@@ -74,7 +80,6 @@ from orderdp_dali.policies import make_policy
 __all__ = ["TrainingRun", "evaluate", "get_args_parser", "main", "run_training", "train_one_epoch"]
 
 log = logging.getLogger(__name__)
-METRICS = "metrics.jsonl"
 PathLike = Union[str, "os.PathLike[str]"]
 _AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -602,6 +607,7 @@ class TrainingRun:
         self.start_epoch = 0  # the first epoch this run trains (later than 0 after a resume)
         self.setup: Dict[str, Any] = {}  # the training pipeline's build time, GPU memory after it
         self.phase = "start-up"  # named in the error if a peer rank dies
+        self.run_id: Optional[str] = None  # made at a fresh start, kept by every resume (checkpoint.another_run)
         self._lock: Optional[FolderLock] = None
 
     def __enter__(self) -> "TrainingRun":
@@ -644,6 +650,10 @@ class TrainingRun:
             self.fingerprint = data.train.fingerprint
             start, self.planned, last_record, resumed = 0, [], None, None
             ckpt = resolve_resume(self.resume, out)
+            peeked = peek_checkpoint(ckpt) if ckpt is not None else None
+            other = another_run(ckpt, peeked, out) if ckpt is not None and rt.is_main else None
+            if other is not None and not self.overwrite:
+                _refuse_other_run(out, ckpt, other)
             if ckpt is not None:
                 resumed = _resume(ckpt, self.bare, self.optimizer, self.scaler, self.train_it, self.fingerprint,
                                   cfg, self.allow_changes)
@@ -652,13 +662,19 @@ class TrainingRun:
                     print(f"resumed from {ckpt}: continuing at epoch {start}", flush=True)
             elif rt.is_main and not self.overwrite:
                 _refuse_previous_run(out)
+            self.run_id = (peeked or {}).get("run_id") or uuid.uuid4().hex
             if rt.is_main:
                 out.mkdir(parents=True, exist_ok=True)
+                # The log first: a damaged line refuses the resume before anything is rewritten. Another
+                # run's lines (--overwrite) all go, and so do its config records.
+                kept = trim_metrics(out / METRICS, 0 if other is not None else start)
+                if other is not None:
+                    _drop_config_records(out)
                 # config.json describes the run's first epochs; a resume with other settings adds config.<start>.json
                 record_config(out, cfg.to_dict(), start, None if resumed is None else resumed.config)
-                kept = trim_metrics(out / METRICS, start)
                 logged = any(r.get("epoch") == start - 1 and "kind" not in r for r in kept)
                 if last_record is not None and not logged:
+                    last_record.setdefault("run_id", self.run_id)
                     _append_metrics(out / METRICS, last_record)  # it stopped after the checkpoint, before the line
                 if resumed is not None and resumed.changes:
                     _append_metrics(out / METRICS, _config_changes_record(start, resumed.changes))
@@ -677,7 +693,7 @@ class TrainingRun:
         with self._guard():
             self.phase = f"epoch {epoch} (training)"
             record = {"epoch": epoch, "policy": cfg.policy.name, "world_size": rt.world_size,
-                      "plan_sha1": _plan_sha1(self.train_it.plan)}
+                      "plan_sha1": _plan_sha1(self.train_it.plan), "run_id": self.run_id}
             # Whether the ranking ranks (orderdp_dali.ranking): the planned samples' stored scores as
             # the plan was chosen, copied before training and compared after it, outside the timed epoch.
             policy = self.train_it.policy
@@ -700,6 +716,7 @@ class TrainingRun:
                 if rt.is_main:
                     state = _checkpoint_state(epoch + 1, self.bare, self.optimizer, self.scaler, iterator_state, cfg,
                                               self.fingerprint, self.planned, record)
+                    state["run_id"] = self.run_id  # which run this is: a resume into another folder compares it
                     _save(state, out, epoch + 1, cfg)
             if self.val_it is not None and _should_evaluate(cfg, epoch):
                 self.phase = f"epoch {epoch} (validation)"
@@ -783,12 +800,28 @@ def _refuse_one_class(data: Data, cfg: Config) -> None:
 
 def _refuse_previous_run(out: Path) -> None:
     """A fresh start must not destroy an earlier run's log and checkpoint without being asked to."""
-    found = [name for name in (METRICS, LAST) if (out / name).is_file() and (out / name).stat().st_size > 0]
+    found = previous_run_files(out)
     if found:
         raise ConfigError(
             f"train.output_dir: {out} already holds a run ({', '.join(found)}); continue it with --resume auto, "
             "choose another --output-dir, or pass --overwrite to replace it"
         )
+
+
+def _refuse_other_run(out: Path, ckpt: Path, why: str) -> None:
+    """Nor may a resume from a checkpoint of one run (``--resume PATH``) write over another run's folder."""
+    raise ConfigError(
+        f"train.output_dir: {out} holds another run ({why}) than the one {ckpt} continues; resuming there would "
+        "replace its log and checkpoint: choose another --output-dir, or pass --overwrite to replace that run"
+    )
+
+
+def _drop_config_records(out: Path) -> None:
+    """Remove another run's ``config.json`` and ``config.<epoch>.json`` (``--overwrite`` replaces that run):
+    :func:`~orderdp_dali.checkpoint.record_config` then records the resumed run's own config."""
+    for path in [out / CONFIG, *out.glob("config.*.json")]:
+        if path.is_file() and (path.name == CONFIG or path.name[len("config."):-len(".json")].isdigit()):
+            path.unlink()
 
 
 def _plan_sha1(plan: Any) -> str:

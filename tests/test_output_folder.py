@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,16 +18,16 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
+import torch
 from train_helpers import overrides, write_colour_dataset
 
 from orderdp_dali import atomic
-from orderdp_dali.checkpoint import LAST, trim_metrics
+from orderdp_dali.checkpoint import LAST, METRICS, load_checkpoint, trim_metrics
 from orderdp_dali.config import load_config
-from orderdp_dali.errors import CheckpointError
+from orderdp_dali.errors import CheckpointError, ConfigError
 from orderdp_dali.folder_lock import LOCK_NAME, FolderLock, OutputDirInUseError
 from orderdp_dali.train import run_training
 
-METRICS = "metrics.jsonl"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -105,7 +106,65 @@ def test_the_lock_is_exclusive_in_one_process_too_and_a_failed_start_leaves_no_f
     assert not (tmp_path / "new").exists()
 
 
+# ------------------------------------------------------- a resume into another run
+def test_a_checkpoint_of_one_run_is_not_resumed_over_another_runs_folder(data, cache, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_training(cfg(data, cache, "train.epochs=2"), output_dir=a)
+    run_training(cfg(data, cache, "train.epochs=1", "optim.lr=0.2"), output_dir=b)
+    kept = files(a)
+    other = cfg(data, cache, "train.epochs=2", "optim.lr=0.2")
+    with pytest.raises(ConfigError, match=rf"train.output_dir: {a} holds another run \(metrics.jsonl, last.pth; "
+                                          rf"run id \w{{8}}, the checkpoint's \w{{8}}\) than the one {b / LAST} "
+                                          r"continues; .*or pass --overwrite"):
+        run_training(other, output_dir=a, resume=str(b / LAST))
+    assert files(a) == kept  # epoch 1's line, last.pth and config.json of run a: all still there
+
+    # What stays allowed: into an empty folder, into a copy of the checkpoint's own run, and with --overwrite.
+    run_training(other, output_dir=tmp_path / "c", resume=str(b / LAST))
+    assert [r["epoch"] for r in logged(tmp_path / "c")] == [0, 1]
+    shutil.copytree(a, tmp_path / "a copy")
+    run_training(cfg(data, cache, "train.epochs=3"), output_dir=tmp_path / "a copy", resume=str(a / LAST))
+    assert [r["epoch"] for r in logged(tmp_path / "a copy")] == [0, 1, 2]
+    run_training(other, output_dir=a, resume=str(b / LAST), overwrite=True)
+    records = logged(a)
+    assert [r["epoch"] for r in records] == [0, 1]  # b's epoch 0 (from its checkpoint) and the epoch resumed
+    assert {r["run_id"] for r in records} == {load_checkpoint(b / LAST)["run_id"]} == {records[0]["run_id"]}
+    assert load_checkpoint(a / LAST)["run_id"] == records[0]["run_id"]
+    assert json.loads((a / "config.json").read_text())["optim"]["lr"] == 0.2  # b's record, not a's
+
+
+def test_without_run_ids_the_recipe_tells_whose_checkpoint_it_is(data, cache, tmp_path):
+    """Checkpoints and logs written before run ids existed: the folder's config.json decides."""
+    a = tmp_path / "a"
+    run_training(cfg(data, cache, "train.epochs=1"), output_dir=a)
+    state = load_checkpoint(a / LAST)
+    del state["run_id"]
+    torch.save(state, tmp_path / "old a.pth")  # a's own checkpoint, as an older version wrote it
+    state["config"]["optim"]["lr"] = 0.2
+    torch.save(state, tmp_path / "old other.pth")
+    (a / METRICS).write_text("".join(json.dumps({k: v for k, v in r.items() if k != "run_id"}) + "\n"
+                                     for r in logged(a)))
+    kept = files(a)
+    with pytest.raises(ConfigError, match=r"its config.json differs from the checkpoint's config"):
+        run_training(cfg(data, cache, "train.epochs=2", "optim.lr=0.2"), output_dir=a,
+                     resume=str(tmp_path / "old other.pth"))
+    assert files(a) == kept
+    records = run_training(cfg(data, cache, "train.epochs=2"), output_dir=a, resume=str(tmp_path / "old a.pth"))
+    assert [r["epoch"] for r in records] == [1] and [r["epoch"] for r in logged(a)] == [0, 1]
+
+
 # ------------------------------------------------------- a damaged metrics log
+def test_a_corrupt_line_inside_the_log_refuses_the_resume_and_loses_nothing(data, cache, tmp_path):
+    out = tmp_path / "run"
+    run_training(cfg(data, cache, "train.epochs=2"), output_dir=out)
+    lines = (out / METRICS).read_text(encoding="utf-8").splitlines(keepends=True)
+    (out / METRICS).write_text(lines[0][:25] + "\x00garbage\n" + lines[1], encoding="utf-8")  # epoch 0's line
+    kept = files(out)
+    with pytest.raises(CheckpointError, match=rf"{out / METRICS}, line 1: not valid JSON .*repair or delete the line"):
+        run_training(cfg(data, cache, "train.epochs=3"), output_dir=out, resume="auto")
+    assert files(out) == kept
+
+
 def test_trim_metrics_drops_only_a_torn_last_line(tmp_path, caplog):
     path = tmp_path / METRICS
     good = [json.dumps({"epoch": e, "train_loss": 1.0}) for e in range(3)]

@@ -483,6 +483,7 @@ def test_two_runs_cannot_share_an_output_dir(colours, cache, tmp_path):
         first.kill_all()
     epochs = [r["epoch"] for r in read_metrics(out)]
     assert epochs == list(range(len(epochs))) and len(epochs) >= 1  # each epoch once, in order
+    assert len({r["run_id"] for r in read_metrics(out)}) == 1
     assert json.loads((out / "config.json").read_text())["optim"]["lr"] == 0.05
     assert sorted(os.listdir(out)) == ["config.json", LAST, "metrics.jsonl"]
 
