@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orderdp_dali import ranking
+from orderdp_dali.atomic import remove_stale_temporaries
 from orderdp_dali.checkpoint import (
     CHECKPOINT_VERSION,
     CONFIG,
@@ -665,6 +666,7 @@ class TrainingRun:
             self.run_id = (peeked or {}).get("run_id") or uuid.uuid4().hex
             if rt.is_main:
                 out.mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(out)  # a killed run's; safe: this run holds the folder's lock
                 # The log first: a damaged line refuses the resume before anything is rewritten. Another
                 # run's lines (--overwrite) all go, and so do its config records.
                 kept = trim_metrics(out / METRICS, 0 if other is not None else start)

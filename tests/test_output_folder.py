@@ -184,6 +184,31 @@ def test_trim_metrics_drops_only_a_torn_last_line(tmp_path, caplog):
 
 
 # ------------------------------------------------------- temporary files of a killed run
+def test_temporary_files_of_a_killed_write_are_removed_when_a_run_starts(data, cache, tmp_path):
+    out = tmp_path / "run"
+    run_training(cfg(data, cache, "train.epochs=1"), output_dir=out)
+    writer = start_python(f"""
+        import time
+        from orderdp_dali.atomic import write_atomic
+        def slow(f):
+            f.write(b"x" * 1000)
+            f.flush()
+            print("writing", flush=True)
+            time.sleep(120)
+        write_atomic({str(out / LAST)!r}, slow)
+        """, "writing")
+    os.kill(writer.pid, signal.SIGKILL)  # in the middle of a checkpoint write
+    stop(writer)
+    (stale,) = [p for p in out.iterdir() if p.name.startswith(f".{LAST}.")]
+    assert stale.name.endswith(".tmp") and stale.stat().st_size == 1000
+    (out / f".{METRICS}.zz_09abc.tmp").write_text("half a log")
+    (out / "notes.tmp").write_text("not ours")  # not a write_atomic name: kept
+    (out / ".notes.tmp").write_text("not ours either")
+    records = run_training(cfg(data, cache, "train.epochs=2"), output_dir=out, resume="auto")
+    assert [r["epoch"] for r in records] == [1]
+    assert sorted(os.listdir(out)) == [".notes.tmp", "config.1.json", "config.json", LAST, METRICS, "notes.tmp"]
+
+
 def test_remove_stale_temporaries_matches_write_atomic_names_only(tmp_path):
     target = tmp_path / "config.json"
     real_replace = os.replace
