@@ -882,14 +882,93 @@ def _resume_finished(ctx: Ctx, work: Path) -> Outcome:
     return o
 
 
+# A run still training while a case starts a second one into its folder (stopped with SIGTERM after).
+LONG_RUN = (*(a for a in KILL_RUN if not a.startswith("train.epochs=")), "train.epochs=400")
+
+
+@custom("out-second-run-while-one-trains", "output dir",
+        "a fresh run (another lr) and a --resume auto into a folder where a run trains: both refused naming "
+        "the training run's PID; its log stays its own",
+        "train (orderdp, big, 400 epochs) into {out}; while it trains: train optim.lr=0.2 and train --resume auto "
+        "into {out}; SIGTERM the first")
+def _second_run(ctx: Ctx, work: Path) -> Outcome:
+    out = work / "out"
+    o = Outcome()
+    first = ctx.start(ctx.train_argv([*LONG_RUN, "train.progress=true"], work, out=out), work)
+    try:
+        if not first.wait_for(_mid_epoch(1), "stderr", ctx.timeout):
+            o.fail("the first run never reached epoch 1")
+            return o
+        for extra in (["optim.lr=0.2"], ["--resume", "auto"]):
+            res = ctx.train([*LONG_RUN, *extra], work, out=out)
+            judge_error(res, TRAIN_PREFIX, ["in use", f"PID {first.proc.pid}"], outcome=o)
+        if first.proc.poll() is not None:
+            o.fail(f"the first run stopped (exit {first.proc.returncode}) while the others were refused")
+        first.send(signal.SIGTERM)
+        first.finish(SIGNAL_GRACE_S)
+    finally:
+        first.kill_session()
+    records = read_metrics(out, o)
+    epochs = [r.get("epoch") for r in records]
+    if not epochs or epochs != list(range(len(epochs))) or len({r.get("run_id") for r in records}) != 1:
+        o.lose(f"{METRICS} logs epochs {epochs} of {len({r.get('run_id') for r in records})} runs: "
+               "expected the first run's alone, each epoch once")
+    if not (out / "config.json").is_file() or json.loads((out / "config.json").read_text())["optim"]["lr"] != 0.05:
+        o.lose("config.json is no longer the training run's")
+    return o
+
+
+@custom("out-resume-checkpoint-of-another-run", "output dir",
+        "refused, error names `another run` and `--overwrite`; the folder's run unchanged",
+        "copy finished run full1 to {out}, orderdp1 to {work}/b; train orderdp --resume {work}/b/last.pth "
+        "--output-dir {out}")
+def _other_run_checkpoint(ctx: Ctx, work: Path) -> Outcome:
+    out = ctx.copy_run("full1", work / "out")
+    other = ctx.copy_run("orderdp1", work / "b")
+    keep = Snapshot(out)
+    res = ctx.train([*ORDERDP, "train.epochs=2", "--resume", str(other / LAST)], work, out=out)
+    return judge_error(res, TRAIN_PREFIX, ["another run", "--overwrite"], keep=keep)
+
+
+@custom("out-corrupt-metrics-line-then-resume", "output dir",
+        f"refused, error names `{METRICS}` and `line 2`; the run's files unchanged",
+        f"copy finished run killref (3 epochs) to {{out}}; garble line 2 of {METRICS}; train --resume auto")
+def _corrupt_metrics_line(ctx: Ctx, work: Path) -> Outcome:
+    out = ctx.copy_run("killref", work / "out")
+    lines = (out / METRICS).read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[1] = lines[1][: len(lines[1]) // 2] + "\n"  # epoch 1's line, cut in half
+    (out / METRICS).write_text("".join(lines), encoding="utf-8")
+    keep = Snapshot(out)
+    res = ctx.train([*KILL_RUN, "--resume", "auto"], work, out=out)
+    return judge_error(res, TRAIN_PREFIX, [METRICS, "line 2"], keep=keep)
+
+
+@custom("out-temporary-files-of-a-killed-write", "output dir",
+        "trains on: exit 0, epochs 0,1 logged once, last.pth at epoch 2, the temporary files gone",
+        f"copy finished run full1 to {{out}}; add .{LAST}.k3j9x2aq.tmp and .{METRICS}.zz_09abc.tmp (what kill -9 "
+        "mid-write leaves); train train.epochs=2 --resume auto")
+def _stale_temporaries(ctx: Ctx, work: Path) -> Outcome:
+    out = ctx.copy_run("full1", work / "out")
+    (out / f".{LAST}.k3j9x2aq.tmp").write_bytes((out / LAST).read_bytes()[:4096])
+    (out / f".{METRICS}.zz_09abc.tmp").write_text('{"epoch": 0', encoding="utf-8")
+    o = judge_success(ctx.train(["train.epochs=2", "--resume", "auto"], work, out=out))
+    expect_epochs(out, o, [0, 1])
+    expect_checkpoint(out, o, 2)
+    left = sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp"))
+    if left:
+        o.fail(f"temporary files still there: {left}")
+    return o
+
+
 # ---------------------------------------------------------------- injected faults
 def _mid_epoch(epoch: int) -> str:
     """tqdm's bar for ``epoch`` after at least one finished step, e.g. ``epoch 1:  21%|##  | 3/27``."""
     return rf"epoch {epoch}:\s+\d+%\|[^|\r\n]*\| *[1-9]\d*/\d+"
 
 
-def _interrupt(ctx: Ctx, work: Path, pattern: str, stream: str, sig: int) -> Outcome:
-    """Run KILL_RUN, send ``sig`` once ``stream`` matches ``pattern``, check what is left, resume, compare."""
+def _interrupt(ctx: Ctx, work: Path, pattern: str, stream: str, sig: int, again: Optional[float] = None) -> Outcome:
+    """Run KILL_RUN, send ``sig`` once ``stream`` matches ``pattern`` (and a SIGINT ``again`` seconds
+    later), check what is left, resume, compare."""
     ref = read_metrics(ctx.fixture_run("killref"), Outcome())
     out = work / "out"
     o = Outcome()
@@ -898,6 +977,9 @@ def _interrupt(ctx: Ctx, work: Path, pattern: str, stream: str, sig: int) -> Out
         reached = proc.wait_for(pattern, stream, ctx.timeout)
         if reached:
             proc.send(sig)
+            if again is not None:
+                time.sleep(again)
+                proc.send(signal.SIGINT)
         res = proc.finish(SIGNAL_GRACE_S if reached else ctx.timeout)
         left = proc.session_pids()
     finally:
@@ -912,12 +994,17 @@ def _interrupt(ctx: Ctx, work: Path, pattern: str, stream: str, sig: int) -> Out
         o.fail(f"exit {res.rc} after SIGKILL")
     elif res.rc == 0:
         o.fail(f"exit 0 after {signal.Signals(sig).name}: an interrupted run must not look finished")
+    elif sig in (signal.SIGINT, signal.SIGTERM) and res.rc != 128 + (signal.SIGINT if again is not None else sig):
+        o.fail(f"exit {res.rc} after {signal.Signals(sig).name}{' and a second SIGINT' if again is not None else ''}"
+               f", expected {128 + (signal.SIGINT if again is not None else sig)}")
     if left:
         o.fail(f"processes left behind: {left}")
     known = ("config.json", LAST, METRICS)
     stray = sorted(p.name for p in out.iterdir() if p.name not in known) if out.is_dir() else []
-    if sig == signal.SIGTERM and stray:
+    if sig == signal.SIGTERM and again is None and stray:
         o.fail(f"files left behind after SIGTERM: {stray}")
+    if again is not None and [name for name in stray if name.endswith(".tmp")]:
+        o.fail(f"temporary files left behind after two SIGINTs: {stray}")
     # What the interrupted run left: a log of epochs 0..k-1 (no line twice, none torn) and a loadable
     # checkpoint. Whether the log or the checkpoint of the epoch at hand is written first is the
     # trainer's choice; the resume below must make them agree.
@@ -935,6 +1022,15 @@ def _interrupt(ctx: Ctx, work: Path, pattern: str, stream: str, sig: int) -> Out
     if [r.get("plan_sha1") for r in records] != [r.get("plan_sha1") for r in ref]:
         o.fail("the resumed run's plans (plan_sha1) differ from an uninterrupted run's")
     expect_checkpoint(out, o, 3)
+    # Whatever the interruption left (a kill -9 mid-write leaves a temporary checkpoint file), the
+    # resumed run cleaned it up. (config.<epoch>.json records the resume's changed settings: progress.)
+    stray = sorted(p.name for p in out.iterdir()
+                   if p.name not in known and not re.fullmatch(r"config\.\d+\.json", p.name)) if out.is_dir() else []
+    if stray:
+        o.fail(f"files left behind after the resumed run: {stray}")
+    if "Traceback" in res.stderr or "Exception ignored" in res.stderr:
+        o.traceback = True
+        o.fail("the interrupted run printed a traceback")
     return o
 
 
@@ -959,6 +1055,14 @@ def _kill_after_log(ctx: Ctx, work: Path) -> Outcome:
         "train (orderdp, 3 epochs, big) ; SIGTERM mid-epoch 1 ; train --resume auto")
 def _sigterm(ctx: Ctx, work: Path) -> Outcome:
     return _interrupt(ctx, work, _mid_epoch(1), "stderr", signal.SIGTERM)
+
+
+@custom("fault-sigint-twice-mid-epoch", "fault",
+        "Ctrl-C twice, 50 ms apart, in epoch 1: exit 130 within 20 s, no traceback, no temporary file; "
+        "resume logs 0,1,2 once",
+        "train (orderdp, 3 epochs, big) ; SIGINT mid-epoch 1 and again 50 ms later ; train --resume auto")
+def _sigint_twice(ctx: Ctx, work: Path) -> Outcome:
+    return _interrupt(ctx, work, _mid_epoch(1), "stderr", signal.SIGINT, again=0.05)
 
 
 @custom("fault-read-only-output-dir", "fault", "refused, error names the output dir `readonly_out`",
