@@ -28,6 +28,7 @@ import torch
 from orderdp_dali.atomic import write_atomic, write_text_atomic
 from orderdp_dali.config import RUNTIME_KEYS, config_changes, to_plain
 from orderdp_dali.errors import CheckpointError, first_line
+from orderdp_dali.sample_index import compare_fingerprints
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -245,8 +246,20 @@ def check_resumable(
         CheckpointError: naming what the checkpoint has and what this run has.
     """
     saved = state.get("dataset")
-    if saved != fingerprint:
-        saved_root = (state.get("config") or {}).get("data", {}).get("root", "?")
+    match = compare_fingerprints(saved, fingerprint)
+    saved_root = (state.get("config") or {}).get("data", {}).get("root", "?")
+    if match == "legacy":
+        log.warning("checkpoint %s predates content fingerprints: its files and labels match, but file sizes and "
+                    "mtimes were not recorded, so a file replaced under its name cannot be told; checkpoints "
+                    "written from now on record them", path)
+    elif match == "content":
+        raise CheckpointError(
+            f"checkpoint {path} was made on the same files and labels (data.root {saved_root}), but the size or "
+            "mtime of some file differs now: a file was replaced or rewritten under its name (put the original "
+            "back), or the data was copied without its mtimes (copy it with cp -a or rsync -a); else start a fresh "
+            "run"
+        )
+    elif match != "same":
         raise CheckpointError(
             f"checkpoint {path} was made on another dataset: fingerprint {str(saved)[:16]}... "
             f"(data.root {saved_root}), this run's is {fingerprint[:16]}...; "

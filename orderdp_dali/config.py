@@ -95,6 +95,10 @@ class DataConfig:
     list's classes (line i = class i). ``val_labels_csv``: the split folder ``val_split`` is
     flat and Kaggle's ``LOC_val_solution.csv`` labels it. These files are relative to
     ``root`` (see :mod:`orderdp_dali.file_lists`).
+    ``rescan``: walk the class folders (index the shards) even when the index cache in
+    ``cache_dir`` looks current. The cache notices added, removed and renamed files by their
+    folders' mtimes and ctimes; on a file system whose ctimes cannot be trusted, a folder whose
+    mtime was set back (``tar x``, ``rsync -a``) after a change is only seen by a rescan.
     """
 
     dataset: str = _opt("folder", choices=("folder", "tar", "cifar10", "cifar100"))
@@ -115,6 +119,7 @@ class DataConfig:
     val_list: Optional[str] = None
     classes_file: Optional[str] = None
     val_labels_csv: Optional[str] = None
+    rescan: bool = False
 
 
 @dataclass(frozen=True)

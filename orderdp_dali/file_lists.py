@@ -8,9 +8,10 @@ fingerprint and check-data work unchanged:
   <label>`` per line, paths relative to the split folder. The label is the *last*
   whitespace-separated field and everything before it (trimmed) is the path, so paths may
   contain spaces, as in DALI. Blank lines and lines whose first non-blank character is
-  ``#`` are skipped (so a path cannot start with ``#``). Labels are non-negative integers;
-  the class names come from an optional classes file (one name per line, line i = class i),
-  else they are ``"0"`` .. ``"K-1"`` with K = largest label + 1.
+  ``#`` are skipped (so a path cannot start with ``#``). Labels are non-negative integers
+  (at most 2^31 - 1); the class names come from an optional classes file (one name per line,
+  line i = class i), else they are ``"0"`` .. ``"K-1"`` with K = largest label + 1, at most a
+  million (a larger stray label would otherwise make billions of class names).
 * **Flat validation folder**: ``<split>/ILSVRC2012_val_00000001.JPEG`` ... with
   ``LOC_val_solution.csv`` (header ``ImageId,PredictionString``; the first token of
   PredictionString is the synset), mapped to the training classes (ImageFolder order).
@@ -21,7 +22,8 @@ the tree does, and a list regenerated in another order (``find`` output differs 
 machines) still has the same fingerprint, so a checkpoint resumes with it.
 
 Every listed file must exist when the index is built (checked with one directory listing per
-folder, not one ``stat`` per file); errors name the list file and line, or the image.
+folder, not one ``stat`` per file) and be a regular file (a listed FIFO, socket or device
+would block or fail the reader); errors name the list file and line, or the image.
 """
 from __future__ import annotations
 
@@ -36,7 +38,13 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Un
 import numpy as np
 
 from orderdp_dali.errors import DatasetError
-from orderdp_dali.sample_index import IMG_EXTENSIONS, SampleIndex, _is_dir  # the walk's rule for folders
+from orderdp_dali.sample_index import (  # _is_dir: the walk's rule for folders
+    IMG_EXTENSIONS,
+    MAX_LABEL,
+    MAX_UNNAMED_CLASSES,
+    SampleIndex,
+    _is_dir,
+)
 
 __all__ = [
     "index_file_list",
@@ -78,6 +86,9 @@ def parse_file_list(text: str, name: str) -> Tuple[List[str], np.ndarray, List[i
         if len(fields) != 2 or not (fields[1].isdigit() and fields[1].isascii()):
             raise _line_error(name, lineno, line, fields)
         path = fields[0]
+        if len(fields[1]) > 9 and int(fields[1]) > MAX_LABEL:
+            raise DatasetError(f"{name} line {lineno}: label {fields[1][:40]} is too large for a class index "
+                               f"(at most {MAX_LABEL}); labels are 0, 1, ..., one per class")
         if "/." in path or "//" in path or path[0] in "./" or path[-1] == "/":
             path = _normal_path(name, lineno, path)
         if path in first:
@@ -210,33 +221,61 @@ def missing_files(root: PathLike, paths: Iterable[str]) -> List[int]:
     One directory listing per distinct folder instead of one ``stat`` per file: a million
     ImageNet files live in about a thousand folders, which matters on network storage.
     """
+    return _absent_or_special(root, paths)[0]
+
+
+def _absent_or_special(root: PathLike, paths: Iterable[str]) -> Tuple[List[int], List[int]]:
+    """(positions of ``paths`` that do not exist, positions that are no regular file: a FIFO,
+    socket or device, or a symlink to one), from one directory listing per folder. A broken
+    symlink counts as present and regular, as in the folder walk: reading it names it."""
     root = os.fspath(root)
-    listed: Dict[str, Set[str]] = {}
-    out = []
+    listed: Dict[str, Dict[str, bool]] = {}  # folder -> {name: is a regular file (or a broken symlink)}
+    absent, special = [], []
     for i, rel in enumerate(paths):
         folder, fname = posixpath.split(rel)
         if folder not in listed:
             try:
                 with os.scandir(os.path.join(root, folder)) as it:
-                    listed[folder] = {e.name for e in it if not _is_dir(e)}
+                    listed[folder] = {e.name: _regular(e) for e in it if not _is_dir(e)}
             except OSError:
-                listed[folder] = set()
-        if fname not in listed[folder]:
-            out.append(i)
-    return out
+                listed[folder] = {}
+        kind = listed[folder].get(fname)
+        if kind is None:
+            absent.append(i)
+        elif not kind:
+            special.append(i)
+    return absent, special
+
+
+def _regular(entry: "os.DirEntry[str]") -> bool:
+    """Whether a (non-folder) entry is a regular file, a symlink to one, or a broken symlink."""
+    try:
+        if entry.is_file():  # d_type, or a stat for a symlink
+            return True
+        os.stat(entry.path)  # it exists, and is no regular file
+    except OSError:
+        return True  # a broken symlink (or one that vanished): kept, as the walk keeps it
+    return False
 
 
 def _refuse_missing(index: SampleIndex, where: Dict[str, str], source: str) -> None:
-    """DatasetError naming the first few listed files missing under ``index.root`` and their count."""
-    missing = missing_files(index.root, index.paths.tolist())
-    if not missing:
-        return
-    shown = [f"{where[p]} {p!r}" for p in (str(index.paths[i]) for i in missing[:SHOWN])]
-    raise DatasetError(
-        f"{source}: {len(missing)} of {len(index)} listed files do not exist under {index.root}: "
-        f"{_named(shown, len(missing))}; fix the list, or list the files as bad (check-data on the list "
-        "writes them) and pass that as data.exclude_file"
-    )
+    """DatasetError naming the first few listed files missing under ``index.root`` (or that are no
+    regular files) and their count."""
+    missing, special = _absent_or_special(index.root, index.paths.tolist())
+    remedy = ("fix the list, or list the files as bad (check-data on the list writes them) and pass that as "
+              "data.exclude_file")
+    if missing:
+        shown = [f"{where[p]} {p!r}" for p in (str(index.paths[i]) for i in missing[:SHOWN])]
+        raise DatasetError(
+            f"{source}: {len(missing)} of {len(index)} listed files do not exist under {index.root}: "
+            f"{_named(shown, len(missing))}; {remedy}"
+        )
+    if special:
+        shown = [f"{where[p]} {p!r}" for p in (str(index.paths[i]) for i in special[:SHOWN])]
+        raise DatasetError(
+            f"{source}: {len(special)} listed files under {index.root} are no regular files (a FIFO, socket or "
+            f"device, which training would block or fail reading): {_named(shown, len(special))}; {remedy}"
+        )
 
 
 def index_file_list(
@@ -271,7 +310,15 @@ def index_file_list(
         raise DatasetError(f"{list_path}: the split folder {root} its paths are relative to is not a directory")
     paths, labels, lines = parse_file_list(_read_text(list_path, "file list"), str(list_path))
     if classes is None:
-        classes = tuple(str(k) for k in range(int(labels.max()) + 1))
+        top = int(labels.max())
+        if top >= MAX_UNNAMED_CLASSES:
+            i = int(np.argmax(labels))
+            raise DatasetError(
+                f"{list_path} line {lines[i]}: label {top} without a classes file would make {top + 1} classes "
+                f"'0'..'{top}' (at most {MAX_UNNAMED_CLASSES} without class names): fix the label, or name the "
+                "classes in data.classes_file (one a line)"
+            )
+        classes = tuple(str(k) for k in range(top + 1))
     else:
         classes = tuple(classes)
         over = np.flatnonzero(labels >= len(classes))
@@ -373,7 +420,9 @@ def index_split(data: Any, split: str, classes: Optional[Sequence[str]] = None,
 
     ``data.train_list`` / ``data.val_list`` (with ``data.classes_file``), or for validation
     ``data.val_labels_csv``, when set; else the class folders of the split
-    (:meth:`SampleIndex.scan`). The list, classes and CSV files are relative to ``data.root``;
+    (:meth:`SampleIndex.scan`, walked afresh with ``data.rescan``; the training split's files are
+    re-stat'ed, so its fingerprint sees a file rewritten in place). The list, classes and CSV files
+    are relative to ``data.root``;
     listed images are relative to the split folder ``data.root/data.<split>_split``.
     ``classes``: the training classes, for a validation list or CSV.
     """
@@ -394,7 +443,9 @@ def index_split(data: Any, split: str, classes: Optional[Sequence[str]] = None,
         if classes is None:
             raise ValueError("index_split: a validation CSV needs the training classes")
         return index_flat_val(folder, _config_file(root, "val_labels_csv", data.val_labels_csv), classes, exclude)
-    return SampleIndex.scan(folder, cache_dir=data.cache_dir, exclude=exclude)
+    # the training split's files are re-stat'ed: its fingerprint then notices a file rewritten in place
+    return SampleIndex.scan(folder, cache_dir=data.cache_dir, exclude=exclude, rescan=data.rescan,
+                            verify=split == "train")
 
 
 def index_for_check(root: PathLike, file_list: Optional[PathLike] = None, classes_file: Optional[PathLike] = None,

@@ -37,7 +37,7 @@ from orderdp_dali.errors import DecodeError
 from orderdp_dali.plan import EpochPlan
 from orderdp_dali.plan_source import BatchFeed, EpochBatches, PlanSource
 from orderdp_dali.policies.base import Policy
-from orderdp_dali.sample_index import SampleIndex
+from orderdp_dali.sample_index import SampleIndex, compare_fingerprints
 from orderdp_dali.score_updates import ScoreUpdates
 
 __all__ = ["DALIPlanIterator"]
@@ -417,7 +417,7 @@ class DALIPlanIterator:
         from fresh seeds, and a changed world size is reported."""
         if state.get("version") not in (1, ITERATOR_STATE_VERSION):
             raise ValueError(f"unsupported iterator state version {state.get('version')!r}")
-        if state.get("dataset") != self.index.fingerprint:
+        if compare_fingerprints(state.get("dataset"), self.index.fingerprint) not in ("same", "legacy"):
             raise ValueError(
                 f"iterator state was saved for another dataset (fingerprint {str(state.get('dataset'))[:12]}..., "
                 f"this one {self.index.fingerprint[:12]}... at {self.index.root})"

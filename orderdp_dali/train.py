@@ -200,10 +200,11 @@ def build_data(cfg: Config) -> Data:
     if d.dataset == "tar":  # root/<split>/*.tar shards (orderdp_dali.tar_shards)
         from orderdp_dali.tar_shards import TarIndex
 
-        train = TarIndex.scan(root / d.train_split, cache_dir=d.cache_dir, exclude=exclude)
+        train = TarIndex.scan(root / d.train_split, cache_dir=d.cache_dir, exclude=exclude, rescan=d.rescan)
         val = None
         if cfg.train.eval_every > 0:  # shard labels index the training classes
-            val = TarIndex.scan(root / d.val_split, cache_dir=d.cache_dir, exclude=exclude, classes=train.classes)
+            val = TarIndex.scan(root / d.val_split, cache_dir=d.cache_dir, exclude=exclude, classes=train.classes,
+                                rescan=d.rescan)
     else:
         train = index_split(d, "train", exclude=exclude)  # class folders, or data.train_list
         val = None

@@ -330,3 +330,39 @@ def test_a_missing_config_file_names_its_key(key, tmp_path):
     args = ["data.train_list=t.txt"] if key == "classes_file" else []
     with pytest.raises(DatasetError, match=rf"^data\.{key}: .*nope\.txt is not a file"):
         build_data(load_config(None, overrides(root, tmp_path / "c", f"data.{key}=nope.txt", *args)))
+
+
+# ----------------------------------------------------------------- issue 22: huge labels, FIFOs in a list
+def test_a_huge_label_without_classes_file_is_an_error_naming_the_line(tmp_path):
+    """Issue 22.12: label 2e9 without a classes file ran 30 s into 'out of memory: lower train.batch_size';
+    a 26-digit label raised OverflowError."""
+    import time
+
+    split = write_jpeg_folder(tmp_path / "train", classes=2, per_class=1)
+    (tmp_path / "l.txt").write_text("class_00/img_000.JPEG 0\nclass_01/img_000.JPEG 2000000000\n")
+    started = time.perf_counter()
+    with pytest.raises(DatasetError, match=r"l\.txt line 2: label 2000000000 without a classes file .*classes_file"):
+        index_file_list(tmp_path / "l.txt", split)
+    assert time.perf_counter() - started < 5
+    (tmp_path / "l.txt").write_text("class_00/img_000.JPEG 0\nclass_01/img_000.JPEG " + "9" * 26 + "\n")
+    with pytest.raises(DatasetError, match=r"l\.txt line 2: label 9{26} is too large for a class index"):
+        index_file_list(tmp_path / "l.txt", split)
+    args = ["--file-list", str(tmp_path / "l.txt"), "--no-progress"]
+    assert check_data.main([str(split), *args]) == 2  # check-data refuses it with the same message
+
+
+def test_a_listed_fifo_is_refused_before_training_opens_it(tmp_path):
+    """Issue 22.10: a FIFO named like an image hangs the reader; a listed one is named, with its line."""
+    import os
+
+    split = write_jpeg_folder(tmp_path / "train", classes=2, per_class=1)
+    os.mkfifo(split / "class_01" / "x.JPEG")
+    (tmp_path / "l.txt").write_text("class_00/img_000.JPEG 0\nclass_01/img_000.JPEG 1\nclass_01/x.JPEG 1\n")
+    with pytest.raises(DatasetError, match=r"l\.txt: 1 listed files .* no regular files .*line 3 'class_01/x\.JPEG'"):
+        index_file_list(tmp_path / "l.txt", split)
+    report = check_data.check_dataset(split, index=index_file_list(tmp_path / "l.txt", split, check_exists=False),
+                                      workers=1, progress=False)
+    assert [(f.relpath, f.reason) for f in report.bad] == [("class_01/x.JPEG", "not_a_file")]
+    out = check_data.write_report(report, tmp_path / "bad.txt")
+    index = index_file_list(tmp_path / "l.txt", split, exclude=check_data.load_exclusion_list(out, split))
+    assert index.paths.tolist() == ["class_00/img_000.JPEG", "class_01/img_000.JPEG"]

@@ -246,3 +246,126 @@ def test_empty_class_errors_say_how_to_proceed(tmp_path):
     (root / "class_01b_empty").rmdir()
     with pytest.raises(DatasetError, match=r"class_00.*cannot skip a class.*replace .*or delete the folder"):
         SampleIndex.scan(root, cache_dir=tmp_path / "c", exclude=["class_00/img_000.JPEG"])
+
+
+# ------------------------------------------------------------ issue 22: content changes, restored mtimes, odd entries
+def _rewrite_in_place(path, data: bytes) -> None:
+    """New bytes under the same name and inode: the folder's mtime does not change (as with cp onto it)."""
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.write(data)
+
+
+def test_a_file_replaced_under_its_name_changes_the_fingerprint(tmp_path, caplog):
+    """Issue 22.6: the fingerprint covered names and labels only, so a replaced image resumed silently."""
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=3)
+    _age(root)
+    cache = tmp_path / "cache"
+    first = SampleIndex.scan(root, cache_dir=cache)
+    assert first.sizes.tolist() == [os.path.getsize(first.path(i)) for i in range(len(first))]
+    assert SampleIndex.scan(root, cache_dir=cache, verify=True).fingerprint == first.fingerprint  # untouched
+    victim = root / "class_01" / "img_002.JPEG"
+    _rewrite_in_place(victim, (root / "class_00" / "img_000.JPEG").read_bytes() + b"\0" * 7)
+    with caplog.at_level("WARNING", logger=si.__name__):
+        again = SampleIndex.scan(root, cache_dir=cache, verify=True)  # what training does
+    assert "class_01/img_002.JPEG" in caplog.text
+    assert again.paths.tolist() == first.paths.tolist() and again.fingerprint != first.fingerprint
+    assert si.compare_fingerprints(first.fingerprint, again.fingerprint) == "content"
+    assert SampleIndex.scan(root, cache_dir=cache).fingerprint == again.fingerprint  # the cache was updated
+    # replaced by a rename (a new inode): the folder changed, so a plain cached scan sees it too
+    new = tmp_path / "new.JPEG"
+    shutil.copy(root / "class_00" / "img_001.JPEG", new)
+    os.replace(new, root / "class_00" / "img_000.JPEG")
+    assert SampleIndex.scan(root, cache_dir=cache).fingerprint not in (first.fingerprint, again.fingerprint)
+
+
+def test_a_copy_that_keeps_mtimes_is_the_same_dataset_and_old_fingerprints_still_match(tmp_path):
+    root = write_jpeg_folder(tmp_path / "a" / "train", classes=2, per_class=3)
+    index = SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    kept = shutil.copytree(root, tmp_path / "b" / "train")  # copy2: mtimes kept, as cp -a / rsync -a
+    assert SampleIndex.scan(kept, cache_dir=tmp_path / "c").fingerprint == index.fingerprint
+    listed = SampleIndex(kept, index.classes, index.paths, index.labels)  # no recorded stamps: stat'ed once
+    assert listed.fingerprint == index.fingerprint
+    fresh = shutil.copytree(root, tmp_path / "d" / "train", copy_function=shutil.copyfile)  # new mtimes
+    for path in fresh.rglob("*.JPEG"):
+        os.utime(path, (1e9, 1e9))
+    moved = SampleIndex.scan(fresh, cache_dir=tmp_path / "c").fingerprint
+    assert si.compare_fingerprints(index.fingerprint, moved) == "content"
+    # a checkpoint written before sizes and mtimes were covered: names and labels decide
+    assert si.compare_fingerprints(index.names_fingerprint, index.fingerprint) == "legacy"
+    other = SampleIndex.scan(write_jpeg_folder(tmp_path / "o", 2, 4), cache_dir=tmp_path / "c")
+    assert si.compare_fingerprints(other.names_fingerprint, index.fingerprint) == "other"
+    assert si.compare_fingerprints(other.fingerprint, index.fingerprint) == "other"
+    assert si.compare_fingerprints(None, index.fingerprint) == "other"
+
+
+def test_a_folder_whose_mtime_was_set_back_is_rescanned(tmp_path, monkeypatch):
+    """Issue 22.9: a file added and the folder's mtime restored (tar x, rsync -a) left the cache trusted."""
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=2)
+    _age(root)
+    cache = tmp_path / "cache"
+    before = SampleIndex.scan(root, cache_dir=cache)
+    folder = root / "class_01"
+    st = os.stat(folder)
+    shutil.copy(folder / "img_000.JPEG", folder / "added.JPEG")
+    os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))  # the folder's mtime as cached
+    assert os.stat(folder).st_mtime_ns == st.st_mtime_ns
+    after = SampleIndex.scan(root, cache_dir=cache)
+    assert "class_01/added.JPEG" in after.paths.tolist() and len(after) == len(before) + 1
+    calls = _count_scans(monkeypatch)
+    SampleIndex.scan(root, cache_dir=cache)
+    assert calls == []  # current again
+    SampleIndex.scan(root, cache_dir=cache, rescan=True)  # data.rescan: walked whatever the cache says
+    assert len(calls) == 1
+
+
+def test_a_fifo_or_device_named_like_an_image_is_left_out_and_never_opened(tmp_path, caplog, monkeypatch):
+    """Issue 22.10: a FIFO named x.jpg was indexed, and reading it hung training."""
+    from orderdp_dali import check_data
+
+    root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=2)
+    os.mkfifo(root / "class_00" / "x.jpg")
+    os.symlink(root / "class_00" / "x.jpg", root / "class_01" / "to_fifo.JPEG")
+    os.symlink(tmp_path / "nowhere.JPEG", root / "class_01" / "dangling.JPEG")  # kept, as by ImageFolder
+    real_open = os.open
+
+    def no_fifo(path, *a, **k):
+        assert not str(path).endswith(("x.jpg", "to_fifo.JPEG")), f"opened {path}"
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", no_fifo)
+    with caplog.at_level("WARNING", logger=si.__name__):
+        index = SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    assert sorted(index.paths.tolist()) == ["class_00/img_000.JPEG", "class_00/img_001.JPEG",
+                                            "class_01/dangling.JPEG", "class_01/img_000.JPEG", "class_01/img_001.JPEG"]
+    assert "left out 2 image-named entries" in caplog.text and "class_00/x.jpg" in caplog.text
+    assert len(SampleIndex.scan(root, cache_dir=tmp_path / "c")) == 5  # from the cache, still left out
+    report = check_data.check_dataset(root, workers=1, progress=False)
+    assert {(f.relpath, f.reason) for f in report.bad} == {
+        ("class_00/x.jpg", "not_a_file"), ("class_01/to_fifo.JPEG", "not_a_file"),
+        ("class_01/dangling.JPEG", "broken_symlink")}
+
+
+def test_names_that_are_not_utf8_are_errors_naming_them_and_excludable(tmp_path):
+    """Issue 22.12: such a name passed check-data and failed in the fingerprint with UnicodeEncodeError."""
+    from orderdp_dali import check_data
+
+    root = write_jpeg_folder(tmp_path / "ds" / "train", classes=2, per_class=2)
+    bad_file = root / "class_00" / os.fsdecode(b"caf\xe9.JPEG")
+    shutil.copy(root / "class_00" / "img_000.JPEG", bad_file)
+    bad_dir = root / "class_01" / os.fsdecode(b"d\xfcr")
+    bad_dir.mkdir()
+    shutil.copy(root / "class_01" / "img_000.JPEG", bad_dir / "in.JPEG")
+    with pytest.raises(DatasetError, match=r"caf\\xe9\.JPEG.*\(and 1 more\).*not valid UTF-8: rename it.*exclude"):
+        SampleIndex.scan(root, cache_dir=tmp_path / "c")
+    report = check_data.check_dataset(root, workers=1, progress=False)
+    assert {(f.relpath, f.reason) for f in report.bad} == {
+        (os.path.relpath(bad_file, root), "bad_name"), (os.path.relpath(bad_dir, root), "bad_name")}
+    for name in ("bad.json", "bad.txt"):  # both list formats are UTF-8 and load back to the same names
+        listed = check_data.load_exclusion_list(check_data.write_report(report, tmp_path / name), root.parent)
+        index = SampleIndex.scan(root, cache_dir=tmp_path / "c", exclude=listed)
+        assert len(index) == 4 and index.fingerprint.startswith("v2:")
+    os.rename(root / "class_01", root / os.fsdecode(b"class_\xff"))
+    with pytest.raises(DatasetError, match=r"class folder .*class_\\xff.* not valid UTF-8: rename it .*every split"):
+        SampleIndex.scan(root, cache_dir=tmp_path / "c", exclude=listed)
+    assert check_data.main([str(root), "--no-progress", "--workers", "1"]) == 1  # printed, no UnicodeEncodeError
