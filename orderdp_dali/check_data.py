@@ -10,7 +10,9 @@ Which files are images follows torchvision's ``ImageFolder``: class folders are 
 (symlink-followed) sub-folders of a split, searched recursively; a file is an image when its
 name ends with one of :data:`IMG_EXTENSIONS` (any case). Other files are ignored, as there.
 The walk is :func:`orderdp_dali.sample_index.walk_split`, the one training's ``SampleIndex``
-uses, so both see the same files; a symlink loop is reported (``symlink_loop``) and skipped.
+uses, so both see the same files; a symlink loop is reported (``symlink_loop``) and skipped;
+an image-named FIFO, socket or device (``not_a_file``) and a file or folder name that is not
+valid UTF-8 (``bad_name``) are reported, never opened, and left out of the index.
 
 Two depths:
 
@@ -18,6 +20,8 @@ Two depths:
   image format (magic bytes); a JPEG must start with SOI ``FFD8`` and end with EOI ``FFD9``
   (trailing zero padding allowed), a PNG with its ``IEND`` chunk. A file that fails only the
   end check is decoded to tell a truncated file (bad) from one with trailing data (warning).
+  The size a JPEG, PNG, BMP or WebP header declares must stay within
+  :data:`MAX_DECODE_PIXELS` (``too_large``): DALI's decoders refuse more, mid-epoch.
 * deep (``--deep``): additionally decodes every image fully with PIL, in a process pool.
 
 Findings are *bad* (the file cannot be used: excluded by the written list, exit code 1) or
@@ -54,10 +58,11 @@ from tqdm import tqdm
 
 from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.errors import DatasetError
-from orderdp_dali.sample_index import IMG_EXTENSIONS, walk_split
+from orderdp_dali.sample_index import IMG_EXTENSIONS, is_utf8, printable, walk_split
 
 __all__ = [
     "IMG_EXTENSIONS",
+    "MAX_DECODE_PIXELS",
     "BAD_REASONS",
     "WARNING_REASONS",
     "Finding",
@@ -80,11 +85,13 @@ BAD_REASONS = {
     "broken_symlink": "symlink whose target does not exist",
     "unreadable": "cannot be opened (permissions or I/O error)",
     "unreadable_dir": "folder cannot be listed (permissions or I/O error)",
-    "not_a_file": "not a regular file (FIFO, device, ...)",
+    "not_a_file": "not a regular file (FIFO, socket, device): never opened, left out of the index",
+    "bad_name": "the file or folder name is not valid UTF-8",
     "empty_file": "zero bytes",
     "not_an_image": "content is no known image format",
     "unsupported_format": "an image format DALI cannot decode (GIF)",
     "truncated": "the image data ends early",
+    "too_large": "the header declares more pixels than the decoders accept",
     "decode_error": "full decode failed",
     "missing": "named by the file list or labels CSV, but not in the folder",
     # tar shards (orderdp_dali.tar_shards): the path is <shard>.tar/<member>
@@ -113,8 +120,15 @@ _FORMAT_EXTENSIONS = {
     "jpeg2000": (),
 }
 _UNSUPPORTED_FORMATS = {"gif"}
+_HEAD_BYTES = 4096  # one page: a JPEG's frame header is almost always inside it
 _TAIL_BYTES = 512
 _PNG_END = b"IEND\xaeB`\x82"
+# DALI's CPU decoders refuse larger images (OpenCV's CV_IO_MAX_IMAGE_PIXELS is 2^30; libjpeg-turbo
+# stops at a few GB of pixels): such a file fails training mid-epoch, and even below that each
+# sample would take gigabytes. PIL's own decompression-bomb limit (huge_image, a warning) is lower.
+MAX_DECODE_PIXELS = 1 << 30
+# JPEG start-of-frame markers (SOF0-SOF15 but DHT C4, JPG C8, DAC CC), which carry the image size
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 @dataclass(frozen=True)
@@ -224,6 +238,59 @@ def _sniff(head: bytes) -> Optional[str]:
     return None
 
 
+# read(offset, count) -> at most count bytes of the image from offset
+_Read = Callable[[int, int], bytes]
+
+
+def _jpeg_size(read: _Read) -> Optional[Tuple[int, int]]:
+    """(width, height) from a JPEG's frame header, walking the marker segments before it."""
+    pos = 2  # after SOI
+    for _ in range(1024):  # segments before the frame header; bounded against garbage
+        seg = read(pos, 9)
+        if len(seg) < 4 or seg[0] != 0xFF:
+            return None
+        marker = seg[1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        if marker in _SOF:
+            return (int.from_bytes(seg[7:9], "big"), int.from_bytes(seg[5:7], "big")) if len(seg) == 9 else None
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header came
+            return None
+        length = int.from_bytes(seg[2:4], "big")
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
+def _image_size(fmt: str, head: bytes, read: _Read) -> Optional[Tuple[int, int]]:
+    """(width, height) that an image's header declares, for the formats whose headers say it
+    cheaply (JPEG, PNG, BMP, WebP); None when unknown (TIFF and PNM are sized by the deep decode)."""
+    if fmt == "jpeg":
+        return _jpeg_size(read)
+    if fmt == "png" and len(head) >= 24 and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if fmt == "bmp" and len(head) >= 26:
+        if int.from_bytes(head[14:18], "little") == 12:  # OS/2 header: 16-bit sizes
+            return int.from_bytes(head[18:20], "little"), int.from_bytes(head[20:22], "little")
+        return (abs(int.from_bytes(head[18:22], "little", signed=True)),
+                abs(int.from_bytes(head[22:26], "little", signed=True)))  # a negative height is top-down
+    if fmt == "webp" and len(head) >= 30:
+        chunk = head[12:16]
+        if chunk == b"VP8 ":
+            return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+        if chunk == b"VP8L":
+            bits = int.from_bytes(head[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8X":
+            return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    return None
+
+
 def _decode(path: Union[str, IO[bytes]]) -> _Result:
     """Fully decode ``path`` (a file name or a binary file) with PIL; None if it decodes, else (reason, message)."""
     from PIL import Image, ImageFile
@@ -268,13 +335,19 @@ def check_file(path: str, deep: bool = True) -> _Result:
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
-            head = os.pread(fd, 16, 0)
+            head = os.pread(fd, _HEAD_BYTES, 0)
             tail = os.pread(fd, _TAIL_BYTES, max(0, st.st_size - _TAIL_BYTES))
+
+            def read(offset: int, count: int) -> bytes:
+                end = offset + count
+                return head[offset:end] if end <= len(head) else os.pread(fd, count, offset)
+
+            size = _image_size(_sniff(head) or "", head, read)
         finally:
             os.close(fd)
     except OSError as e:
         return "unreadable", e.strerror or str(e)
-    return _check_content(head, tail, os.path.splitext(path)[1].lower(), lambda: _decode(path), deep)
+    return _check_content(head, tail, os.path.splitext(path)[1].lower(), lambda: _decode(path), deep, size)
 
 
 def check_bytes(data: Union[bytes, memoryview, Any], name: str, deep: bool = True) -> _Result:
@@ -282,17 +355,23 @@ def check_bytes(data: Union[bytes, memoryview, Any], name: str, deep: bool = Tru
     data = memoryview(data).cast("B")
     if len(data) == 0:
         return "empty_file", "0 bytes"
-    head, tail = bytes(data[:16]), bytes(data[-_TAIL_BYTES:])
-    return _check_content(head, tail, os.path.splitext(name)[1].lower(), lambda: _decode(io.BytesIO(data)), deep)
+    head, tail = bytes(data[:_HEAD_BYTES]), bytes(data[-_TAIL_BYTES:])
+    size = _image_size(_sniff(head) or "", head, lambda offset, count: bytes(data[offset : offset + count]))
+    return _check_content(head, tail, os.path.splitext(name)[1].lower(), lambda: _decode(io.BytesIO(data)), deep,
+                          size)
 
 
-def _check_content(head: bytes, tail: bytes, ext: str, decode: Callable[[], _Result], deep: bool) -> _Result:
-    """The format, end-marker and (``deep``) decode checks of an image's first and last bytes."""
+def _check_content(head: bytes, tail: bytes, ext: str, decode: Callable[[], _Result], deep: bool,
+                   size: Optional[Tuple[int, int]] = None) -> _Result:
+    """The format, declared size, end-marker and (``deep``) decode checks of an image's first and last bytes."""
     fmt = _sniff(head)
     if fmt is None:
         return "not_an_image", f"starts with {head[:8].hex(' ')}"
     if fmt in _UNSUPPORTED_FORMATS:
         return "unsupported_format", f"{fmt.upper()} content; DALI's decoders cannot read it"
+    if size is not None and size[0] * size[1] > MAX_DECODE_PIXELS:
+        return "too_large", (f"the header declares {size[0]}x{size[1]} pixels, more than the {MAX_DECODE_PIXELS} "
+                             "DALI's decoders accept; resize or remove it")
     warning: _Result = None
     end = tail.rstrip(b"\x00")
     if fmt == "png" and _PNG_END not in tail:
@@ -476,9 +555,21 @@ def _run_checks(paths: List[str], deep: bool, workers: int, progress: bool) -> L
 # ----------------------------------------------------------------------------- the bad-file list
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json(value: Any, **kwargs: Any) -> str:
+    """``json.dumps(value, ensure_ascii=False)``, with the lone surrogates of names that are not
+    valid UTF-8 written as ``\\udcXX`` escapes (which read back as the same string), so the
+    text can be written as UTF-8."""
+    text = json.dumps(value, ensure_ascii=False, **kwargs)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _quoted(path: str) -> str:
-    """``path`` for a line of the text list: a JSON string literal when it would not survive as is."""
-    return json.dumps(path, ensure_ascii=False) if ("\n" in path or "\r" in path) else path
+    """``path`` for a line of the text list: a JSON string literal when it would not survive as is
+    (a line break, or a name that is not valid UTF-8)."""
+    return _json(path) if ("\n" in path or "\r" in path or not is_utf8(path)) else path
 
 
 def write_report(report: CheckReport, path: PathLike) -> Path:
@@ -492,7 +583,7 @@ def write_report(report: CheckReport, path: PathLike) -> Path:
     """
     out = Path(path)
     if out.suffix.lower() == ".json":
-        text = json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
+        text = _json(report.to_json(), indent=2) + "\n"
     else:
         lines = [
             f"# orderdp-dali check-data: {len(report.bad)} bad of {report.num_files} files under "
@@ -728,29 +819,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say(text: str) -> None:
+    """Print a summary line; names that are not valid UTF-8 are shown with \\xNN escapes."""
+    print(printable(text))
+
+
 def _print_summary(report: CheckReport, listed: int = 20) -> None:
     kind = "full decode" if report.deep else "header check"
     splits = ", ".join(s or "." for s in report.splits)
     rate = report.num_files / report.seconds if report.seconds > 0 else float("inf")
-    print(f"check-data: {report.root} (splits: {splits}; {kind})")
-    print(f"  {report.num_files} image files checked in {report.seconds:.1f} s ({rate:.0f} files/s)")
+    _say(f"check-data: {report.root} (splits: {splits}; {kind})")
+    _say(f"  {report.num_files} image files checked in {report.seconds:.1f} s ({rate:.0f} files/s)")
     for title, items in (("bad files", report.bad), ("warnings", report.warnings)):
         counts = Counter(f.reason for f in items)
-        print(
+        _say(
             f"  {title}: {len(items)}"
             + (f" ({', '.join(f'{r} {n}' for r, n in sorted(counts.items()))})" if items else "")
         )
         for f in items[:listed]:
             rel = f"{f.split}/{f.relpath}" if f.split else f.relpath
-            print(f"    {rel}: {f.reason}" + (f" ({f.detail})" if f.detail else ""))
+            _say(f"    {rel}: {f.reason}" + (f" ({f.detail})" if f.detail else ""))
         if len(items) > listed:
-            print(f"    ... and {len(items) - listed} more")
+            _say(f"    ... and {len(items) - listed} more")
     if report.empty_classes:
-        print(f"  empty class folders: {len(report.empty_classes)}: {', '.join(report.empty_classes[:listed])}")
+        _say(f"  empty class folders: {len(report.empty_classes)}: {', '.join(report.empty_classes[:listed])}")
     for split, lacking in report.class_mismatch.items():
-        print(f"  split {split!r} lacks {len(lacking)} class folder(s) the others have "
-              f"(labels would shift): {', '.join(lacking[:listed])}")
-    print("  result: " + ("clean" if report.ok else "PROBLEMS FOUND"))
+        _say(f"  split {split!r} lacks {len(lacking)} class folder(s) the others have "
+             f"(labels would shift): {', '.join(lacking[:listed])}")
+    _say("  result: " + ("clean" if report.ok else "PROBLEMS FOUND"))
 
 
 def _listed_index(args: argparse.Namespace) -> Optional[Any]:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["ArraySamples", "FileSamples"]
+__all__ = ["ArraySamples", "FileSamples", "first_broken"]
 
 
 class FileSamples:
@@ -51,15 +51,31 @@ class FileSamples:
         return [buf[a:b] for a, b in zip(starts, ends)]
 
     def find_broken(self, indices: np.ndarray) -> Optional[Tuple[int, str, str]]:
-        """The first of ``indices`` whose file cannot be read or decoded: (index, path, reason)."""
-        from orderdp_dali.check_data import BAD_REASONS, check_file
+        """The first of ``indices`` whose file cannot be read or decoded: (index, path, reason);
+        else the first too large for PIL's decompression-bomb check (a likely cause of a decoder's
+        allocation failure); else None."""
+        from orderdp_dali.check_data import check_file
 
-        for i in dict.fromkeys(int(s) for s in indices):
-            path = self.path(i)
-            problem = check_file(path, deep=True)
-            if problem is not None and problem[0] in BAD_REASONS:
-                return i, path, f"{problem[0]}: {problem[1]}"
-        return None
+        return first_broken(indices, lambda i: (self.path(i), check_file(self.path(i), deep=True)))
+
+
+def first_broken(indices: np.ndarray, check: Callable[[int], Tuple[str, Optional[Tuple[str, str]]]]
+                 ) -> Optional[Tuple[int, str, str]]:
+    """``find_broken``'s rule over ``check(i) -> (where, problem or None)``: the first bad sample,
+    else the first ``huge_image`` one (a warning for check-data, but the likeliest reason a batch
+    that holds it failed), else None."""
+    from orderdp_dali.check_data import BAD_REASONS
+
+    suspect = None
+    for i in dict.fromkeys(int(s) for s in indices):
+        where, problem = check(i)
+        if problem is None:
+            continue
+        if problem[0] in BAD_REASONS:
+            return i, where, f"{problem[0]}: {problem[1]}"
+        if problem[0] == "huge_image" and suspect is None:
+            suspect = i, where, f"{problem[0]}: {problem[1]} ('check-data --strict' lists it)"
+    return suspect
 
 
 def _pack_ascii(root: Path, paths: Sequence[str]) -> Optional[Tuple[np.ndarray, np.ndarray]]:

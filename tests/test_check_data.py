@@ -387,3 +387,58 @@ def test_the_report_records_the_resolved_root(tmp_path):
     report = check_dataset(link, workers=1, progress=False)
     assert report.root == os.path.realpath(real)
     assert all(f.path.startswith(report.root + os.sep) for f in report.bad)
+
+
+# ----------------------------------------------------------------- issue 22: images whose header declares a huge size
+def _declaring(fmt: str, width: int, height: int) -> bytes:
+    """A small valid image whose header claims ``width`` x ``height`` (the pixel data is not touched)."""
+    import struct
+
+    data = bytearray(_encode(fmt, size=(24, 20)))
+    if fmt == "PNG":
+        data[16:24] = struct.pack(">II", width, height)
+        return bytes(data)
+    pos = 2
+    while data[pos + 1] not in (0xC0, 0xC1, 0xC2):  # walk to the JPEG frame header
+        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+    data[pos + 5 : pos + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_an_image_declaring_60000x60000_is_bad_at_the_header_check(tmp_path):
+    """Issue 22.12: it passed check-data (a warning with --deep) and failed training without naming the file."""
+    from orderdp_dali.check_data import MAX_DECODE_PIXELS, check_bytes, check_file
+
+    exif = _encode("JPEG")
+    exif = exif[:2] + b"\xff\xe1" + (5000).to_bytes(2, "big") + bytes(4998) + exif[2:]  # frame header past 4 KB
+    for name, data in (("huge.jpg", _declaring("JPEG", 60000, 60000)), ("huge.png", _declaring("PNG", 60000, 60000)),
+                       ("late.jpg", _declaring("JPEG", 60000, 60000)[:2] + exif[2:5004] + _declaring(
+                           "JPEG", 60000, 60000)[2:])):
+        path = tmp_path / name
+        path.write_bytes(data)
+        for deep in (False, True):
+            reason, detail = check_file(str(path), deep=deep)
+            assert reason == "too_large" and "60000x60000" in detail, (name, deep, detail)
+        assert check_bytes(data, name, deep=False)[0] == "too_large"
+    fine = _declaring("JPEG", 30000, 30000)  # 0.9 G pixels: within what the decoders accept
+    assert 30000 * 30000 <= MAX_DECODE_PIXELS and check_bytes(fine, "ok.jpg", deep=False) is None
+    assert check_bytes(exif, "exif.jpg", deep=False) is None  # a long APP1 segment before the frame header
+
+
+def test_training_names_an_image_too_large_to_decode(tmp_path):
+    from orderdp_dali.errors import DecodeError
+    from orderdp_dali.iterator import DALIPlanIterator
+    from orderdp_dali.pipelines import ImagePipelineConfig
+    from orderdp_dali.sample_index import SampleIndex
+
+    root = make_dataset(tmp_path / "d", mode="small", num_classes=2, train_per_class=4, val_per_class=1, workers=1)
+    victim = sorted((root / "train" / "c001_synthetic").iterdir())[1]
+    victim.write_bytes(_declaring("JPEG", 60000, 60000))
+    report = check_dataset(root, workers=1, progress=False)
+    assert [(f.relpath, f.reason) for f in report.bad] == [(f"c001_synthetic/{victim.name}", "too_large")]
+    index = SampleIndex.scan(root / "train", cache_dir=tmp_path / "c")
+    it = DALIPlanIterator(index, None, 4, device="cpu", num_threads=1,
+                          pipeline_config=ImagePipelineConfig(crop=16, val_resize=20))
+    with pytest.raises(DecodeError, match=rf"{victim.name}\) in epoch 0, step 1: too_large: .*60000x60000"):
+        for _ in it:
+            pass
