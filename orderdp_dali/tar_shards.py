@@ -6,6 +6,12 @@ rule: the member name up to the first dot of its file name)::
     n01440764/n01440764_10026.jpeg   the encoded image (.jpg, .jpeg or another IMG_EXTENSIONS one)
     n01440764/n01440764_10026.cls    its class index as text ("0")
 
+A name with several dots whose first-dot extension is no image or ``cls`` one (``img.v2.jpg``
+beside ``img.v2.cls``) is keyed by the name before its last dot instead (:func:`sample_key`),
+so such pairs are samples rather than members skipped without a word; an image keyed so
+without its ``.cls`` is an extra field of a sample when the first-dot key has one
+(``a.seg.png`` beside ``a.jpg`` and ``a.cls``), else a problem (``missing_label``).
+
 A split is a folder of shards, ``<split>/*.tar``, e.g. ``imagenet1k-train-0000.tar``. Sequential
 shard readers (DALI's ``fn.readers.webdataset`` included) cannot give a pruned epoch's subset;
 here :class:`TarIndex` records every sample's (shard, offset, size) with stdlib ``tarfile``
@@ -19,9 +25,17 @@ the index is deterministic. Shards hold class indices only; class names come fro
 it (what :func:`folder_to_shards` writes), else the classes are ``"0" .. str(max label)``.
 
 Problems found while indexing (a truncated shard, an image without ``.cls`` or the reverse,
-a label that is no non-negative integer, a key twice in a shard) are errors naming the shard
-and the key, unless an exclusion list (``orderdp-dali check-data --output``, whose entries
-are ``<split>/<shard>.tar/<member>``, or a whole ``<shard>.tar``) covers them.
+a label that is no non-negative integer or too large, a key twice in a shard, a member or
+shard name that is not valid UTF-8) are errors naming the shard and the key, unless an
+exclusion list (``orderdp-dali check-data --output``, whose entries are
+``<split>/<shard>.tar/<member>``, or a whole ``<shard>.tar``) covers them. A member name that
+a path normalisation would change (``../x.jpg``, ``/abs/x.jpg``, ``a//b.jpg``) is spelled in
+those entries with ``/`` as ``%2F`` and ``%`` as ``%25`` (:func:`member_id`), so the entry
+names that member and no other path.
+
+The dataset fingerprint covers shard and member names, labels, each sample's size and its
+shard's mtime (whole seconds): a shard rebuilt with other bytes is another dataset, while a
+copy that kept its mtimes (``cp -a``, ``rsync -a``) is the same one.
 
 Writing: :func:`folder_to_shards` converts class-folder splits into shards in ImageFolder
 order, so a folder dataset and its tar copy index identically (``orderdp-dali make-shards``,
@@ -52,12 +66,18 @@ from orderdp_dali.atomic import write_atomic, write_text_atomic
 from orderdp_dali.errors import DatasetError
 from orderdp_dali.sample_index import (
     IMG_EXTENSIONS,
+    MAX_LABEL,
+    MAX_UNNAMED_CLASSES,
+    NS,
     RACY_NS,
     SampleIndex,
     _covered,
     _is_dir,
     _relative,
+    content_fingerprint,
     dataset_fingerprint,
+    is_utf8,
+    printable,
 )
 
 __all__ = [
@@ -69,6 +89,8 @@ __all__ = [
     "is_tar_split",
     "list_shards",
     "main",
+    "member_id",
+    "sample_key",
     "split_member_name",
     "write_shards",
 ]
@@ -79,7 +101,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 CLASSES_FILE = "classes.txt"
 LABEL_EXT = "cls"
 IMAGE_EXTS = frozenset(e.lstrip(".") for e in IMG_EXTENSIONS)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: ctimes in the stamps
 BLOCK = tarfile.BLOCKSIZE
 # Shard lists at least this long are indexed by a pool of processes (tarfile parsing holds the GIL).
 POOL_MIN_SHARDS = 16
@@ -98,6 +120,38 @@ def split_member_name(name: str) -> Tuple[str, str]:
     if not dot or not stem:  # no extension, or a hidden file such as macOS's "._x.jpg"
         return "", ""
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def _known(ext: str) -> bool:
+    return ext in IMAGE_EXTS or ext == LABEL_EXT
+
+
+def sample_key(name: str) -> Tuple[str, str]:
+    """``(key, extension)`` by which a member joins its sample.
+
+    :func:`split_member_name` (webdataset's first-dot rule) when that gives an image extension
+    or ``cls``; else, for a file name with several dots whose last extension is one of them,
+    the full name before the last dot and that extension (``img.v2.jpg`` -> ``("img.v2",
+    "jpg")``); else the first-dot result (another webdataset field, not ours).
+    """
+    key, ext = split_member_name(name)
+    if _known(ext) or "." not in ext:
+        return key, ext
+    stem, _, last = name.rpartition(".")
+    return (stem, last.lower()) if _known(last.lower()) else (key, ext)
+
+
+def member_id(name: str) -> str:
+    """A member's name as a path component of check-data's entries (``<shard>.tar/<member id>``).
+
+    The name itself, unless a path normalisation would change it (absolute, or an empty,
+    ``.`` or ``..`` component, as in ``../evil.jpg``): such an entry would then name another
+    path, or leave the shard. Those names are spelled with ``%`` as ``%25`` and ``/`` as
+    ``%2F``, which no normalisation touches.
+    """
+    if name and all(part not in ("", ".", "..") for part in name.split("/")):
+        return name
+    return name.replace("%", "%25").replace("/", "%2F")
 
 
 def list_shards(split_dir: PathLike) -> List[str]:
@@ -182,20 +236,28 @@ def _cut_after(members: Sequence[Tuple[str, int, int]], detail: str) -> Problem:
 def _index_shard(path: str) -> _Shard:
     """Index one shard: pair images with their ``.cls`` labels; everything odd becomes a problem."""
     out = _Shard()
+    if not is_utf8(os.path.basename(path)):
+        detail = f"the shard name '{printable(os.path.basename(path))}' is not valid UTF-8; rename it"
+        out.problems.append(("", "bad_name", detail))
+        return out
     try:
         file_size = os.stat(path).st_size
     except OSError as e:
         out.problems.append(("", "unreadable", e.strerror or str(e)))
         return out
     members, out.problems = _list_members(path, file_size)
-    cut = {split_member_name(m)[0] for m, reason, _ in out.problems if reason == "truncated" and m}
+    cut = {sample_key(m)[0] for m, reason, _ in out.problems if reason == "truncated" and m}
     images: Dict[str, Tuple[str, int, int]] = {}
     labels: Dict[str, Tuple[str, int, int]] = {}
     for name, offset, size in members:
-        key, ext = split_member_name(name)
+        key, ext = sample_key(name)
         table = images if ext in IMAGE_EXTS else labels if ext == LABEL_EXT else None
         if table is None:
             continue  # other webdataset fields (.json, .txt, ...) are not ours
+        if not is_utf8(name):
+            out.problems.append((name, "bad_name", f"the member name '{printable(name)}' is not valid UTF-8; "
+                                                   "rebuild the shard with UTF-8 names"))
+            continue
         if key in table:
             out.problems.append((name, "duplicate_key", f"key {key!r} already has {table[key][0]} in this shard"))
             continue
@@ -207,20 +269,19 @@ def _index_shard(path: str) -> _Shard:
         try:
             for key, (name, offset, size) in images.items():
                 if key not in labels:
-                    if key not in cut:  # else its label was cut off: the truncation is the problem
+                    if key not in cut and not _extra_field(name, images, labels):
+                        # else its label was cut off (the truncation is the problem), or it is another field
                         out.problems.append((name, "missing_label", f"no {key}.{LABEL_EXT} member for key {key!r}"))
                     continue
                 lname, loffset, lsize = labels[key]
-                text = data[loffset : loffset + lsize]
-                if lsize > 32 or not _DIGITS.fullmatch(text):
-                    out.problems.append(
-                        (lname, "bad_label", f"key {key!r}: {bytes(text[:32])!r} is no non-negative class index")
-                    )
+                label = _parse_label(key, data[loffset : loffset + lsize])
+                if isinstance(label, str):
+                    out.problems.append((lname, "bad_label", label))
                     continue
                 out.members.append(name)
                 out.offsets.append(offset)
                 out.sizes.append(size)
-                out.labels.append(int(text))
+                out.labels.append(label)
         finally:
             if isinstance(data, mmap.mmap):
                 data.close()
@@ -228,6 +289,23 @@ def _index_shard(path: str) -> _Shard:
         if key not in images and key not in cut:
             out.problems.append((lname, "missing_image", f"no image member for key {key!r}"))
     return out
+
+
+def _extra_field(name: str, images: Dict[str, Any], labels: Dict[str, Any]) -> bool:
+    """Whether an image keyed by its last dot (``a.seg.png``) is an extra field of the sample its
+    first-dot key (``a``) forms with an image and a label."""
+    first, _ = split_member_name(name)
+    return sample_key(name)[0] != first and first in images and first in labels
+
+
+def _parse_label(key: str, text: Any) -> Union[int, str]:
+    """The class index in a ``.cls`` member's bytes, or why it is none (a problem's detail)."""
+    if len(text) > 32 or not _DIGITS.fullmatch(text):
+        return f"key {key!r}: {bytes(text[:32])!r} is no non-negative class index"
+    value = int(text)
+    if value > MAX_LABEL:
+        return f"key {key!r}: label {value} is too large for a class index (at most {MAX_LABEL})"
+    return value
 
 
 def _index_shards(paths: Sequence[str], workers: Optional[int] = None) -> List[_Shard]:
@@ -250,7 +328,8 @@ class TarIndex:
 
     Used like :class:`~orderdp_dali.sample_index.SampleIndex` (``len``, ``labels``,
     ``classes``, ``root``, ``fingerprint``); :class:`~orderdp_dali.iterator.DALIPlanIterator`
-    reads it through :meth:`make_samples`.
+    reads it through :meth:`make_samples`. ``shard_mtimes``: each shard's mtime in whole
+    seconds when it was indexed (stat'ed now when empty), for the fingerprint.
     """
 
     root: Path
@@ -261,13 +340,14 @@ class TarIndex:
     sizes: np.ndarray
     members: np.ndarray
     labels: np.ndarray
-    _digest: List[str] = field(default_factory=list, repr=False, compare=False)
+    shard_mtimes: Tuple[int, ...] = ()
+    _memo: Dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def key(self, i: int) -> str:
-        return split_member_name(str(self.members[i]))[0]
+        return sample_key(str(self.members[i]))[0]
 
     def shard_path(self, i: int) -> Path:
         return self.root / self.shards[int(self.shard_ids[i])]
@@ -278,15 +358,27 @@ class TarIndex:
 
     @property
     def ids(self) -> List[str]:
-        """Each sample as ``<shard>.tar/<image member>``, relative to :attr:`root` (what exclusion lists name)."""
-        return [f"{self.shards[s]}/{m}" for s, m in zip(self.shard_ids.tolist(), self.members.tolist())]
+        """Each sample as ``<shard>.tar/<image member id>`` (:func:`member_id`), relative to :attr:`root`:
+        what exclusion lists name."""
+        return [f"{self.shards[s]}/{member_id(m)}" for s, m in zip(self.shard_ids.tolist(), self.members.tolist())]
+
+    @property
+    def names_fingerprint(self) -> str:
+        """SHA-256 of class names, ``<shard>/<member>`` names and labels (the fingerprint of earlier checkpoints)."""
+        if "names" not in self._memo:
+            names = [f"{self.shards[s]}/{m}" for s, m in zip(self.shard_ids.tolist(), self.members.tolist())]
+            self._memo["names"] = dataset_fingerprint(self.classes, names, self.labels)
+        return self._memo["names"]
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of class names, shard and member names, and labels: identifies the dataset in checkpoints."""
-        if not self._digest:
-            self._digest.append(dataset_fingerprint(self.classes, self.ids, self.labels))
-        return self._digest[0]
+        """Class names, shard and member names, labels, sample sizes and shard mtimes
+        (:func:`~orderdp_dali.sample_index.content_fingerprint`): identifies the dataset in checkpoints."""
+        if "fingerprint" not in self._memo:
+            mtimes = self.shard_mtimes or tuple(os.stat(self.root / s).st_mtime_ns // NS for s in self.shards)
+            per_sample = np.asarray(mtimes, dtype=np.int64)[self.shard_ids] if len(self) else np.zeros(0, np.int64)
+            self._memo["fingerprint"] = content_fingerprint(self.names_fingerprint, self.sizes, per_sample)
+        return self._memo["fingerprint"]
 
     def make_samples(self) -> "TarSamples":
         """The batch source's samples (encoded bytes read through memory maps)."""
@@ -300,13 +392,15 @@ class TarIndex:
         exclude: Optional[Iterable[PathLike]] = None,
         classes: Optional[Sequence[str]] = None,
         workers: Optional[int] = None,
+        rescan: bool = False,
     ) -> "TarIndex":
         """Index the shards ``split_dir/*.tar``, reusing a cache when it is current.
 
         The cache (beside SampleIndex's, ``~/.cache/orderdp_dali`` or ``ORDERDP_DALI_CACHE``)
-        records the split folder's mtime and inode and each shard's size, mtime and inode, and
-        is used only when all still match; one changed within 2 s before the scan began is not
-        trusted (coarse mtime clocks).
+        records the split folder's and each shard's size, mtime, inode and ctime, and is used
+        only when all still match (a shard rewritten in place, or one whose mtime was set
+        back, changes its ctime); one changed within 2 s before the scan began is not trusted
+        (coarse mtime clocks). ``rescan`` (``data.rescan=true``) re-indexes regardless.
 
         Args:
             split_dir: the folder of shards.
@@ -318,10 +412,12 @@ class TarIndex:
                 ``split_dir`` or its parent, else ``"0" .. str(max label)``. Pass the training
                 split's classes when indexing its validation split.
             workers: processes that index the shards (default ``min(8, cpus)``).
+            rescan: index the shards even when the cache looks current (and refresh it).
 
         Raises:
             DatasetError: no shards; a problem in a shard that ``exclude`` does not cover
-                (named by shard and key); a label outside ``classes``.
+                (named by shard and key); a label outside ``classes``, or without ``classes``
+                one that would make more than a million classes.
         """
         root = Path(split_dir).expanduser().resolve()
         if not root.is_dir():
@@ -330,29 +426,30 @@ class TarIndex:
         if not shards:
             raise DatasetError(f"no tar shards (*.tar) in {root}: expected <split>/<name>-NNNN.tar")
         cache = _cache_file(root, cache_dir)
-        loaded = _load_cache(cache, root, shards)
+        loaded = None if rescan else _load_cache(cache, root, shards)
         if loaded is None:
-            log.info("indexing %d tar shards in %s (no current index cache in %s)", len(shards), root, cache)
+            why = "data.rescan" if rescan else f"no current index cache in {cache}"
+            log.info("indexing %d tar shards in %s (%s)", len(shards), root, why)
             started_ns = time.time_ns()
             try:
                 stamps = [_stamp(root / s) for s in shards]
             except OSError as e:
                 raise DatasetError(f"cannot stat a shard of {root}: {e}") from None
             found = _index_shards([str(root / s) for s in shards], workers)
-            index = _assemble(root, shards, found)
+            index = _assemble(root, shards, found, [st[1] // NS for st in stamps])
             problems = [(s, *p) for s, f in zip(shards, found) for p in f.problems]
             _save_cache(cache, index, problems, _stamp(root), stamps, started_ns)
         else:
             index, problems = loaded
         drop = _relative(root, exclude) if exclude is not None else set()
-        left = [p for p in problems if not _covered(os.path.join(p[0], p[1]) if p[1] else p[0], drop)]
+        left = [p for p in problems if not _covered(_entry(p[0], p[1]), drop)]
         if left:
             shard, member, reason, detail = left[0]
-            where = f"{root / shard}, key {split_member_name(member)[0]}" if member else str(root / shard)
+            where = f"{root / shard}, key {printable(sample_key(member)[0])}" if member else str(root / shard)
             more = f" (and {len(left) - 1} more problems)" if len(left) > 1 else ""
             raise DatasetError(
-                f"{where}: {reason}: {detail}{more}. List them with 'orderdp-dali check-data {root.parent}"
-                " --output bad.txt' and pass the list as data.exclude_file, or fix the shard"
+                printable(f"{where}: {reason}: {detail}{more}. List them with 'orderdp-dali check-data {root.parent}"
+                          " --output bad.txt' and pass the list as data.exclude_file, or fix the shard")
             )
         if drop:
             index = index.without(drop)
@@ -364,6 +461,14 @@ class TarIndex:
         """A copy with class names ``classes`` (None: ``"0" .. str(max label)``); every label must fit."""
         top = int(self.labels.max()) if len(self) else -1
         if classes is None:
+            if top >= MAX_UNNAMED_CLASSES:
+                i = int(np.argmax(self.labels))
+                raise DatasetError(
+                    f"{self.describe(i)}: label {top} with no {CLASSES_FILE} would make {top + 1} classes "
+                    f"'0'..'{top}' (at most {MAX_UNNAMED_CLASSES} without class names): fix the .{LABEL_EXT} "
+                    f"member, name the classes in {CLASSES_FILE} (one a line) beside the shards, or exclude the "
+                    "sample with check-data's list"
+                )
             classes = tuple(str(k) for k in range(top + 1))
         if top >= len(classes):
             i = int(np.argmax(self.labels))
@@ -372,7 +477,7 @@ class TarIndex:
                 f"(from {CLASSES_FILE} or the training split)"
             )
         return TarIndex(self.root, tuple(classes), self.shards, self.shard_ids, self.offsets, self.sizes,
-                        self.members, self.labels)
+                        self.members, self.labels, self.shard_mtimes)
 
     def without(self, files: Iterable[PathLike]) -> "TarIndex":
         """A copy without the samples ``files`` names (``<shard>.tar/<member>`` or ``<shard>.tar``)."""
@@ -389,16 +494,21 @@ class TarIndex:
         keep = np.array([not _covered(i, drop) for i in ids], dtype=bool)
         log.warning("excluding %d of %d samples of %s listed as bad", int((~keep).sum()), len(self), self.root)
         return TarIndex(self.root, self.classes, self.shards, self.shard_ids[keep], self.offsets[keep],
-                        self.sizes[keep], self.members[keep], self.labels[keep])
+                        self.sizes[keep], self.members[keep], self.labels[keep], self.shard_mtimes)
 
 
 def _key_id(sample_id: str) -> str:
-    """``<shard>/<member>`` -> ``<shard>/<key>``."""
+    """``<shard>/<member id>`` -> ``<shard>/<key>``."""
     shard, _, member = sample_id.partition("/")
-    return f"{shard}/{split_member_name(member)[0]}"
+    return f"{shard}/{sample_key(member)[0]}"
 
 
-def _assemble(root: Path, shards: Sequence[str], found: Sequence[_Shard]) -> TarIndex:
+def _entry(shard: str, member: str) -> str:
+    """A problem's entry in check-data's lists, relative to the split: ``<shard>/<member id>`` or ``<shard>``."""
+    return f"{shard}/{member_id(member)}" if member else shard
+
+
+def _assemble(root: Path, shards: Sequence[str], found: Sequence[_Shard], mtimes: Sequence[int]) -> TarIndex:
     counts = [len(f.members) for f in found]
     return TarIndex(
         root,
@@ -409,6 +519,7 @@ def _assemble(root: Path, shards: Sequence[str], found: Sequence[_Shard]) -> Tar
         np.array([s for f in found for s in f.sizes], dtype=np.int64),
         np.array([m for f in found for m in f.members], dtype=np.str_),
         np.array([label for f in found for label in f.labels], dtype=np.int64),
+        tuple(int(m) for m in mtimes),
     )
 
 
@@ -424,9 +535,11 @@ def _read_classes(root: Path) -> Optional[Tuple[str, ...]]:
     return None
 
 
-def _stamp(path: Path) -> Tuple[int, int, int]:
+def _stamp(path: Path) -> Tuple[int, int, int, int]:
+    """(size, mtime, inode, ctime): what tells the cache a shard or the folder changed. The ctime
+    changes with any write and when an mtime is set back (tar x, rsync -a), and cannot be set."""
     st = os.stat(path)
-    return st.st_size, st.st_mtime_ns, st.st_ino
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
 def _cache_file(root: Path, cache_dir: Optional[PathLike]) -> Path:
@@ -452,7 +565,7 @@ def _load_cache(cache: Path, root: Path, shards: List[str]) -> Optional[Tuple[Ta
                     log.info("tar index cache %s is out of date: %s changed", cache, root / name)
                     return None
             index = TarIndex(root, (), tuple(shards), z["shard_ids"], z["offsets"], z["sizes"], z["members"],
-                             z["labels"])
+                             z["labels"], tuple(int(st[1]) // NS for st in stamps[1:]))
             return index, [tuple(p) for p in meta["problems"]]
     except FileNotFoundError:
         return None
@@ -461,12 +574,11 @@ def _load_cache(cache: Path, root: Path, shards: List[str]) -> Optional[Tuple[Ta
         return None
 
 
-def _save_cache(cache: Path, index: TarIndex, problems: List[Tuple[str, ...]], folder: Tuple[int, int, int],
-                stamps: List[Tuple[int, int, int]], started_ns: int) -> None:
+def _save_cache(cache: Path, index: TarIndex, problems: List[Tuple[str, ...]], folder: Tuple[int, int, int, int],
+                stamps: List[Tuple[int, int, int, int]], started_ns: int) -> None:
     meta = {"version": CACHE_VERSION, "root": str(index.root), "shards": list(index.shards),
             "problems": problems, "started_ns": started_ns}
-    # the folder's size is not a stamp (it changes with nothing that matters); mtime and inode are
-    stamp_rows = np.array([folder] + stamps, dtype=np.int64).reshape(-1, 3)
+    stamp_rows = np.array([folder] + stamps, dtype=np.int64).reshape(-1, 4)
 
     def write(f: Any) -> None:
         np.savez(f, meta=np.array(json.dumps(meta)), stamps=stamp_rows, shard_ids=index.shard_ids,
@@ -521,21 +633,22 @@ class TarSamples:
         return out
 
     def find_broken(self, indices: np.ndarray) -> Optional[Tuple[int, str, str]]:
-        """The first of ``indices`` whose bytes cannot be decoded: (index, "<shard>, key <key>", reason)."""
-        from orderdp_dali.check_data import BAD_REASONS, check_bytes
+        """The first of ``indices`` whose bytes cannot be decoded: (index, "<shard>, key <key>", reason),
+        else the first too large for PIL (see :func:`~orderdp_dali.samples.first_broken`)."""
+        from orderdp_dali.check_data import check_bytes
+        from orderdp_dali.samples import first_broken
 
-        for i in dict.fromkeys(int(s) for s in indices):
+        def check(i: int) -> Tuple[str, Optional[Tuple[str, str]]]:
             where = self.index.describe(i)
             try:
                 size = os.stat(self.index.shard_path(i)).st_size
             except OSError as e:
-                return i, where, f"unreadable: {e.strerror or e}"
+                return where, ("unreadable", e.strerror or str(e))
             if self._ends[i] > size:  # shortened since it was indexed: reading it would be a bus error
-                return i, where, f"truncated: the shard now ends at byte {size}, before the sample's end"
-            problem = check_bytes(self.fetch(np.array([i]))[0], str(self.index.members[i]), deep=True)
-            if problem is not None and problem[0] in BAD_REASONS:
-                return i, where, f"{problem[0]}: {problem[1]}"
-        return None
+                return where, ("truncated", f"the shard now ends at byte {size}, before the sample's end")
+            return where, check_bytes(self.fetch(np.array([i]))[0], str(self.index.members[i]), deep=True)
+
+        return first_broken(indices, check)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -601,6 +714,7 @@ def folder_to_shards(
     prefix: Optional[str] = None,
     splits: Optional[Sequence[str]] = None,
     cache_dir: Optional[PathLike] = None,
+    rescan: bool = False,
 ) -> Dict[str, List[Path]]:
     """Convert class-folder splits ``src_root/<split>/<class>/<image>`` into tar shards.
 
@@ -612,6 +726,7 @@ def folder_to_shards(
         splits: split folders to convert (default: those of ``train``, ``val`` present).
         prefix: shard name prefix (default: the name of ``src_root``).
         cache_dir: the folder splits' index cache (see :meth:`SampleIndex.scan`).
+        rescan: walk the splits even when their index cache looks current.
 
     Returns:
         split -> the shards written.
@@ -625,7 +740,7 @@ def folder_to_shards(
     written: Dict[str, List[Path]] = {}
     classes: Optional[Tuple[str, ...]] = None
     for split in names:
-        index = SampleIndex.scan(src / split, cache_dir=cache_dir)
+        index = SampleIndex.scan(src / split, cache_dir=cache_dir, rescan=rescan)
         if classes is not None and index.classes != classes:
             raise DatasetError(f"class folders differ between the splits of {src}: labels would not match")
         classes = index.classes
@@ -701,8 +816,12 @@ def check_tar_dataset(root: Path, splits: Dict[str, Path], *, deep: bool, worker
             if classes is not None:
                 findings += [(split, shard, m, "bad_label", f"label {lab} is outside the {len(classes)} classes "
                               f"of {CLASSES_FILE}") for m, lab in labels if lab >= len(classes)]
+            else:  # the classes are 0..max label: a stray huge label would make millions of them
+                findings += [(split, shard, m, "bad_label", f"label {lab} with no {CLASSES_FILE} would make "
+                              f"{lab + 1} classes (at most {MAX_UNNAMED_CLASSES} without class names)")
+                             for m, lab in labels if lab >= MAX_UNNAMED_CLASSES]
     for split, shard, member, reason, detail in findings:
-        rel = os.path.join(shard, member) if member else shard
+        rel = _entry(shard, member)
         finding = Finding(os.path.join(report.splits[split], rel), rel, split, reason, detail)
         (report.bad if reason in BAD_REASONS or strict else report.warnings).append(finding)
     report.bad.sort(key=lambda f: f.path)
@@ -725,6 +844,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     p.add_argument("--prefix", default=None, help="shard name prefix (default: SRC's folder name)")
     p.add_argument("--split", nargs="+", metavar="NAME", help="split folders to convert (default: train val present)")
+    p.add_argument("--rescan", action="store_true",
+                   help="walk SRC's splits even when their index cache looks current (e.g. after restoring mtimes "
+                        "on a file system without reliable ctimes)")
     return p
 
 
@@ -735,7 +857,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(e.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        written = folder_to_shards(args.src, args.out, args.shard_size, args.prefix, args.split)
+        written = folder_to_shards(args.src, args.out, args.shard_size, args.prefix, args.split, rescan=args.rescan)
     except (ValueError, OSError) as e:  # DatasetError is a ValueError
         print(f"orderdp-dali make-shards: error: {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import torch
 from conftest import write_jpeg_folder
 
 from orderdp_dali import DALIPlanIterator, SampleIndex, make_policy
+from orderdp_dali import sample_index as si
 from orderdp_dali import tar_shards as ts
 from orderdp_dali.check_data import check_dataset, load_exclusion_list
 from orderdp_dali.check_data import main as check_main
@@ -272,3 +273,103 @@ def test_labels_outside_the_classes_file_and_member_names(tmp_path):
     assert split_member_name("n01/x_1.tar.gz") == ("n01/x_1", "tar.gz")
     assert split_member_name("a.b/c.JPEG") == ("a.b/c", "jpeg")
     assert split_member_name("._c.jpg") == ("", "")
+
+
+# ----------------------------------------------------------------------------- issue 22: keys, member names, labels
+
+
+def test_members_with_several_dots_pair_by_the_name_before_the_last_dot(tmp_path):
+    """Issue 22.8: img.v2.jpg + img.v2.cls were skipped by the first-dot key rule without a word."""
+    split = tmp_path / "train"
+    extra = [("a0.seg.png", _jpeg(8)), ("a0.json", b"{}")]  # other webdataset fields of sample a0: not ours
+    _tar(split / "s-0000.tar", _good("a", 2) + extra + [("img.v2.jpg", _jpeg(3)), ("img.v2.cls", b"1"),
+                                                        ("n/x.y.z.JPEG", _jpeg(4)), ("n/x.y.z.cls", b"0")])
+    index = TarIndex.scan(split, cache_dir=tmp_path)
+    assert index.members.tolist() == ["a0.jpg", "a1.jpg", "img.v2.jpg", "n/x.y.z.JPEG"]
+    assert [index.key(i) for i in range(len(index))] == ["a0", "a1", "img.v2", "n/x.y.z"]
+    assert index.labels.tolist() == [0, 0, 1, 0]
+    assert ts.sample_key("img.v2.jpg") == ("img.v2", "jpg") and ts.sample_key("a.seg.png") == ("a.seg", "png")
+    assert ts.sample_key("k.tar.gz") == ("k", "tar.gz") and ts.sample_key("k.jpg") == ("k", "jpg")
+    # an image keyed so without its label, and no sample under its first-dot key: a problem, named
+    _tar(split / "s-0001.tar", _good("b", 1) + [("orphan.v2.jpg", _jpeg(5))])
+    with pytest.raises(DatasetError, match=r"s-0001\.tar, key orphan\.v2: missing_label"):
+        TarIndex.scan(split, cache_dir=tmp_path)
+    report = check_dataset(split, progress=False, workers=1)
+    assert [(f.relpath, f.reason) for f in report.bad] == [("s-0001.tar/orphan.v2.jpg", "missing_label")]
+    assert report.num_files == 4 + 1
+
+
+@pytest.mark.parametrize("name", ["../evil.jpg", "/abs/evil.jpg", "./dot/evil.jpg", "a//evil.jpg"])
+def test_check_data_entries_for_odd_member_names_exclude_that_member(tmp_path, name):
+    """Issue 22.8: '<shard>.tar/../evil.jpg' matched nothing once normalised, and an absolute member
+    name lost the shard from the entry: the list was refused or silently excluded nothing."""
+    root = tmp_path / "ds"
+    split = root / "train"
+    stem = name[: -len(".jpg")]
+    _tar(split / "s-0000.tar", _good("a", 3) + [(name, b"GIF89a garbage"), (f"{stem}.cls", b"0")])
+    assert len(TarIndex.scan(split, cache_dir=tmp_path)) == 4  # a sample: only its content is bad
+    bad = check_dataset(root, progress=False, workers=1).bad
+    assert [(f.relpath, f.reason) for f in bad] == [(f"s-0000.tar/{ts.member_id(name)}", "unsupported_format")]
+    assert "/" not in ts.member_id(name) and ts.member_id("n0/ok.jpg") == "n0/ok.jpg"
+    for suffix in (".txt", ".json"):
+        out = tmp_path / f"bad{suffix}"
+        assert check_main([str(root), "--no-progress", "--workers", "1", "--output", str(out)]) == 1
+        index = TarIndex.scan(split, cache_dir=tmp_path, exclude=load_exclusion_list(out, root))
+        assert index.members.tolist() == ["a0.jpg", "a1.jpg", "a2.jpg"]
+
+
+def test_a_huge_or_overlong_label_names_shard_and_key(tmp_path):
+    """Issue 22.12: a 26-digit .cls raised OverflowError; 2e9 without classes.txt ran out of memory."""
+    root = tmp_path / "ds"
+    split = root / "train"
+    _tar(split / "s-0000.tar", _good("a", 2) + [("big.jpg", _jpeg(1)), ("big.cls", b"2" * 26)])
+    with pytest.raises(DatasetError, match=r"s-0000\.tar, key big: bad_label: .* too large for a class index"):
+        TarIndex.scan(split, cache_dir=tmp_path)
+    _tar(split / "s-0000.tar", _good("a", 2) + [("big.jpg", _jpeg(1)), ("big.cls", b"2000000000")])
+    with pytest.raises(DatasetError, match=r"s-0000\.tar, key big: label 2000000000 with no classes\.txt .*fix the"):
+        TarIndex.scan(split, cache_dir=tmp_path)
+    out = tmp_path / "bad.json"
+    assert check_main([str(root), "--no-progress", "--workers", "1", "--output", str(out)]) == 1
+    index = TarIndex.scan(split, cache_dir=tmp_path, exclude=load_exclusion_list(out, root))
+    assert len(index) == 2 and index.classes == ("0",)
+
+
+def test_member_and_shard_names_that_are_not_utf8_are_named_and_excludable(tmp_path, capsys):
+    """Issue 22.12: such names passed check-data and make-shards, then failed in the fingerprint."""
+    root = tmp_path / "ds"
+    split = root / "train"
+    odd = os.fsdecode(b"caf\xe9")
+    _tar(split / "s-0000.tar", _good("a", 2) + [(f"{odd}.jpg", _jpeg(1)), (f"{odd}.cls", b"0")])
+    with pytest.raises(DatasetError, match=r"s-0000\.tar, key caf\\xe9: bad_name"):
+        TarIndex.scan(split, cache_dir=tmp_path)
+    _tar(split / f"{odd}.tar", _good("b", 1))
+    out = tmp_path / "bad.txt"
+    assert check_main([str(root), "--no-progress", "--workers", "1", "--output", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "s-0000.tar/caf\\xe9.jpg: bad_name" in printed and "train/caf\\xe9.tar: bad_name" in printed
+    index = TarIndex.scan(split, cache_dir=tmp_path, exclude=load_exclusion_list(out, root))
+    assert index.members.tolist() == ["a0.jpg", "a1.jpg"] and index.fingerprint.startswith("v2:")
+    folder = tmp_path / "folder" / "train"
+    write_jpeg_folder(folder, classes=2, per_class=1)
+    shutil.copy(folder / "class_00" / "img_000.JPEG", folder / "class_00" / f"{odd}.JPEG")
+    with pytest.raises(DatasetError, match=r"caf\\xe9\.JPEG.*not valid UTF-8: rename it"):
+        folder_to_shards(folder.parent, tmp_path / "shards", cache_dir=tmp_path)  # make-shards refuses up front
+
+
+def test_the_fingerprint_covers_sample_sizes_and_shard_mtimes(tmp_path):
+    """Issue 22.6: a shard rebuilt with new bytes under the same member names resumed silently."""
+    split = tmp_path / "train"
+    shard = _tar(split / "s-0000.tar", _good("a", 3))
+    _age(shard, split)
+    first = TarIndex.scan(split, cache_dir=tmp_path)
+    assert TarIndex.scan(split, cache_dir=tmp_path).fingerprint == first.fingerprint
+    members = _good("a", 3)
+    members[2] = ("a1.jpg", _jpeg(42))  # other pixels (and size), same names and labels
+    _tar(shard, members)
+    again = TarIndex.scan(split, cache_dir=tmp_path)
+    assert again.ids == first.ids and again.labels.tolist() == first.labels.tolist()
+    assert si.compare_fingerprints(first.fingerprint, again.fingerprint) == "content"
+    assert si.compare_fingerprints(first.names_fingerprint, again.fingerprint) == "legacy"
+    copy = tmp_path / "copy" / "train"
+    shutil.copytree(split, copy)  # mtimes kept (cp -a): the same dataset
+    assert TarIndex.scan(copy, cache_dir=tmp_path).fingerprint == again.fingerprint
