@@ -810,6 +810,150 @@ def _check_then_exclude(ctx: Ctx, work: Path) -> Outcome:
     return o
 
 
+def _planned(ctx: Ctx, res: Result, out: Path, o: Outcome, expected: int, label: str = "train") -> None:
+    """The run must succeed and plan ``expected`` samples in its one epoch."""
+    judge_success(res, label, o)
+    planned = [r.get("planned") for r in read_metrics(out, o)]
+    if res.rc == 0 and planned != [expected]:
+        o.fail(f"{label} planned {planned} samples, expected [{expected}]")
+
+
+def _declaring_60000(path: Path) -> None:
+    """Rewrite a JPEG so that its frame header declares 60000x60000 pixels (the data stays small)."""
+    data = bytearray(path.read_bytes())
+    pos = 2
+    while data[pos + 1] not in (0xC0, 0xC1, 0xC2):
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    data[pos + 5 : pos + 9] = (60000).to_bytes(2, "big") * 2
+    path.write_bytes(bytes(data))
+
+
+def _tar_copy(ctx: Ctx, work: Path) -> Path:
+    """The ds dataset as tar shards of 16 samples under ``work/tar`` (with classes.txt)."""
+    from orderdp_dali.tar_shards import folder_to_shards
+
+    folder_to_shards(ctx.dataset("ds"), work / "tar", shard_size=16, prefix="ds", cache_dir=work / "shard-cache")
+    return work / "tar"
+
+
+def _rewrite_shard(shard: Path, change: Callable[[List[Tuple[str, bytes]]], List[Tuple[str, bytes]]]) -> None:
+    """Replace ``shard`` by a tar of ``change(its (name, bytes) members)``."""
+    import io
+    import tarfile
+
+    with tarfile.open(shard) as tf:
+        members = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers() if m.isreg()]
+    with tarfile.open(shard, "w") as tf:
+        for name, data in change(members):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+@custom("data-fifo-named-like-an-image", "data",
+        "trains on the 48 images (the FIFO left out, never opened); check-data exits 1 naming it (not_a_file)",
+        f"copy ds; mkfifo train/{CLASS0}/x.jpg; check-data; train")
+def _fifo(ctx: Ctx, work: Path) -> Outcome:
+    root = ctx.copy_dataset("ds", work / "data")
+    os.mkfifo(root / "train" / CLASS0 / "x.jpg")
+    o = Outcome()
+    res = ctx.check_data([str(root), "--workers", "1", "--no-progress"], work)
+    o.see(res, "check-data")
+    if res.rc != 1 or "x.jpg: not_a_file" not in res.stdout:
+        o.fail(f"check-data exited {res.rc} without listing x.jpg as not_a_file")
+    _planned(ctx, ctx.train([f"data.root={root}"], work), work / "out", o, 48)
+    return o
+
+
+@custom("data-image-declares-60000x60000", "data",
+        "check-data exits 1 naming it (too_large); training stops with an error naming the file",
+        f"copy ds; patch train/{CLASS1}/<2nd image>'s frame header to 60000x60000; check-data; train")
+def _huge(ctx: Ctx, work: Path) -> Outcome:
+    root = ctx.copy_dataset("ds", work / "data")
+    victim = _images(root / "train" / CLASS1)[1]
+    _declaring_60000(victim)
+    o = Outcome()
+    res = ctx.check_data([str(root), "--workers", "1", "--no-progress"], work)
+    o.see(res, "check-data")
+    if res.rc != 1 or f"{victim.name}: too_large" not in res.stdout:
+        o.fail(f"check-data exited {res.rc} without listing {victim.name} as too_large")
+    return judge_error(ctx.train([f"data.root={root}"], work), TRAIN_PREFIX, [victim.name], outcome=o)
+
+
+def _setup_non_utf8_name(ctx: Ctx, work: Path) -> None:
+    root = ctx.copy_dataset("ds", work / "data")
+    shutil.copy(_images(root / "train" / CLASS0)[0], root / "train" / CLASS0 / os.fsdecode(b"caf\xe9.JPEG"))
+
+
+bad_train("data-file-name-not-utf8", "data", ["data.root={work}/data"], ["caf\\xe9.JPEG", "UTF-8"],
+          setup=_setup_non_utf8_name, setup_text=f"copy ds; add train/{CLASS0}/caf<0xE9>.JPEG (a latin-1 name)")
+
+
+def _setup_list_label_2e9(ctx: Ctx, work: Path) -> None:
+    root = ctx.copy_dataset("ds", work / "data")
+    lines = [f"{c}/{f.name} {k}" for k, c in enumerate((CLASS0, CLASS1, CLASS2)) for f in _images(root / "train" / c)]
+    lines[-1] = lines[-1].rsplit(" ", 1)[0] + " 2000000000"
+    _write(root / "train.txt", "\n".join(lines) + "\n")
+
+
+bad_train("data-list-label-2e9-without-classes-file", "data",
+          ["data.root={work}/data", "data.train_list=train.txt", "train.eval_every=0"],
+          ["train.txt line 48", "data.classes_file"], setup=_setup_list_label_2e9, ulimit_kb=12 * 1024 * 1024,
+          setup_text="copy ds; train.txt lists its 48 train images, the last with label 2000000000")
+
+
+def _setup_tar_cls_26_digits(ctx: Ctx, work: Path) -> None:
+    shard = sorted((_tar_copy(ctx, work) / "train").glob("*.tar"))[1]
+    _rewrite_shard(shard, lambda ms: [(n, b"1" * 26 if n.endswith(".cls") and i == 5 else d)
+                                      for i, (n, d) in enumerate(ms)])
+
+
+bad_train("data-tar-cls-26-digits", "data", ["data.dataset=tar", "data.root={work}/tar"],
+          ["ds-train-0001.tar", "key", "too large"], setup=_setup_tar_cls_26_digits,
+          setup_text="make-shards ds (16 a shard); the 3rd .cls of shard 0001 holds 26 digits")
+
+
+@custom("data-tar-member-with-several-dots", "data",
+        "img.v2.jpeg + img.v2.cls is a sample: trains on all 48; check-data exits 0",
+        "make-shards ds; rename one pair of shard 0000 to <key>.v2.jpeg / <key>.v2.cls; check-data; train")
+def _tar_dots(ctx: Ctx, work: Path) -> Outcome:
+    tar = _tar_copy(ctx, work)
+    shard = sorted((tar / "train").glob("*.tar"))[0]
+    _rewrite_shard(shard, lambda ms: [(_dotted(n) if i < 2 else n, d) for i, (n, d) in enumerate(ms)])  # one pair
+    o = Outcome()
+    res = ctx.check_data([str(tar), "--workers", "1", "--no-progress"], work)
+    o.see(res, "check-data")
+    if res.rc != 0:
+        o.fail(f"check-data exited {res.rc}, expected 0 (every member pairs)")
+    _planned(ctx, ctx.train(["data.dataset=tar", f"data.root={tar}"], work), work / "out", o, 48)
+    return o
+
+
+def _dotted(name: str) -> str:
+    """``c/img.jpeg`` as ``c/img.v2.jpeg``: a second dot before the extension."""
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.v2.{ext}"
+
+
+@custom("data-tar-member-dotdot-excluded", "data",
+        "check-data's entry for a corrupt '../evil.jpeg' excludes it: training with the list plans 48",
+        "make-shards ds; add a corrupt ../evil.jpeg (+ .cls) to shard 0000; check-data --output bad.json; "
+        "train data.exclude_file=bad.json")
+def _tar_dotdot(ctx: Ctx, work: Path) -> Outcome:
+    tar = _tar_copy(ctx, work)
+    shard = sorted((tar / "train").glob("*.tar"))[0]
+    _rewrite_shard(shard, lambda ms: ms + [("../evil.jpeg", b"\xff\xd8\xff\xe0" + bytes(300)), ("../evil.cls", b"0")])
+    o = Outcome()
+    listed = work / "bad.json"
+    res = ctx.check_data([str(tar), "--workers", "1", "--no-progress", "--output", str(listed)], work)
+    o.see(res, "check-data")
+    if res.rc != 1 or "evil.jpeg" not in res.stdout:
+        o.fail(f"check-data exited {res.rc} without listing ../evil.jpeg")
+    run = ctx.train(["data.dataset=tar", f"data.root={tar}", f"data.exclude_file={listed}"], work)
+    _planned(ctx, run, work / "out", o, 48)
+    return o
+
+
 # ---------------------------------------------------------------- checkpoint
 def _setup_foreign_version(ctx: Ctx, work: Path) -> None:
     import torch
@@ -1167,6 +1311,39 @@ custom("fault-file-deleted-after-index-cache", "fault",
 custom("fault-nested-file-deleted-after-index-cache", "fault",
        "trains on the 47 remaining images, or a clean error naming the missing file",
        f"copy ds, move 4 images to train/{CLASS0}/sub/; train; delete one of them; train")(_deleted_case(True))
+@custom("fault-image-replaced-before-resume", "fault",
+        f"refused, error names `{LAST}` and the replaced files; the run's files unchanged",
+        f"copy ds; train (1 epoch); rewrite train/{CLASS1}/<3rd image> in place with another image's bytes; "
+        "train train.epochs=2 --resume auto")
+def _replaced(ctx: Ctx, work: Path) -> Outcome:
+    root = ctx.copy_dataset("ds", work / "data")
+    out = work / "out"
+    o = judge_success(ctx.train([f"data.root={root}"], work, out=out), "first run")
+    victim = _images(root / "train" / CLASS1)[2]
+    data = _images(root / "train" / CLASS0)[0].read_bytes()
+    with open(victim, "r+b") as f:  # as `cp other.JPEG victim.JPEG` does: same inode, the folder untouched
+        f.truncate(0)
+        f.write(data)
+    keep = Snapshot(out)
+    res = ctx.train([f"data.root={root}", "train.epochs=2", "--resume", "auto"], work, out=out)
+    return judge_error(res, TRAIN_PREFIX, [LAST, "replaced"], keep=keep, outcome=o)
+
+
+@custom("fault-file-added-folder-mtime-restored", "fault",
+        "the index cache notices (the folder's ctime changed): trains on the 49 images",
+        f"copy ds; train (builds the cache); add train/{CLASS0}/added.JPEG and set the folder's mtime back "
+        "(as tar x / rsync -a); train")
+def _restored(ctx: Ctx, work: Path) -> Outcome:
+    root = ctx.copy_dataset("ds", work / "data")
+    o = judge_success(ctx.train([f"data.root={root}"], work, out=work / "first"), "first run (builds the cache)")
+    folder = root / "train" / CLASS0
+    st = os.stat(folder)
+    shutil.copy(_images(folder)[0], folder / "added.JPEG")
+    os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _planned(ctx, ctx.train([f"data.root={root}"], work, out=work / "out"), work / "out", o, 49)
+    return o
+
+
 # A single class trains to loss 0: refused for the policies that rank by loss (full data only warns).
 bad_train("fault-one-class-dataset", "fault", ["data.root={one}", "policy.name=orderdp"], ["single class", "orderdp"])
 
