@@ -120,7 +120,7 @@ _FORMAT_EXTENSIONS = {
     "jpeg2000": (),
 }
 _UNSUPPORTED_FORMATS = {"gif"}
-_HEAD_BYTES = 4096  # one page: a JPEG's frame header is almost always inside it
+_HEAD_BYTES = 1024  # a JPEG's frame header is mostly inside it (after EXIF data it is read on its own)
 _TAIL_BYTES = 512
 _PNG_END = b"IEND\xaeB`\x82"
 # DALI's CPU decoders refuse larger images (OpenCV's CV_IO_MAX_IMAGE_PIXELS is 2^30; libjpeg-turbo
@@ -242,28 +242,28 @@ def _sniff(head: bytes) -> Optional[str]:
 _Read = Callable[[int, int], bytes]
 
 
-def _jpeg_size(read: _Read) -> Optional[Tuple[int, int]]:
-    """(width, height) from a JPEG's frame header, walking the marker segments before it."""
-    pos = 2  # after SOI
+def _jpeg_size(head: bytes, read: _Read) -> Optional[Tuple[int, int]]:
+    """(width, height) from a JPEG's frame header, walking the marker segments before it (in
+    ``head`` while they fit, else through ``read``)."""
+    pos, size = 2, len(head)  # after SOI
     for _ in range(1024):  # segments before the frame header; bounded against garbage
-        seg = read(pos, 9)
+        seg = head[pos : pos + 9] if pos + 9 <= size else read(pos, 9)
         if len(seg) < 4 or seg[0] != 0xFF:
             return None
         marker = seg[1]
         if marker == 0xFF:  # fill byte
             pos += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             pos += 2
-            continue
-        if marker in _SOF:
-            return (int.from_bytes(seg[7:9], "big"), int.from_bytes(seg[5:7], "big")) if len(seg) == 9 else None
-        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header came
+        elif marker in _SOF:
+            return ((seg[7] << 8) | seg[8], (seg[5] << 8) | seg[6]) if len(seg) == 9 else None
+        elif marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header came
             return None
-        length = int.from_bytes(seg[2:4], "big")
-        if length < 2:
-            return None
-        pos += 2 + length
+        else:
+            length = (seg[2] << 8) | seg[3]
+            if length < 2:
+                return None
+            pos += 2 + length
     return None
 
 
@@ -271,7 +271,7 @@ def _image_size(fmt: str, head: bytes, read: _Read) -> Optional[Tuple[int, int]]
     """(width, height) that an image's header declares, for the formats whose headers say it
     cheaply (JPEG, PNG, BMP, WebP); None when unknown (TIFF and PNM are sized by the deep decode)."""
     if fmt == "jpeg":
-        return _jpeg_size(read)
+        return _jpeg_size(head, read)
     if fmt == "png" and len(head) >= 24 and head[12:16] == b"IHDR":
         return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     if fmt == "bmp" and len(head) >= 26:
@@ -338,11 +338,7 @@ def check_file(path: str, deep: bool = True) -> _Result:
             head = os.pread(fd, _HEAD_BYTES, 0)
             tail = os.pread(fd, _TAIL_BYTES, max(0, st.st_size - _TAIL_BYTES))
 
-            def read(offset: int, count: int) -> bytes:
-                end = offset + count
-                return head[offset:end] if end <= len(head) else os.pread(fd, count, offset)
-
-            size = _image_size(_sniff(head) or "", head, read)
+            size = _image_size(_sniff(head) or "", head, lambda offset, count: os.pread(fd, count, offset))
         finally:
             os.close(fd)
     except OSError as e:
