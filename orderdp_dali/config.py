@@ -618,7 +618,7 @@ def _takes_number(cls: type, param: inspect.Parameter) -> bool:
 # behind the data paths is still checked by its fingerprint. Every other key is part of the recipe.
 RUNTIME_KEYS = frozenset({
     "data.root", "data.train_split", "data.val_split", "data.train_list", "data.val_list", "data.classes_file",
-    "data.val_labels_csv", "data.exclude_file", "data.cache_dir",
+    "data.val_labels_csv", "data.exclude_file", "data.cache_dir", "data.rescan",
     "data.num_threads", "data.prefetch", "data.hw_decoder_load",
     "model.channels_last",
     "train.print_freq", "train.progress", "train.output_dir", "train.checkpoint", "train.save_every",
