@@ -850,83 +850,88 @@ def _rewrite_shard(shard: Path, change: Callable[[List[Tuple[str, bytes]]], List
             tf.addfile(info, io.BytesIO(data))
 
 
-@custom("data-fifo-named-like-an-image", "data",
-        "trains on the 48 images (the FIFO left out, never opened); check-data exits 1 naming it (not_a_file)",
-        f"copy ds; mkfifo train/{CLASS0}/x.jpg; check-data; train")
-def _fifo(ctx: Ctx, work: Path) -> Outcome:
+# Issue 22's odd data, one case of several parts (each in its own folder, judged on its own):
+# (name, what must happen, what is done, the part).
+OddPart = Callable[[Ctx, Path, Outcome], None]
+ODD_DATA_PARTS: List[Tuple[str, str, str, OddPart]] = []
+
+
+def _odd_part(name: str, expect: str, action: str) -> Callable[[OddPart], OddPart]:
+    def add(fn: OddPart) -> OddPart:
+        ODD_DATA_PARTS.append((name, expect, action, fn))
+        return fn
+
+    return add
+
+
+@_odd_part("fifo", "a FIFO named x.jpg: check-data lists it (not_a_file); training leaves it out, never opens it "
+           "(plans 48)", f"copy ds; mkfifo train/{CLASS0}/x.jpg; check-data; train")
+def _fifo(ctx: Ctx, work: Path, o: Outcome) -> None:
     root = ctx.copy_dataset("ds", work / "data")
     os.mkfifo(root / "train" / CLASS0 / "x.jpg")
-    o = Outcome()
     res = ctx.check_data([str(root), "--workers", "1", "--no-progress"], work)
     o.see(res, "check-data")
     if res.rc != 1 or "x.jpg: not_a_file" not in res.stdout:
         o.fail(f"check-data exited {res.rc} without listing x.jpg as not_a_file")
     _planned(ctx, ctx.train([f"data.root={root}"], work), work / "out", o, 48)
-    return o
 
 
-@custom("data-image-declares-60000x60000", "data",
-        "check-data exits 1 naming it (too_large); training stops with an error naming the file",
-        f"copy ds; patch train/{CLASS1}/<2nd image>'s frame header to 60000x60000; check-data; train")
-def _huge(ctx: Ctx, work: Path) -> Outcome:
+@_odd_part("huge-header", "a JPEG declaring 60000x60000: check-data lists it (too_large); training stops naming it",
+           f"copy ds; patch train/{CLASS1}/<2nd image>'s frame header to 60000x60000; check-data; train")
+def _huge(ctx: Ctx, work: Path, o: Outcome) -> None:
     root = ctx.copy_dataset("ds", work / "data")
     victim = _images(root / "train" / CLASS1)[1]
     _declaring_60000(victim)
-    o = Outcome()
     res = ctx.check_data([str(root), "--workers", "1", "--no-progress"], work)
     o.see(res, "check-data")
     if res.rc != 1 or f"{victim.name}: too_large" not in res.stdout:
         o.fail(f"check-data exited {res.rc} without listing {victim.name} as too_large")
-    return judge_error(ctx.train([f"data.root={root}"], work), TRAIN_PREFIX, [victim.name], outcome=o)
+    judge_error(ctx.train([f"data.root={root}"], work), TRAIN_PREFIX, [victim.name], outcome=o)
 
 
-def _setup_non_utf8_name(ctx: Ctx, work: Path) -> None:
+@_odd_part("latin1-name", "a file named caf<0xE9>.JPEG: refused, the error names `caf\\xe9.JPEG` and `UTF-8`",
+           f"copy ds; add train/{CLASS0}/caf<0xE9>.JPEG; train")
+def _latin1(ctx: Ctx, work: Path, o: Outcome) -> None:
     root = ctx.copy_dataset("ds", work / "data")
     shutil.copy(_images(root / "train" / CLASS0)[0], root / "train" / CLASS0 / os.fsdecode(b"caf\xe9.JPEG"))
+    judge_error(ctx.train([f"data.root={root}"], work), TRAIN_PREFIX, ["caf\\xe9.JPEG", "UTF-8"], outcome=o)
 
 
-bad_train("data-file-name-not-utf8", "data", ["data.root={work}/data"], ["caf\\xe9.JPEG", "UTF-8"],
-          setup=_setup_non_utf8_name, setup_text=f"copy ds; add train/{CLASS0}/caf<0xE9>.JPEG (a latin-1 name)")
-
-
-def _setup_list_label_2e9(ctx: Ctx, work: Path) -> None:
+@_odd_part("list-label-2e9", "a file-list label of 2e9 without classes file: refused at once, naming "
+           "`train.txt line 48` and `data.classes_file`",
+           "copy ds; train.txt lists its 48 train images, the last with label 2000000000; train (ulimit -v 12 GB)")
+def _label_2e9(ctx: Ctx, work: Path, o: Outcome) -> None:
     root = ctx.copy_dataset("ds", work / "data")
     lines = [f"{c}/{f.name} {k}" for k, c in enumerate((CLASS0, CLASS1, CLASS2)) for f in _images(root / "train" / c)]
     lines[-1] = lines[-1].rsplit(" ", 1)[0] + " 2000000000"
     _write(root / "train.txt", "\n".join(lines) + "\n")
+    res = ctx.train([f"data.root={root}", "data.train_list=train.txt", "train.eval_every=0"], work,
+                    ulimit_kb=12 * 1024 * 1024)
+    judge_error(res, TRAIN_PREFIX, ["train.txt line 48", "data.classes_file"], outcome=o)
 
 
-bad_train("data-list-label-2e9-without-classes-file", "data",
-          ["data.root={work}/data", "data.train_list=train.txt", "train.eval_every=0"],
-          ["train.txt line 48", "data.classes_file"], setup=_setup_list_label_2e9, ulimit_kb=12 * 1024 * 1024,
-          setup_text="copy ds; train.txt lists its 48 train images, the last with label 2000000000")
-
-
-def _setup_tar_cls_26_digits(ctx: Ctx, work: Path) -> None:
-    shard = sorted((_tar_copy(ctx, work) / "train").glob("*.tar"))[1]
+@_odd_part("tar-cls-26-digits", "a 26-digit .cls: refused, naming `ds-train-0001.tar`, the key and `too large`",
+           "make-shards ds (16 a shard); the 3rd .cls of shard 0001 holds 26 digits; train")
+def _cls_26(ctx: Ctx, work: Path, o: Outcome) -> None:
+    tar = _tar_copy(ctx, work)
+    shard = sorted((tar / "train").glob("*.tar"))[1]
     _rewrite_shard(shard, lambda ms: [(n, b"1" * 26 if n.endswith(".cls") and i == 5 else d)
                                       for i, (n, d) in enumerate(ms)])
+    res = ctx.train(["data.dataset=tar", f"data.root={tar}"], work)
+    judge_error(res, TRAIN_PREFIX, ["ds-train-0001.tar", "key", "too large"], outcome=o)
 
 
-bad_train("data-tar-cls-26-digits", "data", ["data.dataset=tar", "data.root={work}/tar"],
-          ["ds-train-0001.tar", "key", "too large"], setup=_setup_tar_cls_26_digits,
-          setup_text="make-shards ds (16 a shard); the 3rd .cls of shard 0001 holds 26 digits")
-
-
-@custom("data-tar-member-with-several-dots", "data",
-        "img.v2.jpeg + img.v2.cls is a sample: trains on all 48; check-data exits 0",
-        "make-shards ds; rename one pair of shard 0000 to <key>.v2.jpeg / <key>.v2.cls; check-data; train")
-def _tar_dots(ctx: Ctx, work: Path) -> Outcome:
+@_odd_part("tar-several-dots", "img.v2.jpeg + img.v2.cls is a sample: check-data exits 0, training plans 48",
+           "make-shards ds; rename one pair of shard 0000 to <key>.v2.jpeg / <key>.v2.cls; check-data; train")
+def _tar_dots(ctx: Ctx, work: Path, o: Outcome) -> None:
     tar = _tar_copy(ctx, work)
     shard = sorted((tar / "train").glob("*.tar"))[0]
     _rewrite_shard(shard, lambda ms: [(_dotted(n) if i < 2 else n, d) for i, (n, d) in enumerate(ms)])  # one pair
-    o = Outcome()
     res = ctx.check_data([str(tar), "--workers", "1", "--no-progress"], work)
     o.see(res, "check-data")
     if res.rc != 0:
         o.fail(f"check-data exited {res.rc}, expected 0 (every member pairs)")
     _planned(ctx, ctx.train(["data.dataset=tar", f"data.root={tar}"], work), work / "out", o, 48)
-    return o
 
 
 def _dotted(name: str) -> str:
@@ -935,15 +940,13 @@ def _dotted(name: str) -> str:
     return f"{stem}.v2.{ext}"
 
 
-@custom("data-tar-member-dotdot-excluded", "data",
-        "check-data's entry for a corrupt '../evil.jpeg' excludes it: training with the list plans 48",
-        "make-shards ds; add a corrupt ../evil.jpeg (+ .cls) to shard 0000; check-data --output bad.json; "
-        "train data.exclude_file=bad.json")
-def _tar_dotdot(ctx: Ctx, work: Path) -> Outcome:
+@_odd_part("tar-dotdot-member", "check-data's entry for a corrupt '../evil.jpeg' excludes it: training with the "
+           "list plans 48", "make-shards ds; add a corrupt ../evil.jpeg (+ .cls) to shard 0000; check-data --output "
+           "bad.json; train data.exclude_file=bad.json")
+def _tar_dotdot(ctx: Ctx, work: Path, o: Outcome) -> None:
     tar = _tar_copy(ctx, work)
     shard = sorted((tar / "train").glob("*.tar"))[0]
     _rewrite_shard(shard, lambda ms: ms + [("../evil.jpeg", b"\xff\xd8\xff\xe0" + bytes(300)), ("../evil.cls", b"0")])
-    o = Outcome()
     listed = work / "bad.json"
     res = ctx.check_data([str(tar), "--workers", "1", "--no-progress", "--output", str(listed)], work)
     o.see(res, "check-data")
@@ -951,6 +954,26 @@ def _tar_dotdot(ctx: Ctx, work: Path) -> Outcome:
         o.fail(f"check-data exited {res.rc} without listing ../evil.jpeg")
     run = ctx.train(["data.dataset=tar", f"data.root={tar}", f"data.exclude_file={listed}"], work)
     _planned(ctx, run, work / "out", o, 48)
+
+
+@custom("data-odd-entries-and-labels", "data",
+        f"each of {len(ODD_DATA_PARTS)} parts ({', '.join(name for name, _, _, _ in ODD_DATA_PARTS)}) as its action "
+        "says: refused naming the file, line or shard and key, or left out / paired / excluded and trained",
+        "; ".join(f"[{name}] {action} => {expect}" for name, expect, action, _ in ODD_DATA_PARTS))
+def _odd_data(ctx: Ctx, work: Path) -> Outcome:
+    o = Outcome()
+    for name, _, _, part in ODD_DATA_PARTS:
+        got = Outcome()
+        try:
+            part(ctx, work / name, got)
+        except SetupError as e:
+            got.fail(f"setup failed: {e}")
+        o.exit = got.exit if o.exit == "-" else f"{o.exit}, {got.exit}"
+        o.traceback |= got.traceback
+        o.silent |= got.silent
+        o.lost |= got.lost
+        o.last_line = got.last_line or o.last_line
+        o.problems += [f"[{name}] {problem}" for problem in got.problems]
     return o
 
 
