@@ -156,19 +156,20 @@ def spearman(x: Any, y: Any) -> Optional[float]:
     return None if np.isnan(rho) else rho
 
 
-def trained_count(planned: int, steps: int, batch_size: int, world_size: int = 1) -> int:
+def trained_count(planned: int, samples: int) -> int:
     """How many of a plan's samples trained in its epoch: always a prefix of the plan.
 
     Ranks take strided slices of the plan padded by wrap-around
     (:meth:`~orderdp_dali.plan.EpochPlan.shard`: rank r gets positions r, r + W, r + 2W, ...)
-    and each runs ``steps`` batches, so rank r trains its first ``u = steps * batch_size``
-    positions (fewer if its shard is shorter) and the ranks together train positions
-    ``0 .. u*W - 1`` of the padded plan; padding repeats the plan's start. Without
-    ``drop_last`` that is the whole plan; with it, the first ``u*W``. Example: 7 samples on
-    3 ranks, batch 2, drop_last: shards of 3, one step each, positions 0..5 train, sample 7
-    does not.
+    and each trains a prefix of its slice, the same length on every rank, so together they
+    train positions ``0 .. samples - 1`` of the padded plan (``samples``: what the ranks
+    trained, padding included, as the epoch's record counts it); padding repeats the plan's
+    start. Without ``drop_last`` that is the whole plan (unless a rank's shard is a single
+    sample, which trains nothing); with it, the first ``samples``. Example: 7 samples on 3
+    ranks, batch 2, drop_last: shards of 3, one batch of 2 each, 6 samples: positions 0..5
+    train, sample 7 does not.
     """
-    return int(min(int(planned), int(steps) * int(batch_size) * int(world_size)))
+    return int(min(int(planned), int(samples)))
 
 
 def epoch_figures(before: PlanScores, values_after: np.ndarray, trained: Optional[int] = None) -> Dict[str, Any]:

@@ -706,8 +706,7 @@ class TrainingRun:
             record.update(train_one_epoch(self.model, self.optimizer, self.scaler, self.train_it, epoch, cfg, rt))
             record["cpu_time"] = time.process_time() - cpu
             if before is not None:  # the iterator merged the epoch's losses into every rank's table at its end
-                trained = ranking.trained_count(record["planned"], record["steps"], self.train_it.batch_size,
-                                                rt.world_size)
+                trained = ranking.trained_count(record["planned"], record["samples"])
                 record.update(ranking.epoch_figures(before, policy.scores.values, trained))
             self.planned.append(record["planned"])
             record["fraction_saved"] = 1.0 - sum(self.planned) / (self.num_samples * len(self.planned))

@@ -122,7 +122,8 @@ class _FixedPlan(Policy):
     "planned, world, batch, drop_last, expected",
     [
         (7, 3, 2, True, 6),  # shards of 3, one batch of 2 each: positions 0..5
-        (7, 3, 2, False, 7),
+        (7, 3, 2, False, 7),  # shards of 3: a batch of 2 and 1 merged into one of 3 (training)
+        (3, 3, 2, False, 0),  # shards of 1: no step at all (BatchNorm cannot train on one sample)
         (7, 1, 2, True, 6),
         (7, 2, 3, True, 6),  # shards of 4, one batch of 3 each
         (10, 4, 2, True, 8),
@@ -133,13 +134,14 @@ class _FixedPlan(Policy):
 def test_trained_count_is_the_prefix_the_ranks_train(planned, world, batch, drop_last, expected):
     order = np.random.default_rng(planned).permutation(20)[:planned]
     policy = _FixedPlan(20, order)
-    trained = set()
-    steps = None
+    trained, samples = set(), 0
     for rank in range(world):
         src = PlanSource(20, policy, batch, rank=rank, world_size=world, drop_last=drop_last)
-        steps = len(src)
-        trained |= set(src.batches().indices.tolist())
-    count = trained_count(planned, steps, batch, world)
+        batches = src.batches()
+        yielded = [batches.batch(k)[0] for k in range(batches.steps)]
+        trained |= {int(i) for b in yielded for i in b}
+        samples += sum(len(b) for b in yielded)  # as the epoch's record counts them
+    count = trained_count(planned, samples)
     assert count == expected
     assert trained == set(order[:count].tolist())
 
