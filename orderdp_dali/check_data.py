@@ -49,7 +49,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -58,6 +58,7 @@ from tqdm import tqdm
 
 from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.errors import DatasetError
+from orderdp_dali.processes import process_pool
 from orderdp_dali.sample_index import IMG_EXTENSIONS, is_utf8, printable, walk_split
 
 __all__ = [
@@ -538,7 +539,7 @@ def _run_checks(paths: List[str], deep: bool, workers: int, progress: bool) -> L
                 out += [(start + i, r, d) for i, r, d in _check_chunk(paths[start : start + chunk], deep)]
                 bar.update(min(chunk, n - start))
             return out
-        pool: Executor = ProcessPoolExecutor(workers) if deep else ThreadPoolExecutor(workers)
+        pool: Executor = process_pool(workers) if deep else ThreadPoolExecutor(workers)
         with pool:
             futures = {pool.submit(_check_chunk, paths[s : s + chunk], deep): s for s in starts}
             for future in as_completed(futures):

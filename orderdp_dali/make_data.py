@@ -42,7 +42,6 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -54,6 +53,7 @@ from tqdm import tqdm
 
 from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.errors import DatasetError
+from orderdp_dali.processes import process_pool
 
 __all__ = ["MODES", "MANIFEST_NAME", "make_dataset", "read_manifest", "main"]
 
@@ -625,7 +625,7 @@ def _map(jobs: Sequence[_Job], workers: int) -> Iterator[List[Tuple[int, int, in
         for job in jobs:
             yield _run_job(job)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with process_pool(workers) as pool:  # spawned: this may run beside DALI's threads
         yield from pool.map(_run_job, jobs)
 
 

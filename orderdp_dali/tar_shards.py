@@ -49,13 +49,11 @@ import io
 import json
 import logging
 import mmap
-import multiprocessing
 import os
 import re
 import sys
 import tarfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -64,6 +62,7 @@ import numpy as np
 
 from orderdp_dali.atomic import write_atomic, write_text_atomic
 from orderdp_dali.errors import DatasetError
+from orderdp_dali.processes import process_pool
 from orderdp_dali.sample_index import (
     IMG_EXTENSIONS,
     MAX_LABEL,
@@ -314,7 +313,7 @@ def _index_shards(paths: Sequence[str], workers: Optional[int] = None) -> List[_
     if workers <= 1 or len(paths) < POOL_MIN_SHARDS:
         return [_index_shard(p) for p in paths]
     # spawn, not fork: the caller may already run DALI or torch threads
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with process_pool(workers) as pool:
         return list(pool.map(_index_shard, paths, chunksize=max(1, len(paths) // (4 * workers))))
 
 
@@ -801,7 +800,7 @@ def check_tar_dataset(root: Path, splits: Dict[str, Path], *, deep: bool, worker
                 results.append(_check_shard(path, deep))
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with process_pool(workers) as pool:
                 for r in pool.map(_check_shard, [p for _, p in jobs], [deep] * len(jobs)):
                     results.append(r)
                     bar.update(1)
