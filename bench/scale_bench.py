@@ -152,7 +152,7 @@ def prepare_split(
 # ------------------------------------------------------------------ measurements (each in a child)
 def measure_scan(root: str, cache_dir: str) -> Dict[str, Any]:
     """Seconds of a scan without a cache (the walk), then of a cached load in this process."""
-    from orderdp_dali.sample_index import SampleIndex
+    from orderdp_dali.data.folder import SampleIndex
 
     shutil.rmtree(cache_dir, ignore_errors=True)
     index, scan_s = _timed(lambda: SampleIndex.scan(root, cache_dir=cache_dir))
@@ -169,8 +169,8 @@ def measure_rank(root: str, cache_dir: str, world_size: int, batch_size: int, nu
     import torch  # noqa: F401 - imported before the baseline, as a training script does
 
     import orderdp_dali.pipelines  # noqa: F401
+    from orderdp_dali.data.folder import SampleIndex
     from orderdp_dali.iterator import DALIPlanIterator
-    from orderdp_dali.sample_index import SampleIndex
 
     out: Dict[str, Any] = {"base_mb": rss_mb()}
     index, out["load_s"] = _timed(lambda: SampleIndex.scan(root, cache_dir=cache_dir))

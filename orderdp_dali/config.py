@@ -81,7 +81,7 @@ class DataConfig:
 
     ``dataset``: ``folder`` (ImageNet layout: ``root/<train_split>/<class>/*.JPEG`` and
     ``root/<val_split>/...``), ``tar`` (webdataset-style shards ``root/<train_split>/*.tar``,
-    see :mod:`orderdp_dali.tar_shards`), ``cifar10`` or ``cifar100`` (python pickle batches under
+    see :mod:`orderdp_dali.data.tar`), ``cifar10`` or ``cifar100`` (python pickle batches under
     ``root``). ``augment=false`` trains on deterministic inputs (center crop / no
     pad-crop or flip). One DALI pipeline per rank serves the whole run, seeded from
     (train.seed, rank); checkpoints keep every rank's pipeline state, so a resumed run draws
@@ -94,7 +94,7 @@ class DataConfig:
     relative to the split folder) instead of class folders; ``classes_file`` names the
     list's classes (line i = class i). ``val_labels_csv``: the split folder ``val_split`` is
     flat and Kaggle's ``LOC_val_solution.csv`` labels it. These files are relative to
-    ``root`` (see :mod:`orderdp_dali.file_lists`).
+    ``root`` (see :mod:`orderdp_dali.data.file_lists`).
     ``rescan``: walk the class folders (index the shards) even when the index cache in
     ``cache_dir`` looks current. The cache notices added, removed and renamed files by their
     folders' mtimes and ctimes; on a file system whose ctimes cannot be trusted, a folder whose

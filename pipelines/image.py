@@ -133,7 +133,7 @@ def image_pipeline(
         train: random-resized crop + flip (True) or resize + center crop (False).
         device: ``"gpu"`` (mixed decoding, needs ``device_id``) or ``"cpu"``.
         read_files: the source yields file paths to read (True) or the encoded images
-            themselves (False: tar shards, see :mod:`orderdp_dali.tar_shards`).
+            themselves (False: tar shards, see :mod:`orderdp_dali.data.tar`).
         settings: ``batch_size`` and the other pipeline settings of
             :func:`~orderdp_dali.pipelines.common.plan_pipeline`.
 

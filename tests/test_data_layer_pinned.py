@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orderdp_dali.cifar import load_cifar
-from orderdp_dali.file_lists import index_file_list, index_flat_val
+from orderdp_dali.data.cifar import load_cifar
+from orderdp_dali.data.file_lists import index_file_list, index_flat_val
+from orderdp_dali.data.folder import SampleIndex
+from orderdp_dali.data.tar import TarIndex
+from orderdp_dali.make_shards import folder_to_shards
 from orderdp_dali.plan_source import PlanSource
 from orderdp_dali.policies import make_policy
-from orderdp_dali.sample_index import SampleIndex
-from orderdp_dali.tar_shards import TarIndex, folder_to_shards
 
 MTIME = 1_600_000_000  # every generated file's mtime (the fingerprints cover mtimes)
 CLASSES = ("n01", "n02", "n03")
@@ -158,8 +159,7 @@ def test_cifar_source_is_pinned(tmp_path):
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [c.encode() for c in CLASSES]}, f)
     train = load_cifar(tmp_path, "cifar10", "train")
-    rec = _record(_CifarView(train))
-    assert rec == PINNED["cifar"]
+    assert _record(_CifarView(train)) == PINNED["cifar"]
 
 
 class _CifarView:
@@ -176,9 +176,7 @@ class _CifarView:
         return len(self.dataset)
 
     def make_samples(self):
-        from orderdp_dali.samples import ArraySamples
-
-        return ArraySamples(self.dataset.images, self.dataset.labels)
+        return self.dataset.make_samples()
 
 
 # Recorded on the code before the data layer moved to orderdp_dali/data/ (commit 94d76d6).
