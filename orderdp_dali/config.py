@@ -34,6 +34,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Unio
 import yaml
 
 from orderdp_dali.errors import ConfigError
+from orderdp_dali.model_names import COMPILE_MODES, check_timm_name
 
 __all__ = [
     "MAX_SEED",
@@ -59,8 +60,6 @@ __all__ = [
 ]
 
 PathLike = Union[str, "Path"]
-# torch.compile's modes (``default`` is torch's own default); here so that configs check them without torch.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # The largest seed: numpy's global seeding (np.random.seed, done for third-party code) takes 32-bit
 # seeds, so a larger one would fail only after the data were indexed. Checked up front instead.
 MAX_SEED = 2**32 - 1
@@ -555,8 +554,6 @@ def _check_model_name(name: str) -> None:
     if name in CUSTOM_MODELS:
         return
     if name.startswith("timm/"):
-        from orderdp_dali.models import check_timm_name
-
         try:
             check_timm_name(name)
         except ValueError as e:
