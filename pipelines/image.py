@@ -46,7 +46,8 @@ class ImagePipelineConfig:
     dtype: str = "float32"
     flip_probability: float = 0.5
     # Read files with plain reads (False) or through mmap (DALI's default). Plain reads fed
-    # about twice as many 110 KB JPEGs per second on local disk (bench/results/iterator_bench_cpu.md).
+    # about twice as many 110 KB JPEGs per second on local disk (bench/results/iterator_bench_cpu.md,
+    # recorded by loader_compare's predecessor; bench/results/README.md keeps the history).
     use_mmap: bool = False
     # Share of the images that the mixed decoder sends to the hardware JPEG decoder (A100,
     # H100, H200); the rest take the CUDA path with CPU Huffman decoding. DALI's default.
