@@ -192,7 +192,7 @@ def measure_rank(root: str, cache_dir: str, world_size: int, batch_size: int, nu
         _, e["plan_s"] = _timed(lambda: it.plan)
         _, e["shard_s"] = _timed(lambda: it.source.batches())
         if it._samples is None:  # the sample table, built by the first pass: timed on its own
-            it._samples, e["samples_s"] = _timed(it._make_samples)
+            it._samples, e["samples_s"] = _timed(it.index.make_samples)
             out["iterator_mb"] = rss_mb() - mark
             out["peak_mb"] = peak_rss_mb() - out["base_mb"]  # before DALI allocates its buffers
             mark = rss_mb()
