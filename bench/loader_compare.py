@@ -58,9 +58,9 @@ from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.bench.config import LOADER_NAMES
 from orderdp_dali.bench.machine import Usage, environment, load_average, usable_cpus
 from orderdp_dali.bench.report import LOADER_FIGURES, loader_lines, spread
+from orderdp_dali.data.folder import SampleIndex
 from orderdp_dali.plan import EpochPlan
 from orderdp_dali.policies.base import Policy
-from orderdp_dali.sample_index import SampleIndex
 
 __all__ = [
     "LOADERS",
@@ -162,10 +162,9 @@ class DaliPlanLoader:
     ) -> None:
         from orderdp_dali.iterator import DALIPlanIterator
 
-        cls = _feed_only_iterator_class() if feed_only else DALIPlanIterator
         self.device = device
         self.samples = len(plan)
-        self.iterator = cls(
+        self.iterator = DALIPlanIterator(
             index,
             FixedPlan(len(index), plan),
             batch_size,
@@ -175,6 +174,7 @@ class DaliPlanLoader:
             sync_scores=False,
             prefetch_next_epoch=True,
             pipeline_config=pipeline_config,
+            pipeline=feed_only_pipeline(index.transform) if feed_only else None,
         )
         self.iterator.start()  # the one pipeline, built before any timed epoch
 
@@ -194,26 +194,22 @@ def _bytes_only(encoded_files):
     return encoded_files.shape()
 
 
-def _feed_only_iterator_class() -> type:
-    """A plan iterator subclass (defined on demand: it imports DALI and torch)."""
-    from orderdp_dali.iterator import DALIPlanIterator
+def feed_only_pipeline(transform: str):
+    """A pipeline factory for :class:`~orderdp_dali.iterator.DALIPlanIterator` that reads a
+    ``transform`` source's samples and ends in their byte count instead of decoding them."""
 
-    class FeedOnlyPlanIterator(DALIPlanIterator):
-        """The plan iterator with the byte count of the read bytes in place of decode + augment."""
+    def make(feed: Any, *, train: bool, config: Any, **settings: Any):
+        from nvidia.dali import fn
 
-        def _make_pipeline(self, feed: Any, *, train: bool, config: Any, **settings: Any):
-            from nvidia.dali import fn
+        from orderdp_dali.pipelines.common import plan_pipeline
 
-            from orderdp_dali.pipelines.common import plan_pipeline
+        def read_only(samples):  # tar shards hand over the bytes themselves
+            return _bytes_only(samples if transform == "encoded" else
+                               fn.io.file.read(samples, dont_use_mmap=not config.use_mmap))
 
-            encoded = feed.samples.encoded  # tar shards hand over the bytes themselves
+        return plan_pipeline(feed, read_only, **settings)
 
-            def read_only(samples):
-                return _bytes_only(samples if encoded else fn.io.file.read(samples, dont_use_mmap=not config.use_mmap))
-
-            return plan_pipeline(feed, read_only, **settings)
-
-    return FeedOnlyPlanIterator
+    return make
 
 
 class PerSampleFiles:
@@ -448,10 +444,11 @@ LOADER_CLASSES: Dict[str, Callable[..., Any]] = {
 
 
 def tar_copy(index: SampleIndex, shard_size: int = SHARD_SIZE) -> Any:
-    """The :class:`~orderdp_dali.tar_shards.TarIndex` of ``index``'s split copied into tar shards
+    """The :class:`~orderdp_dali.data.tar.TarIndex` of ``index``'s split copied into tar shards
     (``<root>/tar/<split>``), written from the folder first when absent or not the same samples."""
+    from orderdp_dali.data.tar import TarIndex
     from orderdp_dali.errors import DatasetError
-    from orderdp_dali.tar_shards import TarIndex, folder_to_shards
+    from orderdp_dali.make_shards import folder_to_shards
 
     split_dir = Path(index.root)
     shards = split_dir.parent / "tar" / split_dir.name

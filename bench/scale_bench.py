@@ -152,7 +152,7 @@ def prepare_split(
 # ------------------------------------------------------------------ measurements (each in a child)
 def measure_scan(root: str, cache_dir: str) -> Dict[str, Any]:
     """Seconds of a scan without a cache (the walk), then of a cached load in this process."""
-    from orderdp_dali.sample_index import SampleIndex
+    from orderdp_dali.data.folder import SampleIndex
 
     shutil.rmtree(cache_dir, ignore_errors=True)
     index, scan_s = _timed(lambda: SampleIndex.scan(root, cache_dir=cache_dir))
@@ -169,8 +169,8 @@ def measure_rank(root: str, cache_dir: str, world_size: int, batch_size: int, nu
     import torch  # noqa: F401 - imported before the baseline, as a training script does
 
     import orderdp_dali.pipelines  # noqa: F401
+    from orderdp_dali.data.folder import SampleIndex
     from orderdp_dali.iterator import DALIPlanIterator
-    from orderdp_dali.sample_index import SampleIndex
 
     out: Dict[str, Any] = {"base_mb": rss_mb()}
     index, out["load_s"] = _timed(lambda: SampleIndex.scan(root, cache_dir=cache_dir))
@@ -192,7 +192,7 @@ def measure_rank(root: str, cache_dir: str, world_size: int, batch_size: int, nu
         _, e["plan_s"] = _timed(lambda: it.plan)
         _, e["shard_s"] = _timed(lambda: it.source.batches())
         if it._samples is None:  # the sample table, built by the first pass: timed on its own
-            it._samples, e["samples_s"] = _timed(it._make_samples)
+            it._samples, e["samples_s"] = _timed(it.index.make_samples)
             out["iterator_mb"] = rss_mb() - mark
             out["peak_mb"] = peak_rss_mb() - out["base_mb"]  # before DALI allocates its buffers
             mark = rss_mb()

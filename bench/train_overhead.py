@@ -59,7 +59,7 @@ def _median_s(fn: Callable[[], Any], repeats: int) -> float:
 
 def _fake_index(n: int):
     """A SampleIndex of ``n`` placeholder files: enough for an iterator that never starts DALI."""
-    from orderdp_dali.sample_index import SampleIndex
+    from orderdp_dali.data.folder import SampleIndex
 
     return SampleIndex(Path("/nonexistent"), ("c",), np.full(n, "x.JPEG"), np.zeros(n, dtype=np.int64))
 

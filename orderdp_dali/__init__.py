@@ -4,10 +4,10 @@ Import the pieces a custom training loop needs from here::
 
     from orderdp_dali import SampleIndex, make_policy, DALIPlanIterator
 """
+from orderdp_dali.data.folder import SampleIndex
 from orderdp_dali.errors import CheckpointError, DatasetError, DecodeError, DistributedError
 from orderdp_dali.plan import EpochPlan, num_steps
 from orderdp_dali.policies import POLICIES, Policy, ScoreTable, make_policy, register_policy
-from orderdp_dali.sample_index import SampleIndex
 
 __version__ = "0.1.0"
 

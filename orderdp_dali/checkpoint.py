@@ -27,8 +27,8 @@ import torch
 
 from orderdp_dali.atomic import write_atomic, write_text_atomic
 from orderdp_dali.config import RUNTIME_KEYS, config_changes, to_plain
+from orderdp_dali.data.fingerprints import compare_fingerprints
 from orderdp_dali.errors import CheckpointError, first_line
-from orderdp_dali.sample_index import compare_fingerprints
 
 __all__ = [
     "CHECKPOINT_VERSION",

@@ -24,7 +24,7 @@ COMMANDS = {
     "bench": ("orderdp_dali.bench.run", "compare policies end to end, taking turns epoch by epoch; write a report"),
     "make-data": ("orderdp_dali.make_data", "generate an ImageNet-layout folder of JPEGs"),
     "check-data": ("orderdp_dali.check_data", "find unreadable or undecodable images in a dataset"),
-    "make-shards": ("orderdp_dali.tar_shards", "convert class-folder splits into tar shards"),
+    "make-shards": ("orderdp_dali.make_shards", "convert class-folder splits into tar shards"),
 }
 # What the loader says when a shared library does not fit in the address space left to it.
 _OUT_OF_MEMORY = ("failed to map segment", "cannot allocate memory", "out of memory", "cannot map zero-fill pages")

@@ -34,6 +34,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Unio
 import yaml
 
 from orderdp_dali.errors import ConfigError
+from orderdp_dali.model_names import COMPILE_MODES, check_timm_name
 
 __all__ = [
     "MAX_SEED",
@@ -59,8 +60,6 @@ __all__ = [
 ]
 
 PathLike = Union[str, "Path"]
-# torch.compile's modes (``default`` is torch's own default); here so that configs check them without torch.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # The largest seed: numpy's global seeding (np.random.seed, done for third-party code) takes 32-bit
 # seeds, so a larger one would fail only after the data were indexed. Checked up front instead.
 MAX_SEED = 2**32 - 1
@@ -81,7 +80,7 @@ class DataConfig:
 
     ``dataset``: ``folder`` (ImageNet layout: ``root/<train_split>/<class>/*.JPEG`` and
     ``root/<val_split>/...``), ``tar`` (webdataset-style shards ``root/<train_split>/*.tar``,
-    see :mod:`orderdp_dali.tar_shards`), ``cifar10`` or ``cifar100`` (python pickle batches under
+    see :mod:`orderdp_dali.data.tar`), ``cifar10`` or ``cifar100`` (python pickle batches under
     ``root``). ``augment=false`` trains on deterministic inputs (center crop / no
     pad-crop or flip). One DALI pipeline per rank serves the whole run, seeded from
     (train.seed, rank); checkpoints keep every rank's pipeline state, so a resumed run draws
@@ -94,7 +93,7 @@ class DataConfig:
     relative to the split folder) instead of class folders; ``classes_file`` names the
     list's classes (line i = class i). ``val_labels_csv``: the split folder ``val_split`` is
     flat and Kaggle's ``LOC_val_solution.csv`` labels it. These files are relative to
-    ``root`` (see :mod:`orderdp_dali.file_lists`).
+    ``root`` (see :mod:`orderdp_dali.data.file_lists`).
     ``rescan``: walk the class folders (index the shards) even when the index cache in
     ``cache_dir`` looks current. The cache notices added, removed and renamed files by their
     folders' mtimes and ctimes; on a file system whose ctimes cannot be trusted, a folder whose
@@ -555,8 +554,6 @@ def _check_model_name(name: str) -> None:
     if name in CUSTOM_MODELS:
         return
     if name.startswith("timm/"):
-        from orderdp_dali.models import check_timm_name
-
         try:
             check_timm_name(name)
         except ValueError as e:

@@ -25,34 +25,56 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
 from orderdp_dali.checkpoint import numpy_to_torch, torch_to_numpy
 from orderdp_dali.dali_runner import PipelineRunner, PipelineState
+from orderdp_dali.data.fingerprints import compare_fingerprints
+from orderdp_dali.data.source import TRANSFORMS, DataSource, Samples
 from orderdp_dali.distributed import dist_info
 from orderdp_dali.errors import DecodeError
 from orderdp_dali.plan import EpochPlan
 from orderdp_dali.plan_source import BatchFeed, EpochBatches, PlanSource
 from orderdp_dali.policies.base import Policy
-from orderdp_dali.sample_index import SampleIndex, compare_fingerprints
 from orderdp_dali.score_updates import ScoreUpdates
 
-__all__ = ["DALIPlanIterator"]
+__all__ = ["DALIPlanIterator", "PipelineFactory", "default_pipeline"]
 
 log = logging.getLogger(__name__)
 ITERATOR_STATE_VERSION = 2  # 2: with each rank's DALI pipeline state ("pipelines"); 1 still loads
 OUTPUTS = ("data", "label", "index", "weight")
+
+#: ``factory(feed, *, train, batch_size, device, device_id, num_threads, seed, prefetch_queue_depth,
+#: checkpoint, config) -> Pipeline`` (unbuilt): the DALI pipeline over a :class:`BatchFeed`, whose
+#: outputs are :data:`OUTPUTS` (see :func:`orderdp_dali.pipelines.common.plan_pipeline`).
+PipelineFactory = Callable[..., Any]
+
+
+def default_pipeline(transform: str) -> Tuple[PipelineFactory, Any]:
+    """The pipeline factory and default pipeline config for a source's ``transform``
+    (:data:`~orderdp_dali.data.source.TRANSFORMS`)."""
+    from functools import partial
+
+    from orderdp_dali.pipelines import CifarPipelineConfig, ImagePipelineConfig, cifar_pipeline, image_pipeline
+
+    if transform not in TRANSFORMS:
+        raise ValueError(f"Unknown data source transform {transform!r}; choose one of {TRANSFORMS}")
+    if transform == "arrays":
+        return cifar_pipeline, CifarPipelineConfig()
+    return partial(image_pipeline, read_files=transform == "files"), ImagePipelineConfig()
 
 
 class DALIPlanIterator:
     """Iterates one epoch per ``iter()``: this rank's shard of the policy's plan, through DALI.
 
     Args:
-        index: the samples of the split (see :class:`~orderdp_dali.sample_index.SampleIndex`;
-            a :class:`~orderdp_dali.tar_shards.TarIndex` reads tar shards).
+        index: the split, any :class:`~orderdp_dali.data.source.DataSource` (class folders or
+            a file list, :class:`~orderdp_dali.data.folder.SampleIndex`; tar shards,
+            :class:`~orderdp_dali.data.tar.TarIndex`; CIFAR arrays,
+            :class:`~orderdp_dali.data.cifar.ArrayDataset`).
         policy: chooses each epoch's plan; ``None`` means every sample once, in order
             (evaluation).
         batch_size: per-rank batch size.
@@ -76,7 +98,11 @@ class DALIPlanIterator:
         prefetch_next_epoch: when an epoch ends, choose the next plan at once and let
             DALI start decoding it while the caller validates or checkpoints (default:
             ``train``). Score updates must therefore be made inside the epoch's loop.
-        pipeline_config: crop size, normalisation, output dtype.
+        pipeline_config: crop size, normalisation, output dtype (default: the
+            ``pipeline``'s default config).
+        pipeline: the DALI pipeline factory (:data:`PipelineFactory`); default: the one the
+            source's ``transform`` needs (:func:`default_pipeline`). A benchmark passes its
+            own (e.g. reading without decoding).
 
     Sharding: training plans are padded by wrap-around to a multiple of ``world_size``
     (see :meth:`EpochPlan.shard`), so every rank yields the same number of batches. In
@@ -87,14 +113,13 @@ class DALIPlanIterator:
     epoch is one pass of it. A pass that fails (a file that breaks decoding) rebuilds the
     pipeline once, from the state it had when that epoch began.
 
-    Other sample sources: subclasses override :meth:`_make_samples` and
-    :meth:`_make_pipeline` (and :meth:`_default_pipeline_config`); plans, feeding, score
-    updates and state are shared (see :class:`orderdp_dali.cifar.ArrayPlanIterator`).
+    Other sample sources implement :class:`~orderdp_dali.data.source.DataSource`; other
+    pipelines are a ``pipeline`` factory: the iterator is not subclassed.
     """
 
     def __init__(
         self,
-        index: SampleIndex,
+        index: DataSource,
         policy: Optional[Policy],
         batch_size: int,
         *,
@@ -112,6 +137,7 @@ class DALIPlanIterator:
         prefetch_queue_depth: int = 2,
         prefetch_next_epoch: Optional[bool] = None,
         pipeline_config: Optional[Any] = None,
+        pipeline: Optional[PipelineFactory] = None,
     ) -> None:
         if device == "auto":
             device = "gpu" if torch.cuda.is_available() else "cpu"
@@ -144,13 +170,15 @@ class DALIPlanIterator:
         self.seed = int(seed)
         self.prefetch_queue_depth = prefetch_queue_depth
         self.prefetch_next_epoch = train if prefetch_next_epoch is None else bool(prefetch_next_epoch)
-        self.pipeline_config = pipeline_config or self._default_pipeline_config()
+        factory, default_config = default_pipeline(index.transform)
+        self.pipeline = pipeline or factory
+        self.pipeline_config = pipeline_config or default_config
         # The latest pass: start_s (seconds to begin it: reset and first scheduling, plus the
         # build when one was needed), prestarted (begun when the previous epoch ended, outside
         # this epoch), built (a pipeline was built to begin it), first_batch_s (iteration
         # start to the first batch).
         self.last_pass: Dict[str, Any] = {}
-        self._samples: Any = None
+        self._samples: Optional[Samples] = None
         self._runner: Optional[PipelineRunner] = None
         self._begun: Optional[Tuple[EpochPlan, float, bool]] = None  # (plan, seconds, built) of the begun pass
         self._active = False
@@ -301,22 +329,6 @@ class DALIPlanIterator:
         )
 
     # ------------------------------------------------------------- passes
-    def _default_pipeline_config(self) -> Any:
-        from orderdp_dali.pipelines import ImagePipelineConfig
-
-        return ImagePipelineConfig()
-
-    def _make_samples(self) -> Any:
-        """What the source yields for a sample (see :mod:`orderdp_dali.samples`): the index's own
-        (file paths for a :class:`SampleIndex`, encoded bytes for a tar-shard index)."""
-        return self.index.make_samples()
-
-    def _make_pipeline(self, feed: BatchFeed, **kwargs: Any) -> Any:
-        """The (unbuilt) DALI pipeline over ``feed``; ``kwargs`` are :func:`image_pipeline`'s."""
-        from orderdp_dali.pipelines import image_pipeline
-
-        return image_pipeline(feed, read_files=not feed.samples.encoded, **kwargs)
-
     def _fresh_seed(self) -> int:
         """The seed of a pipeline built without a checkpoint: a pure function of (seed, rank,
         the epoch it is built at), so a run restarted without pipeline state draws new crops."""
@@ -327,11 +339,11 @@ class DALIPlanIterator:
         """The run's pipeline runner (its pipeline is built when the first pass begins)."""
         if self._runner is None:
             if self._samples is None:
-                self._samples = self._make_samples()
+                self._samples = self.index.make_samples()
             feed = BatchFeed(self._samples)
 
             def make(checkpoint: Optional[bytes]) -> Any:
-                return self._make_pipeline(
+                return self.pipeline(
                     feed,
                     train=self.augment,
                     batch_size=self.source.max_batch,  # one more where a last single sample is merged

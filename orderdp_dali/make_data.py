@@ -720,7 +720,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"orderdp-dali make-data: error: {e}", file=sys.stderr)
         return 2
     if args.format == "tar":
-        from orderdp_dali.tar_shards import folder_to_shards
+        from orderdp_dali.make_shards import folder_to_shards
 
         try:
             shards = folder_to_shards(root, root / "tar", shard_size=args.shard_size)

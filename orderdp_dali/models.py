@@ -13,7 +13,6 @@ All are randomly initialised with ``num_classes`` outputs (nothing is downloaded
 """
 from __future__ import annotations
 
-import difflib
 import os
 import shutil
 from typing import Optional, Tuple
@@ -21,7 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from orderdp_dali.config import COMPILE_MODES
+from orderdp_dali.model_names import COMPILE_MODES, TIMM_PREFIX, check_timm_name
 
 __all__ = [
     "COMPILE_MODES",
@@ -35,8 +34,6 @@ __all__ = [
     "timm_model",
 ]
 
-TIMM_PREFIX = "timm/"
-TIMM_LISTING = "list them with python -c \"import timm; print(timm.list_models('resnet*'))\""
 
 
 class TinyCNN(nn.Module):
@@ -100,32 +97,6 @@ def build_model(name: str, num_classes: int) -> nn.Module:
             f"or {TIMM_PREFIX}<a timm model>"
         )
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-
-
-def check_timm_name(name: str) -> None:
-    """Raise ValueError unless ``name`` is ``timm/<architecture>`` for an architecture timm knows.
-
-    A pretrained tag (``timm/resnet50d.ra2_in1k``) is refused: models here start from random
-    weights, and a tag would only suggest otherwise.
-    """
-    if not name.startswith(TIMM_PREFIX):
-        raise ValueError(f"{name!r} is not a timm model name: write {TIMM_PREFIX}<name>, e.g. timm/resnet50d")
-    arch = name[len(TIMM_PREFIX):]
-    if not arch:
-        raise ValueError(f"{name!r} names no timm model: write {TIMM_PREFIX}<name>, e.g. timm/resnet50d; "
-                         f"{TIMM_LISTING}")
-    import timm
-
-    if "." in arch and timm.is_model(arch):
-        base, tag = arch.split(".", 1)
-        raise ValueError(
-            f"{name!r} names pretrained weights (tag {tag!r}), but models start from random weights here: "
-            f"write {TIMM_PREFIX}{base}"
-        )
-    if not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
-        hint = f" (did you mean {', '.join(TIMM_PREFIX + c for c in close)}?)" if close else ""
-        raise ValueError(f"unknown timm model {arch!r}{hint}; {TIMM_LISTING}")
 
 
 def timm_model(name: str, num_classes: int) -> nn.Module:

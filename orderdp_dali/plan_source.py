@@ -5,17 +5,18 @@ yields every sample once for evaluation), shards it and cuts this rank's shard i
 batches (:class:`EpochBatches`). :class:`BatchFeed` is the callable handed to DALI's
 ``fn.external_source(batch=True, batch_info=True)``: DALI calls it in the training
 process for batch ``k`` of an epoch and it answers with that batch's samples (encoded file
-paths or array rows, see :mod:`orderdp_dali.samples`), labels, sample indices and loss
+paths or array rows, see :class:`~orderdp_dali.data.source.Samples`), labels, sample indices and loss
 weights. No worker processes, no files to publish: one pipeline serves the whole run, and
 a new plan is just the next pass of its feed.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from orderdp_dali.data.source import Samples
 from orderdp_dali.plan import EpochPlan, num_steps, unit_weights
 from orderdp_dali.policies.base import Policy, check_epoch
 
@@ -187,17 +188,6 @@ class PlanSource:
     def set_epoch(self, epoch: int) -> None:
         self._epoch = check_epoch(epoch)
         self._plan = self._shard = None
-
-
-class Samples(Protocol):
-    """Where samples come from: turns sample indices into what the pipeline's source yields."""
-
-    labels: np.ndarray
-
-    def __len__(self) -> int: ...
-
-    def fetch(self, indices: np.ndarray) -> Any:
-        """The batch of samples ``indices`` (a list of uint8 arrays, or one stacked array)."""
 
 
 class BatchFeed:

@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 if __name__ == "__main__":  # python -m orderdp_dali.train: torch failing to load is one line, not a traceback
     from orderdp_dali.cli import exit_if_unloadable
@@ -63,6 +63,7 @@ from orderdp_dali.checkpoint import (
     trim_metrics,
 )
 from orderdp_dali.config import Config, load_config
+from orderdp_dali.data import DataSource, TarIndex, index_split, load_cifar, load_exclusion_list
 from orderdp_dali.errors import (
     CheckpointError,
     ConfigError,
@@ -77,6 +78,9 @@ from orderdp_dali.interrupts import signals_as_interrupts
 from orderdp_dali.lr_schedule import lr_at, progress, set_lr
 from orderdp_dali.models import build_model, compile_model, fixed_input_size
 from orderdp_dali.policies import make_policy
+
+if TYPE_CHECKING:  # the iterator pulls in DALI: imported where one is built
+    from orderdp_dali.iterator import DALIPlanIterator
 
 __all__ = ["TrainingRun", "evaluate", "get_args_parser", "main", "run_training", "train_one_epoch"]
 
@@ -152,10 +156,9 @@ def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
 class Data:
     """The training and validation splits plus how to iterate them."""
 
-    train: Any  # SampleIndex or ArrayDataset
-    val: Any
+    train: DataSource  # SampleIndex, TarIndex or ArrayDataset
+    val: Optional[DataSource]
     num_classes: int
-    iterator_cls: type
     pipeline_config: Any
 
 
@@ -164,8 +167,6 @@ def _read_exclude(path: Optional[str], root: Path) -> Optional[List[str]]:
     paths one a line), refused when the list was written for another dataset than ``root``."""
     if not path:
         return None
-    from orderdp_dali.check_data import load_exclusion_list
-
     try:
         return sorted(load_exclusion_list(Path(path).expanduser(), root))
     except OSError as e:
@@ -185,21 +186,16 @@ def build_data(cfg: Config) -> Data:
     if not root.is_dir():
         raise DatasetError(f"data.root: {root} is not a directory")
     if d.dataset in ("cifar10", "cifar100"):
-        from orderdp_dali.cifar import ArrayPlanIterator, load_cifar
         from orderdp_dali.pipelines import CifarPipelineConfig
 
         train = load_cifar(root, d.dataset, "train")
         val = load_cifar(root, d.dataset, "val") if cfg.train.eval_every > 0 else None
         pipe = CifarPipelineConfig(size=int(train.images.shape[1]), dtype=d.dtype)
-        return Data(train, val, len(train.classes), ArrayPlanIterator, pipe)
-    from orderdp_dali.file_lists import index_split
-    from orderdp_dali.iterator import DALIPlanIterator
+        return Data(train, val, len(train.classes), pipe)
     from orderdp_dali.pipelines import ImagePipelineConfig
 
     exclude = _read_exclude(d.exclude_file, root)
-    if d.dataset == "tar":  # root/<split>/*.tar shards (orderdp_dali.tar_shards)
-        from orderdp_dali.tar_shards import TarIndex
-
+    if d.dataset == "tar":  # root/<split>/*.tar shards (orderdp_dali.data.tar)
         train = TarIndex.scan(root / d.train_split, cache_dir=d.cache_dir, exclude=exclude, rescan=d.rescan)
         val = None
         if cfg.train.eval_every > 0:  # shard labels index the training classes
@@ -218,11 +214,14 @@ def build_data(cfg: Config) -> Data:
             f"val: {only_val[:5]}): labels would not match; give both splits the same class folders"
         )
     pipe = ImagePipelineConfig(crop=d.crop, val_resize=d.val_resize, dtype=d.dtype, hw_decoder_load=d.hw_decoder_load)
-    return Data(train, val, len(train.classes), DALIPlanIterator, pipe)
+    return Data(train, val, len(train.classes), pipe)
 
 
-def build_iterators(cfg: Config, data: Data, policy: Any, rt: Runtime) -> Tuple[Any, Optional[Any]]:
+def build_iterators(cfg: Config, data: Data, policy: Any, rt: Runtime
+                    ) -> Tuple[DALIPlanIterator, Optional[DALIPlanIterator]]:
     """The training iterator (this rank's shard of each plan) and the validation iterator."""
+    from orderdp_dali.iterator import DALIPlanIterator
+
     common = dict(
         device="gpu" if rt.device.type == "cuda" else "cpu",
         device_id=rt.local_rank,
@@ -232,7 +231,7 @@ def build_iterators(cfg: Config, data: Data, policy: Any, rt: Runtime) -> Tuple[
         prefetch_queue_depth=cfg.data.prefetch,
         pipeline_config=data.pipeline_config,
     )
-    train_it = data.iterator_cls(
+    train_it = DALIPlanIterator(
         data.train,
         policy,
         cfg.train.batch_size,
@@ -244,7 +243,7 @@ def build_iterators(cfg: Config, data: Data, policy: Any, rt: Runtime) -> Tuple[
     )
     val_it = None
     if cfg.train.eval_every > 0:
-        val_it = data.iterator_cls(data.val, None, cfg.train.batch_size, train=False, seed=cfg.train.seed, **common)
+        val_it = DALIPlanIterator(data.val, None, cfg.train.batch_size, train=False, seed=cfg.train.seed, **common)
     return train_it, val_it
 
 
@@ -326,7 +325,7 @@ def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    it: Any,
+    it: DALIPlanIterator,
     epoch: int,
     cfg: Config,
     rt: Runtime,
@@ -448,7 +447,7 @@ def _stop_on_nonfinite_loss(first_bad: torch.Tensor, epoch: int, cfg: Config, rt
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, it: Any, cfg: Config, rt: Runtime) -> Dict[str, float]:
+def evaluate(model: nn.Module, it: DALIPlanIterator, cfg: Config, rt: Runtime) -> Dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean loss over the whole validation split, summed over ranks.
 
     ``model`` is the bare (non-DDP) model: validation shards are unpadded, so ranks may run
@@ -489,7 +488,7 @@ def _should_evaluate(cfg: Config, epoch: int) -> bool:
 
 
 # -------------------------------------------------------------- checkpoints
-def _gather_iterator_state(it: Any, rt: Runtime) -> Dict[str, Any]:
+def _gather_iterator_state(it: DALIPlanIterator, rt: Runtime) -> Dict[str, Any]:
     """The iterator's state with every rank's DALI pipeline state in ``"pipelines"`` (on rank 0;
     a collective: every rank calls it). Each rank's pipeline has its own random state, and a
     resumed rank restores its own."""
@@ -546,7 +545,7 @@ class Resumed(NamedTuple):
 
 
 def _resume(
-    path: Path, model: nn.Module, optimizer: Any, scaler: Any, it: Any, fingerprint: str, cfg: Config,
+    path: Path, model: nn.Module, optimizer: Any, scaler: Any, it: DALIPlanIterator, fingerprint: str, cfg: Config,
     allow_changes: bool = False,
 ) -> Resumed:
     """Load ``path`` into the training objects after checking that this run may continue it
@@ -604,8 +603,8 @@ class TrainingRun:
         self.overwrite = overwrite
         self.allow_changes = allow_changes  # resume with another recipe (recorded): see check_resumable
         self.rt: Optional[Runtime] = None
-        self.train_it: Any = None
-        self.val_it: Any = None
+        self.train_it: Optional[DALIPlanIterator] = None
+        self.val_it: Optional[DALIPlanIterator] = None
         self.start_epoch = 0  # the first epoch this run trains (later than 0 after a resume)
         self.setup: Dict[str, Any] = {}  # the training pipeline's build time, GPU memory after it
         self.phase = "start-up"  # named in the error if a peer rank dies

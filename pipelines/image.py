@@ -46,7 +46,8 @@ class ImagePipelineConfig:
     dtype: str = "float32"
     flip_probability: float = 0.5
     # Read files with plain reads (False) or through mmap (DALI's default). Plain reads fed
-    # about twice as many 110 KB JPEGs per second on local disk (bench/results/iterator_bench_cpu.md).
+    # about twice as many 110 KB JPEGs per second on local disk (bench/results/iterator_bench_cpu.md,
+    # recorded by loader_compare's predecessor; bench/results/README.md keeps the history).
     use_mmap: bool = False
     # Share of the images that the mixed decoder sends to the hardware JPEG decoder (A100,
     # H100, H200); the rest take the CUDA path with CPU Huffman decoding. DALI's default.
@@ -133,7 +134,7 @@ def image_pipeline(
         train: random-resized crop + flip (True) or resize + center crop (False).
         device: ``"gpu"`` (mixed decoding, needs ``device_id``) or ``"cpu"``.
         read_files: the source yields file paths to read (True) or the encoded images
-            themselves (False: tar shards, see :mod:`orderdp_dali.tar_shards`).
+            themselves (False: tar shards, see :mod:`orderdp_dali.data.tar`).
         settings: ``batch_size`` and the other pipeline settings of
             :func:`~orderdp_dali.pipelines.common.plan_pipeline`.
 

@@ -14,7 +14,8 @@ from typing import Dict, Tuple
 import pytest
 from PIL import Image
 
-from orderdp_dali.check_data import check_dataset, load_exclusion_list, main, write_report
+from orderdp_dali.check_data import check_dataset, main, write_report
+from orderdp_dali.data.exclusions import load_exclusion_list
 from orderdp_dali.errors import DatasetError
 from orderdp_dali.make_data import make_dataset
 
@@ -285,7 +286,7 @@ def _one_bad_file(tmp_path: Path, name: str = "d") -> Tuple[Path, Path]:
 @pytest.mark.parametrize("suffix", [".json", ".txt"])
 def test_a_list_written_for_another_dataset_is_an_error(tmp_path, suffix):
     """Today a list of a moved or copied dataset silently excludes nothing, and training dies on the bad file."""
-    from orderdp_dali.sample_index import SampleIndex
+    from orderdp_dali.data.folder import SampleIndex
 
     old, bad = _one_bad_file(tmp_path, "old")
     listing = write_report(check_dataset(old, workers=1, progress=False), tmp_path / f"bad{suffix}")
@@ -348,7 +349,7 @@ def test_a_list_in_an_unknown_format_is_an_error_naming_the_file(tmp_path, name,
 
 def test_lists_written_before_and_plain_lists_still_load(tmp_path):
     """Lists check-data wrote before this change (root not resolved), and absolute paths one a line."""
-    from orderdp_dali.sample_index import SampleIndex
+    from orderdp_dali.data.folder import SampleIndex
 
     real, bad = _one_bad_file(tmp_path)
     link = tmp_path / "via link"
@@ -407,7 +408,7 @@ def _declaring(fmt: str, width: int, height: int) -> bytes:
 
 def test_an_image_declaring_60000x60000_is_bad_at_the_header_check(tmp_path):
     """Issue 22.12: it passed check-data (a warning with --deep) and failed training without naming the file."""
-    from orderdp_dali.check_data import MAX_DECODE_PIXELS, check_bytes, check_file
+    from orderdp_dali.data.images import MAX_DECODE_PIXELS, check_bytes, check_file
 
     exif = _encode("JPEG")
     exif = exif[:2] + b"\xff\xe1" + (5000).to_bytes(2, "big") + bytes(4998) + exif[2:]  # frame header past 4 KB
@@ -426,10 +427,10 @@ def test_an_image_declaring_60000x60000_is_bad_at_the_header_check(tmp_path):
 
 
 def test_training_names_an_image_too_large_to_decode(tmp_path):
+    from orderdp_dali.data.folder import SampleIndex
     from orderdp_dali.errors import DecodeError
     from orderdp_dali.iterator import DALIPlanIterator
     from orderdp_dali.pipelines import ImagePipelineConfig
-    from orderdp_dali.sample_index import SampleIndex
 
     root = make_dataset(tmp_path / "d", mode="small", num_classes=2, train_per_class=4, val_per_class=1, workers=1)
     victim = sorted((root / "train" / "c001_synthetic").iterdir())[1]

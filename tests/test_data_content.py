@@ -13,9 +13,9 @@ from train_helpers import overrides, write_colour_dataset
 
 from orderdp_dali.checkpoint import LAST, load_checkpoint, save_checkpoint
 from orderdp_dali.config import load_config
+from orderdp_dali.data.folder import SampleIndex
 from orderdp_dali.errors import CheckpointError
-from orderdp_dali.sample_index import SampleIndex
-from orderdp_dali.tar_shards import folder_to_shards
+from orderdp_dali.make_shards import folder_to_shards
 from orderdp_dali.train import run_training
 
 

@@ -41,8 +41,8 @@ def _rank_main(rank: int, world: int, port: int, root: str, out: str) -> None:
     import torch.distributed as dist
 
     from orderdp_dali import make_policy
+    from orderdp_dali.data.folder import SampleIndex
     from orderdp_dali.iterator import DALIPlanIterator
-    from orderdp_dali.sample_index import SampleIndex
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)

@@ -15,17 +15,18 @@ from train_helpers import PALETTE, overrides, write_colour_dataset
 
 from orderdp_dali import check_data
 from orderdp_dali.config import load_config
-from orderdp_dali.errors import ConfigError, DatasetError
-from orderdp_dali.file_lists import (
+from orderdp_dali.data.exclusions import load_exclusion_list
+from orderdp_dali.data.file_lists import (
     index_file_list,
     index_flat_val,
     parse_classes,
     parse_file_list,
     parse_val_solution,
 )
+from orderdp_dali.data.folder import SampleIndex
+from orderdp_dali.errors import ConfigError, DatasetError
 from orderdp_dali.models import build_model
 from orderdp_dali.policies import make_policy
-from orderdp_dali.sample_index import SampleIndex
 from orderdp_dali.train import build_data, build_iterators, evaluate, init_runtime, run_training
 
 HEADER = "ImageId,PredictionString\n"
@@ -364,5 +365,5 @@ def test_a_listed_fifo_is_refused_before_training_opens_it(tmp_path):
                                       workers=1, progress=False)
     assert [(f.relpath, f.reason) for f in report.bad] == [("class_01/x.JPEG", "not_a_file")]
     out = check_data.write_report(report, tmp_path / "bad.txt")
-    index = index_file_list(tmp_path / "l.txt", split, exclude=check_data.load_exclusion_list(out, split))
+    index = index_file_list(tmp_path / "l.txt", split, exclude=load_exclusion_list(out, split))
     assert index.paths.tolist() == ["class_00/img_000.JPEG", "class_01/img_000.JPEG"]

@@ -446,7 +446,7 @@ def test_iterating_twice_at_once_is_refused(index):
 def test_a_failure_no_check_explains_names_the_batch_and_dalis_cause(tmp_path, monkeypatch):
     """When the file checks find nothing (a file PIL reads but DALI's decoder does not), the
     error still names the epoch, step and samples, and DALI's cause without its traceback."""
-    from orderdp_dali.samples import FileSamples
+    from orderdp_dali.data.folder import FileSamples
 
     root = write_jpeg_folder(tmp_path / "train", classes=2, per_class=6)
     index = SampleIndex.scan(root, cache_dir=tmp_path / "c")
@@ -474,7 +474,7 @@ def test_the_next_epoch_is_fed_to_dali_as_soon_as_an_epoch_ends(index, monkeypat
     """Prefetching that prefetches: when an epoch ends, its successor's first batches are
     already handed to DALI (which decodes them while the caller validates), before anyone
     asks for them; and they are the ones that epoch then yields."""
-    from orderdp_dali.samples import FileSamples
+    from orderdp_dali.data.folder import FileSamples
 
     fed = []
     original = FileSamples.fetch

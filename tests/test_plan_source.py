@@ -6,14 +6,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from orderdp_dali.data.cifar import ArraySamples
+from orderdp_dali.data.folder import FileSamples
 from orderdp_dali.plan import EpochPlan
 from orderdp_dali.plan_source import BatchFeed, PlanSource
 from orderdp_dali.policies import make_policy
-from orderdp_dali.samples import ArraySamples, FileSamples
 
 
 def test_importing_the_plan_source_pulls_in_neither_torch_nor_dali():
-    code = ("import sys, orderdp_dali.plan_source, orderdp_dali.samples; "
+    code = ("import sys, orderdp_dali.plan_source, orderdp_dali.data; "
             "print(sorted(m for m in ('torch', 'nvidia.dali') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -33,13 +33,14 @@ from PIL import Image
 from train_helpers import overrides, write_colour_dataset
 
 from orderdp_dali import train as train_mod
-from orderdp_dali.check_data import check_dataset, load_exclusion_list, write_report
+from orderdp_dali.check_data import check_dataset, write_report
 from orderdp_dali.checkpoint import LAST, load_checkpoint
 from orderdp_dali.config import load_config
+from orderdp_dali.data.exclusions import load_exclusion_list
+from orderdp_dali.data.folder import SampleIndex
 from orderdp_dali.errors import DecodeError
 from orderdp_dali.iterator import DALIPlanIterator
 from orderdp_dali.pipelines import ImagePipelineConfig
-from orderdp_dali.sample_index import SampleIndex
 from orderdp_dali.train import run_training
 
 REPO = Path(__file__).resolve().parents[1]

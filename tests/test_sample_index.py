@@ -7,9 +7,11 @@ import pytest
 from conftest import write_jpeg_folder
 from torchvision.datasets import ImageFolder
 
-from orderdp_dali import sample_index as si
+from orderdp_dali.data import folder as si
+from orderdp_dali.data.exclusions import load_exclusion_list
+from orderdp_dali.data.fingerprints import compare_fingerprints
+from orderdp_dali.data.folder import SampleIndex
 from orderdp_dali.errors import DatasetError
-from orderdp_dali.sample_index import SampleIndex
 
 
 def test_matches_torchvision_imagefolder(jpeg_split, tmp_path):
@@ -270,7 +272,7 @@ def test_a_file_replaced_under_its_name_changes_the_fingerprint(tmp_path, caplog
         again = SampleIndex.scan(root, cache_dir=cache, verify=True)  # what training does
     assert "class_01/img_002.JPEG" in caplog.text
     assert again.paths.tolist() == first.paths.tolist() and again.fingerprint != first.fingerprint
-    assert si.compare_fingerprints(first.fingerprint, again.fingerprint) == "content"
+    assert compare_fingerprints(first.fingerprint, again.fingerprint) == "content"
     assert SampleIndex.scan(root, cache_dir=cache).fingerprint == again.fingerprint  # the cache was updated
     # replaced by a rename (a new inode): the folder changed, so a plain cached scan sees it too
     new = tmp_path / "new.JPEG"
@@ -290,13 +292,13 @@ def test_a_copy_that_keeps_mtimes_is_the_same_dataset_and_old_fingerprints_still
     for path in fresh.rglob("*.JPEG"):
         os.utime(path, (1e9, 1e9))
     moved = SampleIndex.scan(fresh, cache_dir=tmp_path / "c").fingerprint
-    assert si.compare_fingerprints(index.fingerprint, moved) == "content"
+    assert compare_fingerprints(index.fingerprint, moved) == "content"
     # a checkpoint written before sizes and mtimes were covered: names and labels decide
-    assert si.compare_fingerprints(index.names_fingerprint, index.fingerprint) == "legacy"
+    assert compare_fingerprints(index.names_fingerprint, index.fingerprint) == "legacy"
     other = SampleIndex.scan(write_jpeg_folder(tmp_path / "o", 2, 4), cache_dir=tmp_path / "c")
-    assert si.compare_fingerprints(other.names_fingerprint, index.fingerprint) == "other"
-    assert si.compare_fingerprints(other.fingerprint, index.fingerprint) == "other"
-    assert si.compare_fingerprints(None, index.fingerprint) == "other"
+    assert compare_fingerprints(other.names_fingerprint, index.fingerprint) == "other"
+    assert compare_fingerprints(other.fingerprint, index.fingerprint) == "other"
+    assert compare_fingerprints(None, index.fingerprint) == "other"
 
 
 def test_a_folder_whose_mtime_was_set_back_is_rescanned(tmp_path, monkeypatch):
@@ -362,7 +364,7 @@ def test_names_that_are_not_utf8_are_errors_naming_them_and_excludable(tmp_path)
     assert {(f.relpath, f.reason) for f in report.bad} == {
         (os.path.relpath(bad_file, root), "bad_name"), (os.path.relpath(bad_dir, root), "bad_name")}
     for name in ("bad.json", "bad.txt"):  # both list formats are UTF-8 and load back to the same names
-        listed = check_data.load_exclusion_list(check_data.write_report(report, tmp_path / name), root.parent)
+        listed = load_exclusion_list(check_data.write_report(report, tmp_path / name), root.parent)
         index = SampleIndex.scan(root, cache_dir=tmp_path / "c", exclude=listed)
         assert len(index) == 4 and index.fingerprint.startswith("v2:")
     os.rename(root / "class_01", root / os.fsdecode(b"class_\xff"))

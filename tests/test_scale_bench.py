@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 from orderdp_dali.bench import scale_bench
+from orderdp_dali.data.folder import FileSamples, SampleIndex
 from orderdp_dali.plan import EpochPlan, unit_weights
 from orderdp_dali.plan_source import BatchFeed, PlanSource
 from orderdp_dali.policies import OrderDP
-from orderdp_dali.sample_index import SampleIndex
-from orderdp_dali.samples import FileSamples
 
 
 def test_prepare_split_makes_hard_links_once(tmp_path):

@@ -12,14 +12,17 @@ import torch
 from conftest import write_jpeg_folder
 
 from orderdp_dali import DALIPlanIterator, SampleIndex, make_policy
-from orderdp_dali import sample_index as si
-from orderdp_dali import tar_shards as ts
-from orderdp_dali.check_data import check_dataset, load_exclusion_list
+from orderdp_dali.check_data import check_dataset
 from orderdp_dali.check_data import main as check_main
 from orderdp_dali.config import load_config
+from orderdp_dali.data import tar as ts
+from orderdp_dali.data.exclusions import load_exclusion_list
+from orderdp_dali.data.fingerprints import compare_fingerprints
+from orderdp_dali.data.tar import TarIndex
+from orderdp_dali.data.tar_format import member_id, sample_key, split_member_name
 from orderdp_dali.errors import DatasetError, DecodeError
+from orderdp_dali.make_shards import folder_to_shards
 from orderdp_dali.pipelines import ImagePipelineConfig
-from orderdp_dali.tar_shards import TarIndex, folder_to_shards, split_member_name
 
 SMALL = ImagePipelineConfig(crop=16, val_resize=20)
 
@@ -249,8 +252,8 @@ def test_the_index_cache_is_used_until_a_shard_changes(tmp_path, monkeypatch):
     _age(a, b, split)
     first = TarIndex.scan(split, cache_dir=tmp_path)
     calls = []
-    real = ts._index_shards
-    monkeypatch.setattr(ts, "_index_shards", lambda paths, workers=None: calls.append(paths) or real(paths, workers))
+    real = ts.index_shards
+    monkeypatch.setattr(ts, "index_shards", lambda paths, workers=None: calls.append(paths) or real(paths, workers))
     again = TarIndex.scan(split, cache_dir=tmp_path)
     assert calls == [] and again.fingerprint == first.fingerprint
     _tar(b, _good("b", 4, label=1))  # rewritten in place: size and mtime change
@@ -288,8 +291,8 @@ def test_members_with_several_dots_pair_by_the_name_before_the_last_dot(tmp_path
     assert index.members.tolist() == ["a0.jpg", "a1.jpg", "img.v2.jpg", "n/x.y.z.JPEG"]
     assert [index.key(i) for i in range(len(index))] == ["a0", "a1", "img.v2", "n/x.y.z"]
     assert index.labels.tolist() == [0, 0, 1, 0]
-    assert ts.sample_key("img.v2.jpg") == ("img.v2", "jpg") and ts.sample_key("a.seg.png") == ("a.seg", "png")
-    assert ts.sample_key("k.tar.gz") == ("k", "tar.gz") and ts.sample_key("k.jpg") == ("k", "jpg")
+    assert sample_key("img.v2.jpg") == ("img.v2", "jpg") and sample_key("a.seg.png") == ("a.seg", "png")
+    assert sample_key("k.tar.gz") == ("k", "tar.gz") and sample_key("k.jpg") == ("k", "jpg")
     # an image keyed so without its label, and no sample under its first-dot key: a problem, named
     _tar(split / "s-0001.tar", _good("b", 1) + [("orphan.v2.jpg", _jpeg(5))])
     with pytest.raises(DatasetError, match=r"s-0001\.tar, key orphan\.v2: missing_label"):
@@ -309,8 +312,8 @@ def test_check_data_entries_for_odd_member_names_exclude_that_member(tmp_path, n
     _tar(split / "s-0000.tar", _good("a", 3) + [(name, b"GIF89a garbage"), (f"{stem}.cls", b"0")])
     assert len(TarIndex.scan(split, cache_dir=tmp_path)) == 4  # a sample: only its content is bad
     bad = check_dataset(root, progress=False, workers=1).bad
-    assert [(f.relpath, f.reason) for f in bad] == [(f"s-0000.tar/{ts.member_id(name)}", "unsupported_format")]
-    assert "/" not in ts.member_id(name) and ts.member_id("n0/ok.jpg") == "n0/ok.jpg"
+    assert [(f.relpath, f.reason) for f in bad] == [(f"s-0000.tar/{member_id(name)}", "unsupported_format")]
+    assert "/" not in member_id(name) and member_id("n0/ok.jpg") == "n0/ok.jpg"
     for suffix in (".txt", ".json"):
         out = tmp_path / f"bad{suffix}"
         assert check_main([str(root), "--no-progress", "--workers", "1", "--output", str(out)]) == 1
@@ -368,8 +371,8 @@ def test_the_fingerprint_covers_sample_sizes_and_shard_mtimes(tmp_path):
     _tar(shard, members)
     again = TarIndex.scan(split, cache_dir=tmp_path)
     assert again.ids == first.ids and again.labels.tolist() == first.labels.tolist()
-    assert si.compare_fingerprints(first.fingerprint, again.fingerprint) == "content"
-    assert si.compare_fingerprints(first.names_fingerprint, again.fingerprint) == "legacy"
+    assert compare_fingerprints(first.fingerprint, again.fingerprint) == "content"
+    assert compare_fingerprints(first.names_fingerprint, again.fingerprint) == "legacy"
     copy = tmp_path / "copy" / "train"
     shutil.copytree(split, copy)  # mtimes kept (cp -a): the same dataset
     assert TarIndex.scan(copy, cache_dir=tmp_path).fingerprint == again.fingerprint

@@ -16,8 +16,8 @@ from train_helpers import overrides, write_colour_dataset
 
 from orderdp_dali import train as train_mod
 from orderdp_dali.checkpoint import LAST, load_checkpoint, save_checkpoint
-from orderdp_dali.cifar import load_cifar
 from orderdp_dali.config import load_config
+from orderdp_dali.data.cifar import load_cifar
 from orderdp_dali.errors import CheckpointError, DatasetError
 from orderdp_dali.models import build_model
 from orderdp_dali.train import build_data, build_optimizer, main, run_training

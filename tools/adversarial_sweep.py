@@ -2,9 +2,9 @@
 
 ::
 
-    python -m orderdp_dali.bench.adversarial_sweep --out bench/results/adversarial_sweep.md
-    python -m orderdp_dali.bench.adversarial_sweep --list
-    python -m orderdp_dali.bench.adversarial_sweep --only fault-kill --keep
+    python tools/adversarial_sweep.py --out bench/results/adversarial_sweep.md
+    python tools/adversarial_sweep.py --list
+    python tools/adversarial_sweep.py --only fault-kill --keep
 
 Every case runs ``orderdp-dali train`` or ``check-data`` in subprocesses
 (``sys.executable -m orderdp_dali.train --config <yaml> KEY=VALUE ... --output-dir DIR``) on
@@ -830,7 +830,7 @@ def _declaring_60000(path: Path) -> None:
 
 def _tar_copy(ctx: Ctx, work: Path) -> Path:
     """The ds dataset as tar shards of 16 samples under ``work/tar`` (with classes.txt)."""
-    from orderdp_dali.tar_shards import folder_to_shards
+    from orderdp_dali.make_shards import folder_to_shards
 
     folder_to_shards(ctx.dataset("ds"), work / "tar", shard_size=16, prefix="ds", cache_dir=work / "shard-cache")
     return work / "tar"
@@ -1568,7 +1568,7 @@ def list_cases(cases: Sequence[Case]) -> str:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m orderdp_dali.bench.adversarial_sweep",
+        prog="python tools/adversarial_sweep.py",
         description="Bad inputs and injected faults against the real train / check-data CLI; exit 0 iff all pass.",
     )
     p.add_argument("--out", metavar="FILE", help="write the markdown report here (it is printed either way)")
@@ -1607,7 +1607,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             shutil.rmtree(base, ignore_errors=True)
     seconds = time.monotonic() - start
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = (f"`python -m orderdp_dali.bench.adversarial_sweep` at {when}, git {_git_describe()}, "
+    header = (f"`python tools/adversarial_sweep.py` at {when}, git {_git_describe()}, "
               f"{os.cpu_count()} CPUs, {args.jobs} jobs: {len(cases)} cases in {seconds:.0f} s "
               f"(timeout {args.timeout:.0f} s per subprocess). Every case runs the real CLI in subprocesses.")
     text = render_report(results, str(base), header)
