@@ -15,6 +15,7 @@ setup(
     python_requires=">=3.9",
     packages=[
         "orderdp_dali",
+        "orderdp_dali.data",
         "orderdp_dali.policies",
         "orderdp_dali.pipelines",
         "orderdp_dali.bench",
