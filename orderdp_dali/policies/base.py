@@ -197,8 +197,8 @@ class Policy(ABC):
             return np.full(self.num_samples, self.initial_score, np.float32), np.zeros(self.num_samples, bool)
         if source not in self._snapshots:
             raise ValueError(
-                f"score_lag={self.score_lag}: epoch {epoch}'s plan needs the scores recorded when epoch {source}'s plan "
-                "was chosen, and that epoch was never selected; select the epochs in order"
+                f"score_lag={self.score_lag}: epoch {epoch}'s plan needs the scores recorded when epoch "
+                f"{source}'s plan was chosen, and that epoch was never selected; select the epochs in order"
             )
         return self._snapshots[source]
 
