@@ -101,4 +101,25 @@ def test_readme_never_trained_shares_are_what_a_simulation_gives(lag, label):
 
 
 def test_our_initial_score_trains_every_sample_early():
-    assert never_trained_share(20_000, 0.75, 0.8, 5, 0, 1e4) == 0.0
+    assert never_trained_share(20_000, 0.75, 0.8, 15, 0, 1e4) == 0.0  # unseen share 0.4 x 0.25^(e-1)
+
+
+ISSUE_ROWS = ("momentum under OneCycle", "warm-up share", "LARS", "precision",
+              "when scores are used (ImageNet, distributed path)", "initial score of unseen samples",
+              "InfoBatch baseline of the paper")
+
+
+def test_readme_table_has_every_row_and_real_keys(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    defaults = load_config(None, [f"data.root={tmp_path}"]).to_dict()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    for label in ISSUE_ROWS:
+        assert label in rows, f"README table lacks the row {label!r}"
+        keys = re.findall(r"`((?:optim|schedule|train|policy)\.[\w.]+)", rows[label].split("|")[-2])
+        assert keys, label
+        for key in keys:  # each key the row names exists (policy params: a reference config sets it)
+            if key.startswith("policy.params."):
+                assert any(key.rsplit(".", 1)[1] in p.read_text() for p in REFERENCE), key
+            else:
+                section, name = key.split(".")
+                assert name in defaults[section], key
