@@ -135,16 +135,21 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """``sgd`` (momentum, nesterov), ``lars`` or ``lamb`` (timm's). ``lr`` is the peak LR."""
+    """``sgd`` (momentum, nesterov), ``lars`` or ``lamb`` (timm's), or ``lars_release`` (the research
+    release's LARS rule, :class:`orderdp_dali.lars.ReleaseLars`: the trust ratio scales the
+    momentum step, clamped to [0, 50], gradients clamped to [-10, 10]; with
+    ``decay_norm_and_bias=true`` BatchNorm weights and biases are adapted and decayed as in the
+    release). ``lr`` is the peak LR. ``eps`` may be 0 except for LAMB (the release's LARS has 0).
+    ``momentum`` is replaced step by step when ``schedule.cycle_momentum`` is on."""
 
-    name: str = _opt("sgd", choices=("sgd", "lars", "lamb"))
+    name: str = _opt("sgd", choices=("sgd", "lars", "lamb", "lars_release"))
     lr: float = _opt(0.1, lo=0.0, lo_open=True)
     momentum: float = _opt(0.9, lo=0.0, hi=1.0, hi_open=True)
     nesterov: bool = False
     weight_decay: float = _opt(1e-4, lo=0.0)
     decay_norm_and_bias: bool = True
     trust_coeff: float = _opt(0.001, lo=0.0, lo_open=True)
-    eps: float = _opt(1e-8, lo=0.0, lo_open=True)
+    eps: float = _opt(1e-8, lo=0.0)
     betas: Tuple[float, ...] = (0.9, 0.999)
     max_grad_norm: Optional[float] = _opt(None, lo=0.0, lo_open=True)
 
@@ -156,6 +161,13 @@ class ScheduleConfig:
     ``onecycle`` (``pct_start``, ``div_factor``, ``final_div_factor``), ``cosine`` (linear
     warm-up over ``warmup_epochs``, then cosine to ``min_lr``), ``step`` (times ``gamma``
     at each of ``milestones``, in epochs; optional warm-up) or ``constant``.
+
+    OneCycle options of torch's ``OneCycleLR``, which the research release uses with its defaults:
+    ``cycle_momentum`` sets the optimizer's momentum (LAMB: beta1) each step, from
+    ``max_momentum`` down to ``base_momentum`` at the LR's peak and back (torch's default is on;
+    ours is off: a constant ``optim.momentum``). ``torch_steps`` counts the phases in steps as
+    torch does (warm-up ends at step ``pct_start x epochs x steps_this_epoch - 1``), for an exact
+    match with the release's LR; off, the schedule is a function of progress in epochs.
     """
 
     name: str = _opt("onecycle", choices=("onecycle", "cosine", "step", "constant"))
@@ -166,6 +178,10 @@ class ScheduleConfig:
     min_lr: float = _opt(0.0, lo=0.0)
     milestones: Tuple[float, ...] = (30.0, 60.0, 80.0)
     gamma: float = _opt(0.1, lo=0.0, lo_open=True)
+    cycle_momentum: bool = False
+    base_momentum: float = _opt(0.85, lo=0.0, hi=1.0, hi_open=True)
+    max_momentum: float = _opt(0.95, lo=0.0, hi=1.0, hi_open=True)
+    torch_steps: bool = False
 
 
 @dataclass(frozen=True)
@@ -526,7 +542,16 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError(f"optim.betas: need two numbers in [0, 1), got {list(cfg.optim.betas)}")
     if cfg.optim.nesterov and (cfg.optim.name != "sgd" or cfg.optim.momentum == 0):
         raise ConfigError("optim.nesterov: needs optim.name=sgd with momentum > 0")
+    if cfg.optim.eps == 0 and cfg.optim.name == "lamb":
+        raise ConfigError("optim.eps: LAMB divides by sqrt(v) + eps; need eps > 0 (0 suits only the LARS optimizers)")
     sched = cfg.schedule
+    if (sched.cycle_momentum or sched.torch_steps) and sched.name != "onecycle":
+        key = "cycle_momentum" if sched.cycle_momentum else "torch_steps"
+        raise ConfigError(f"schedule.{key}: only with schedule.name=onecycle (got {sched.name})")
+    if sched.base_momentum > sched.max_momentum:
+        raise ConfigError(
+            f"schedule.base_momentum: {sched.base_momentum} exceeds schedule.max_momentum={sched.max_momentum}"
+        )
     if sched.warmup_epochs > cfg.train.epochs:
         raise ConfigError(f"schedule.warmup_epochs: {sched.warmup_epochs} exceeds train.epochs={cfg.train.epochs}")
     if list(sched.milestones) != sorted(sched.milestones) or any(m < 0 for m in sched.milestones):

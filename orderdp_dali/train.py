@@ -75,8 +75,9 @@ from orderdp_dali.errors import (
 )
 from orderdp_dali.folder_lock import FolderLock
 from orderdp_dali.interrupts import signals_as_interrupts
-from orderdp_dali.lr_schedule import lr_at, progress, set_lr
+from orderdp_dali.lr_schedule import schedule_at, set_lr, set_momentum
 from orderdp_dali.models import build_model, compile_model, fixed_input_size
+from orderdp_dali.optim import build_optimizer
 from orderdp_dali.policies import make_policy
 
 if TYPE_CHECKING:  # the iterator pulls in DALI: imported where one is built
@@ -247,32 +248,6 @@ def build_iterators(cfg: Config, data: Data, policy: Any, rt: Runtime
     return train_it, val_it
 
 
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD, LARS or LAMB over ``model``'s parameters; with ``decay_norm_and_bias=false``
-    1-D parameters (norm weights, biases) get no weight decay (and no LARS adaptation)."""
-    o = cfg.optim
-    params = [p for p in model.parameters() if p.requires_grad]
-    if o.decay_norm_and_bias:
-        groups: List[Dict[str, Any]] = [{"params": params, "weight_decay": o.weight_decay}]
-    else:
-        groups = [
-            {"params": [p for p in params if p.ndim > 1], "weight_decay": o.weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
-    import timm.optim
-
-    if o.name == "lars":
-        return timm.optim.Lars(
-            groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coeff=o.trust_coeff, eps=o.eps
-        )
-    # LAMB: gradient clipping is the loop's job (optim.max_grad_norm), not done twice.
-    return timm.optim.Lamb(
-        groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, max_grad_norm=None
-    )
-
-
 def build_model_for(cfg: Config, num_classes: int, rt: Runtime) -> Tuple[nn.Module, nn.Module]:
     """(model to train, possibly DDP-wrapped; the bare model for checkpoints and evaluation)."""
     if 0 < cfg.model.num_classes < num_classes:
@@ -361,8 +336,10 @@ def train_one_epoch(
         except StopIteration:
             break
         data_time += time.perf_counter() - t
-        lr = lr_at(cfg.schedule, cfg.optim.lr, cfg.train.epochs, progress(epoch, step, steps))
+        lr, momentum = schedule_at(cfg.schedule, cfg.optim.lr, cfg.train.epochs, epoch, step, steps)
         set_lr(optimizer, lr)
+        if momentum is not None:  # schedule.cycle_momentum
+            set_momentum(optimizer, momentum)
         logits = _forward(model, batch["data"], cfg, rt)
         losses = F.cross_entropy(logits, batch["label"], reduction="none", label_smoothing=cfg.train.label_smoothing)
         loss = (losses * batch["weight"]).mean()

@@ -1,6 +1,7 @@
 """LR schedules as pure functions of progress p = epoch + step / steps_this_epoch."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -144,3 +145,85 @@ def test_errors_and_set_lr():
     opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "weight_decay": 0.0}], lr=1.0)
     set_lr(opt, 0.25)
     assert [g["lr"] for g in opt.param_groups] == [0.25, 0.25]
+
+
+# ------------------------------------------------- the release's OneCycle, exactly
+def _release_onecycle(steps_per_epoch, epochs, max_lr, *, pct_start=0.3, div_factor=25.0, final_div_factor=1e4):
+    """(lr, momentum) at every step, as the OrderDP release drives torch's OneCycleLR: a scheduler
+    rebuilt at each epoch with ``steps_per_epoch=len(loader)`` and ``last_epoch=e * len(loader) - 1``,
+    stepped after each optimizer step."""
+    import torch
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=max_lr, momentum=0.9)
+    kw = dict(epochs=epochs, pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor)
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr, steps_per_epoch=steps_per_epoch[0], **kw)
+    out = []
+    for e, steps in enumerate(steps_per_epoch):
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr, steps_per_epoch=steps, last_epoch=e * steps - 1, **kw)
+        for _ in range(steps):
+            group = opt.param_groups[0]
+            out.append((group["lr"], group["momentum"]))
+            opt.step()
+            sched.step()
+    return out
+
+
+@pytest.mark.parametrize("config", ["imagenet_r50_orderdp", "imagenet_r18_orderdp", "cifar100_r50_infobatch"])
+@pytest.mark.parametrize("steps_per_epoch", [(1251, 1251, 1251), (1251, 1001, 1100)])
+def test_reference_schedule_equals_torch_onecycle_for_three_epochs(config, steps_per_epoch, tmp_path):
+    """LR and momentum of the reference configs equal torch's OneCycleLR to 1e-9 at every step of epochs 0-2.
+
+    "Equal" for a plan whose length changes between epochs: step i of epoch e, whose plan has L_e
+    steps, matches torch's scheduler built as the release builds one at every epoch start,
+    OneCycleLR(steps_per_epoch=L_e, epochs=E, last_epoch=e * L_e - 1), i.e. torch's step
+    e * L_e + i of a cycle of E * L_e steps. Our L_e is this epoch's true length (known before the
+    epoch); the release's len(loader) is the previous epoch's where the sampler changes size, which
+    we do not reproduce.
+    """
+    from pathlib import Path
+
+    from orderdp_dali.config import load_config
+    from orderdp_dali.lr_schedule import schedule_at
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "reference" / f"{config}.yaml",
+                      [f"data.root={tmp_path}"])
+    expected = _release_onecycle(steps_per_epoch, cfg.train.epochs, cfg.optim.lr)
+    got = [schedule_at(cfg.schedule, cfg.optim.lr, cfg.train.epochs, e, i, steps)
+           for e, steps in enumerate(steps_per_epoch) for i in range(steps)]
+    assert len(got) == len(expected)
+    assert max(abs(g[0] - x[0]) for g, x in zip(got, expected)) < 1e-9
+    assert max(abs(g[1] - x[1]) for g, x in zip(got, expected)) < 1e-9
+    # progress-based OneCycle (our default arithmetic) is close to torch's but not equal: torch_steps matters
+    progress_based = dataclasses.replace(cfg.schedule, torch_steps=False)
+    loose = [schedule_at(progress_based, cfg.optim.lr, cfg.train.epochs, e, i, steps)
+             for e, steps in enumerate(steps_per_epoch) for i in range(steps)]
+    assert max(abs(g[0] - x[0]) for g, x in zip(loose, expected)) > 1e-9
+
+
+def test_torch_onecycle_whole_cycle_and_momentum_ends():
+    from orderdp_dali.lr_schedule import onecycle_torch
+
+    expected = _release_onecycle((8,) * 5, 5, 0.5)
+    got = [onecycle_torch(e * 8 + i, 40, 0.5) for e in range(5) for i in range(8)]  # warm-up ends at step 11
+    assert max(abs(a - b) for g, x in zip(got, expected) for a, b in zip(g, x)) < 1e-12
+    assert got[0] == pytest.approx((0.5 / 25, 0.95)) and got[-1] == pytest.approx((0.5 / 25 / 1e4, 0.95))
+    assert min(m for _, m in got) == pytest.approx(0.85)
+    with pytest.raises(ValueError, match="no warm-up step"):
+        onecycle_torch(0, 3, 0.5, pct_start=0.3)
+
+
+def test_cycle_momentum_follows_progress_without_torch_steps_and_sets_betas():
+    import torch
+
+    from orderdp_dali.config import ScheduleConfig
+    from orderdp_dali.lr_schedule import schedule_at, set_momentum
+
+    sched = ScheduleConfig(name="onecycle", pct_start=0.25, cycle_momentum=True)
+    assert schedule_at(sched, 1.0, 4, 0, 0, 10)[1] == pytest.approx(0.95)
+    assert schedule_at(sched, 1.0, 4, 1, 0, 10)[1] == pytest.approx(0.85)  # the LR's peak
+    expect = 0.85 + 0.1 * 0.5 * (1 - math.cos(math.pi * 2.5 / 3))  # 2.5 of the 3 falling epochs
+    assert schedule_at(sched, 1.0, 4, 3, 5, 10)[1] == pytest.approx(expect)
+    assert schedule_at(ScheduleConfig(name="onecycle"), 1.0, 4, 1, 0, 10)[1] is None  # off by default
+    lamb = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], betas=(0.9, 0.999))
+    set_momentum(lamb, 0.88)
+    assert lamb.param_groups[0]["betas"] == (0.88, 0.999)

@@ -792,3 +792,98 @@ def test_a_run_may_get_more_epochs_only_where_no_plan_depends_on_the_count():
     annealed = OrderDP(n, 0.8, 0.5, anneal_delta=0.5, num_epochs=10)
     with pytest.raises(ValueError, match="moves orderdp's annealing"):
         OrderDP(n, 0.8, 0.5, anneal_delta=0.5, num_epochs=20).load_state_dict(annealed.state_dict())
+
+
+# ------------------------------------------- the release's variants as options
+def _train(policy, plan, epoch):
+    """Give every planned sample a loss that depends on (sample, epoch), as a training epoch would."""
+    idx = np.unique(plan.indices)
+    policy.update(idx, 1.5 + ((idx * 7919 + epoch * 104729) % 1000) / 100.0)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: OrderDP(500, 0.75, 0.8, initial_score=1.0, **kw),
+                                  lambda **kw: InfoBatch(500, 0.5, None, initial_score=1.0, **kw)])
+def test_score_lag_plans_from_the_scores_of_two_epochs_ago(make):
+    """score_lag=1: epoch e's plan is the plan a lag-free policy chooses from the scores up to e-2
+    (the release's distributed ImageNet path); epochs 0 and 1 come from the initial scores."""
+    lagged, fresh = make(score_lag=1), make()
+    scores_after = [fresh.scores.state_dict()]  # [k]: the table after epoch k - 1
+    for epoch in range(6):
+        plan = lagged.select(epoch)
+        np.testing.assert_array_equal(lagged.select(epoch).indices, plan.indices)  # a second call: the same plan
+        reference = make()
+        reference.scores.load_state_dict(scores_after[max(epoch - 1, 0)])
+        expect = reference.select(epoch)
+        np.testing.assert_array_equal(plan.indices, expect.indices)
+        np.testing.assert_array_equal(plan.weights, expect.weights)
+        _train(lagged, plan, epoch)
+        _train(fresh, plan, epoch)
+        scores_after.append(fresh.scores.state_dict())
+    assert lagged.config()["score_lag"] == 1 and "score_lag" not in fresh.config()  # old checkpoints still match
+
+
+def test_score_lag_resumes_exactly_whether_the_next_plan_was_chosen_or_not():
+    def run(stop_after=None, preselect=False):
+        p = OrderDP(400, 0.75, 0.8, initial_score=1.0, score_lag=1)
+        plans = []
+        for epoch in range(6):
+            if stop_after is not None and epoch == stop_after + 1:
+                if preselect:
+                    p.select(epoch)  # the iterator may choose the next plan before the checkpoint
+                state = p.state_dict()
+                p = OrderDP(400, 0.75, 0.8, initial_score=1.0, score_lag=1)
+                p.load_state_dict(state)
+            plans.append(p.select(epoch).indices)
+            _train(p, p.select(epoch), epoch)
+        return plans
+
+    whole = run()
+    for stop in (0, 2, 3):
+        for pre in (False, True):
+            for a, b in zip(whole, run(stop, pre)):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_score_lag_out_of_order_and_bad_values():
+    p = OrderDP(100, 0.8, 0.5, score_lag=1)
+    p.select(0)
+    _train(p, p.select(0), 0)
+    with pytest.raises(ValueError, match="epoch 4's plan needs the scores recorded when epoch 3"):
+        p.select(4)
+    for bad in (-1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="score_lag"):
+            OrderDP(100, 0.8, 0.5, score_lag=bad)
+
+
+def test_infobatch_with_replacement_keeps_the_expected_weight():
+    """replace=True (the release's ImageNet baseline): duplicates happen; each copy weighs 1/keep, so a
+    well-learned sample's expected total weight per epoch is still 1 (checked over 400 epochs)."""
+    n, epochs = 1000, 400
+    policy = InfoBatch(n, 0.5, None, replace=True)
+    policy.update(np.arange(n), np.where(np.arange(n) < 600, 1.0, 5.0))  # 0..599 below the mean
+    total = np.zeros(n)
+    duplicated = 0
+    for epoch in range(epochs):
+        plan = policy.select(epoch)
+        assert len(plan) == 400 + 300
+        assert set(plan.weights[plan.indices < 600].tolist()) == {2.0} and set(plan.weights[plan.indices >= 600]) == {1}
+        np.add.at(total, plan.indices, plan.weights)
+        duplicated += len(plan) - np.unique(plan.indices).size
+    assert np.all(total[600:] == epochs)
+    # each copy count is Binomial(300, 1/600): mean weight 1 per epoch, sd of the 400-epoch mean ~0.05
+    mean = total[:600] / epochs
+    assert abs(mean.mean() - 1.0) < 0.01 and np.abs(mean - 1.0).max() < 0.35
+    assert duplicated > 0.15 * 300 * epochs  # about 22% of the draws repeat a sample; none without replacement
+    plain = InfoBatch(n, 0.5, None)
+    plain.update(np.arange(n), np.where(np.arange(n) < 600, 1.0, 5.0))
+    assert np.unique(plain.select(0).indices).size == 700
+    assert policy.config()["replace"] is True and "replace" not in plain.config()
+    with pytest.raises(TypeError, match="replace"):
+        InfoBatch(n, 0.5, None, replace="yes")
+
+
+def test_infobatch_without_annealing_prunes_every_epoch():
+    policy = InfoBatch(100, 0.5, None, num_epochs=10)
+    policy.update(np.arange(100), np.arange(100, dtype=np.float32))
+    assert all(policy.prunes(e) and len(policy.select(e)) == 50 + 25 for e in (0, 8, 9, 50))
+    assert InfoBatch(100, 0.5, None).anneal_delta is None  # no num_epochs needed without annealing

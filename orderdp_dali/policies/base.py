@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Dict, Mapping, Optional, Type
+from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import numpy as np
 
@@ -142,7 +142,8 @@ class Policy(ABC):
     anneal_delta: Optional[float] = None
 
     def __init__(
-        self, num_samples: int, *, seed: int = 0, num_epochs: Optional[int] = None, initial_score: float = 1e4
+        self, num_samples: int, *, seed: int = 0, num_epochs: Optional[int] = None, initial_score: float = 1e4,
+        score_lag: int = 0,
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"Invalid seed: {seed!r} (need an int)")
@@ -162,6 +163,51 @@ class Policy(ABC):
             raise ValueError(f"Invalid initial_score: {initial_score!r} (need a finite number)")
         self.initial_score = initial
         self.scores = ScoreTable(num_samples, initial=initial)
+        if isinstance(score_lag, bool) or not isinstance(score_lag, (int, np.integer)) or score_lag < 0:
+            raise ValueError(f"Invalid score_lag: {score_lag!r} (need an int >= 0: epochs the scores arrive late)")
+        self.score_lag = int(score_lag)
+        # score_lag > 0: epoch -> (values, seen) as they stood when that epoch's plan was first chosen
+        self._snapshots: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+
+    def scores_for(self, epoch: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(values, seen) of the score table that ``epoch``'s plan is chosen from.
+
+        With ``score_lag = 0`` the current table. With ``score_lag = k`` the table as it stood when
+        the plan of epoch ``epoch - k`` was first chosen, i.e. the scores up to epoch
+        ``epoch - k - 1``: the research release's distributed ImageNet path (k = 1) trains epoch
+        e on scores up to e - 2, and epochs 0 and 1 on the initial scores (a random plan). The
+        first call for an epoch records the current table for epoch ``epoch + k`` to use; the
+        last ``k + 1`` records travel in :meth:`state_dict`, so a resumed run chooses the same plans.
+
+        Raises:
+            ValueError: the record this epoch needs is missing (epochs selected out of order).
+        """
+        epoch = check_epoch(epoch)
+        if self.score_lag == 0:
+            return self.scores.values, self.scores.seen
+        if epoch not in self._snapshots:
+            self._snapshots[epoch] = (self.scores.values.copy(), self.scores.seen.copy())
+            for old in [e for e in self._snapshots if e < epoch - self.score_lag]:
+                del self._snapshots[old]
+        return self._lagged(epoch)
+
+    def _lagged(self, epoch: int) -> Tuple[np.ndarray, np.ndarray]:
+        source = epoch - self.score_lag
+        if source < 0 or (source not in self._snapshots and not self.scores.seen.any()):
+            return np.full(self.num_samples, self.initial_score, np.float32), np.zeros(self.num_samples, bool)
+        if source not in self._snapshots:
+            raise ValueError(
+                f"score_lag={self.score_lag}: epoch {epoch}'s plan needs the scores recorded when epoch "
+                f"{source}'s plan was chosen, and that epoch was never selected; select the epochs in order"
+            )
+        return self._snapshots[source]
+
+    def peek_scores_for(self, epoch: int) -> Tuple[np.ndarray, np.ndarray]:
+        """What :meth:`scores_for` would give, recording nothing (for statistics, not plans)."""
+        epoch = check_epoch(epoch)
+        if self.score_lag == 0:
+            return self.scores.values, self.scores.seen
+        return self._lagged(epoch)
 
     def rng(self, epoch: int, salt: int = 0) -> np.random.Generator:
         """The generator for ``epoch``: a pure function of (seed, epoch, salt)."""
@@ -190,8 +236,10 @@ class Policy(ABC):
         self.scores.update(indices, losses)
 
     def config(self) -> Dict[str, Any]:
-        """The policy's hyper-parameters as plain data."""
-        return {"num_samples": self.num_samples, "seed": self.seed, "num_epochs": self.num_epochs}
+        """The policy's hyper-parameters as plain data (``score_lag`` only when set, so that
+        checkpoints of earlier versions still match)."""
+        lag = {"score_lag": self.score_lag} if self.score_lag else {}
+        return {"num_samples": self.num_samples, "seed": self.seed, "num_epochs": self.num_epochs, **lag}
 
     def expected_size(self, epoch: int) -> int:
         """Plan length of ``epoch`` when it does not depend on scores, else the current one."""
@@ -203,6 +251,8 @@ class Policy(ABC):
             "policy": self.name,
             "config": self.config(),
             "scores": self.scores.state_dict(),
+            **({"lagged": [{"epoch": int(e), "values": v.copy(), "seen": m.copy()}
+                           for e, (v, m) in sorted(self._snapshots.items())]} if self.score_lag else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -214,6 +264,13 @@ class Policy(ABC):
         if conflict is not None:
             raise ValueError(conflict)
         self.scores.load_state_dict(state["scores"])
+        self._snapshots = {}
+        for snap in state.get("lagged") or () if self.score_lag else ():
+            e, values, seen = int(snap["epoch"]), np.asarray(snap["values"], np.float32), np.asarray(snap["seen"], bool)
+            if values.shape != self.scores.values.shape or seen.shape != values.shape:
+                raise ValueError(f"lagged scores of epoch {e} hold {values.shape[0]} samples, this dataset has "
+                                 f"{len(self.scores)}")
+            self._snapshots[e] = (values.copy(), seen.copy())
 
     def settings_conflict(self, saved: Mapping[str, Any]) -> Optional[str]:
         """Why a state saved with the settings ``saved`` cannot continue under this policy's, or None.

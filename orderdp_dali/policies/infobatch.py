@@ -48,7 +48,7 @@ def well_learned(scores: np.ndarray, seen: np.ndarray) -> np.ndarray:
 
 
 def soft_prune(
-    prunable: np.ndarray, keep_ratio: float, rng: np.random.Generator
+    prunable: np.ndarray, keep_ratio: float, rng: np.random.Generator, replace: bool = False
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Keep a random ``floor(keep_ratio * count)`` of the ``prunable`` samples and all others.
 
@@ -57,12 +57,20 @@ def soft_prune(
         keep_ratio: fraction of the prunable samples to keep, in (0, 1]; they get weight
             ``1 / keep_ratio``, every other sample weight 1.
         rng: the generator all randomness comes from.
+        replace: draw the kept ones with replacement (the OrderDP release's ImageNet InfoBatch
+            baseline): a sample may appear more than once, each copy with weight ``1 / keep_ratio``,
+            so its expected weight is still 1.
 
     Returns:
         (indices, weights): int64 indices in uniformly random order and their float32 weights.
     """
     prunable = np.asarray(prunable, dtype=bool)
     candidates = np.flatnonzero(prunable)
+    if replace:
+        drawn = candidates[rng.integers(0, candidates.size, floor_times(keep_ratio, candidates.size))]
+        indices = np.concatenate([np.flatnonzero(~prunable), drawn])
+        rng.shuffle(indices)
+        return indices, np.where(prunable[indices], np.float32(1.0 / keep_ratio), np.float32(1.0))
     # The draws of rng.choice(candidates, ...), marked by position among the candidates: a
     # scatter into a small mask and one in-order pass, instead of a random gather of indices.
     chosen = np.zeros(candidates.size, dtype=bool)
@@ -106,7 +114,12 @@ class InfoBatch(Policy):
         num_samples: n, the number of training samples.
         prune_ratio: fraction of the well-learned samples to drop, in [0, 1); default 0.5.
         anneal_delta: fraction of the epochs that prune, in (0, 1]; default 0.875 (the
-            reference's ``delta``).
+            reference's ``delta``); None prunes every epoch (the OrderDP release's InfoBatch
+            baselines: ``--is_anealing 0`` on CIFAR, the annealing commented out on ImageNet).
+        replace: draw the kept well-learned samples with replacement (the release's ImageNet
+            baseline; see :func:`soft_prune`); default False, as InfoBatch's own release.
+        score_lag: epochs the scores arrive late (:meth:`Policy.scores_for`); 1 is the release's
+            distributed ImageNet path.
         seed: seed of the per-epoch generators.
         num_epochs: total epochs (required: annealing depends on it).
         initial_score: the score of a sample never trained on (default 1e4: above the mean,
@@ -123,17 +136,23 @@ class InfoBatch(Policy):
         self,
         num_samples: int,
         prune_ratio: float = 0.5,
-        anneal_delta: float = 0.875,
+        anneal_delta: Optional[float] = 0.875,
         *,
+        replace: bool = False,
         seed: int = 0,
         num_epochs: Optional[int] = None,
         initial_score: float = 1e4,
+        score_lag: int = 0,
     ) -> None:
-        super().__init__(num_samples, seed=seed, num_epochs=num_epochs, initial_score=initial_score)
+        super().__init__(num_samples, seed=seed, num_epochs=num_epochs, initial_score=initial_score,
+                         score_lag=score_lag)
         self.prune_ratio = _check_prune_ratio(prune_ratio)
-        if self.num_epochs is None:
+        if self.num_epochs is None and anneal_delta is not None:
             raise ValueError("InfoBatch needs num_epochs (its annealing starts at anneal_delta * num_epochs)")
-        self.anneal_delta = check_ratio("anneal_delta", anneal_delta)
+        self.anneal_delta = None if anneal_delta is None else check_ratio("anneal_delta", anneal_delta)
+        if not isinstance(replace, (bool, np.bool_)):
+            raise TypeError(f"Invalid replace: {replace!r} (need true or false)")
+        self.replace = bool(replace)
         self.keep_ratio = max(MIN_KEEP_RATIO, 1.0 - self.prune_ratio)
 
     def select(self, epoch: int) -> EpochPlan:
@@ -141,15 +160,15 @@ class InfoBatch(Policy):
         rng = self.rng(epoch)
         if not self.prunes(epoch):
             return full_plan(epoch, self.num_samples, rng)
-        prunable = well_learned(self.scores.values, self.scores.seen)
-        indices, weights = soft_prune(prunable, self.keep_ratio, rng)
+        prunable = well_learned(*self.scores_for(epoch))
+        indices, weights = soft_prune(prunable, self.keep_ratio, rng, replace=self.replace)
         return EpochPlan(epoch, indices, weights)
 
     def expected_size(self, epoch: int) -> int:
         """The plan length of ``epoch`` from the current scores, without drawing the plan."""
         if not self.prunes(epoch):
             return self.num_samples
-        count = int(np.count_nonzero(well_learned(self.scores.values, self.scores.seen)))
+        count = int(np.count_nonzero(well_learned(*self.peek_scores_for(epoch))))
         return self.num_samples - count + floor_times(self.keep_ratio, count)
 
     def config(self) -> Dict[str, Any]:
@@ -159,4 +178,5 @@ class InfoBatch(Policy):
             "prune_ratio": self.prune_ratio,
             "anneal_delta": self.anneal_delta,
             "initial_score": self.initial_score,
+            **({"replace": True} if self.replace else {}),  # only when set: earlier checkpoints still match
         }

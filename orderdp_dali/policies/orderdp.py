@@ -181,7 +181,12 @@ class OrderDP(Policy):
         num_epochs: total epochs; needed with ``anneal_delta``.
         initial_score: the score of a sample never trained on. The default (1e4, above any
             real loss) ranks unseen samples first, so every sample is seen within a few
-            epochs; the reference uses 1, below every loss under label smoothing 0.1.
+            epochs; the reference uses 1 (ImageNet) or 3 (CIFAR), below every loss under label
+            smoothing 0.1 on ImageNet, so there unseen samples rank last.
+        score_lag: epochs the scores arrive late (see :meth:`Policy.scores_for`); 0 uses every
+            loss at once, 1 reproduces the release's distributed ImageNet path (epoch e plans
+            from scores up to e - 2; epochs 0 and 1 random). With a lag, the first ``select``
+            of an epoch records the score table for a later epoch.
 
     Raises:
         ValueError: a ratio outside (0, 1] (the message names it), ratios that keep no
@@ -201,8 +206,10 @@ class OrderDP(Policy):
         seed: int = 0,
         num_epochs: Optional[int] = None,
         initial_score: float = 1e4,
+        score_lag: int = 0,
     ) -> None:
-        super().__init__(num_samples, seed=seed, num_epochs=num_epochs, initial_score=initial_score)
+        super().__init__(num_samples, seed=seed, num_epochs=num_epochs, initial_score=initial_score,
+                         score_lag=score_lag)
         self.random_len_ratio = check_ratio("random_len_ratio", random_len_ratio)
         self.top_q_ratio = check_ratio("top_q_ratio", top_q_ratio)
         self.subset_size, self.keep_size = subset_sizes(
@@ -215,7 +222,8 @@ class OrderDP(Policy):
         rng = self.rng(epoch)
         if not self.prunes(epoch):
             return full_plan(epoch, self.num_samples, rng)
-        indices = top_q_of_random_subset(self.scores.values, self.subset_size, self.keep_size, rng)
+        values, _ = self.scores_for(epoch)
+        indices = top_q_of_random_subset(values, self.subset_size, self.keep_size, rng)
         return EpochPlan(epoch, indices, unit_weights(indices.shape[0]))
 
     def expected_size(self, epoch: int) -> int:
@@ -229,7 +237,8 @@ class OrderDP(Policy):
         """
         if epoch is not None and not self.prunes(epoch):
             return np.ones(self.num_samples, dtype=np.float64)
-        return per_sample_inclusion(self.scores.values, self.subset_size, self.keep_size)
+        values = self.scores.values if epoch is None else self.peek_scores_for(epoch)[0]
+        return per_sample_inclusion(values, self.subset_size, self.keep_size)
 
     def config(self) -> Dict[str, Any]:
         """Base settings plus random_len_ratio, top_q_ratio and anneal_delta."""
