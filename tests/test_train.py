@@ -83,11 +83,11 @@ def record_plans(monkeypatch, plans: Dict[int, np.ndarray], crash_at: int = -1) 
     """Wrap train_one_epoch to remember each epoch's global plan (and crash at ``crash_at``)."""
     original = train_mod.train_one_epoch
 
-    def wrapper(model, optimizer, scaler, it, epoch, cfg, rt):
+    def wrapper(model, optimizer, scaler, it, epoch, cfg, rt, **extras):
         if epoch == crash_at:
             raise RuntimeError("simulated crash")
         plans[epoch] = it.plan.indices.copy()
-        return original(model, optimizer, scaler, it, epoch, cfg, rt)
+        return original(model, optimizer, scaler, it, epoch, cfg, rt, **extras)
 
     monkeypatch.setattr(train_mod, "train_one_epoch", wrapper)
 
