@@ -305,3 +305,29 @@ def test_tensorboard_missing_is_a_clear_error(data, cache, tmp_path, monkeypatch
                                           r"'orderdp-dali\[tensorboard\]'"):
         run_training(cfg, output_dir=tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+# ------------------------------------------------------------- distributed
+@pytest.mark.slow
+def test_two_ranks_keep_one_ema_mix_and_only_rank_0_writes_tensorboard(data, cache, tmp_path):
+    import os
+    import subprocess
+
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "orderdp_dali.train", f"--output-dir={out}",
+        *overrides(data, cache, "train.epochs=2", "policy.name=orderdp", ORDERDP, "train.batch_size=4",
+                   "train.ema.decay=0.5", "train.mixup={mixup_alpha: 0.4, cutmix_alpha: 1.0}",
+                   "train.eval_flip=true", "train.tensorboard=true", "train.print_freq=1"),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    lines = read_metrics(out)
+    assert [r["epoch"] for r in lines] == [0, 1]
+    for r in lines:
+        assert r["world_size"] == 2 and r["val_samples"] == 12  # both ranks' shards, EMA validated on each
+        assert 0 <= r["val_top1_ema"] <= r["val_top5_ema"] <= 100
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    state = load_checkpoint(out / LAST)
+    assert state["ema"]["steps"] == state["steps_done"] == sum(r["steps"] for r in lines)
