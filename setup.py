@@ -40,7 +40,9 @@ setup(
     extras_require={
         # make-data's imagenet-like and digits modes read the photos and digits scikit-learn ships
         "sample-data": ["scikit-learn>=1.2"],
-        "test": ["pytest>=7", "ruff>=0.6"],
+        # train.tensorboard: true writes TensorBoard scalars (torch.utils.tensorboard needs the package)
+        "tensorboard": ["tensorboard>=2.10"],
+        "test": ["pytest>=7", "ruff>=0.6", "tensorboard>=2.10"],  # the tests read the event files back
     },
     entry_points={"console_scripts": ["orderdp-dali=orderdp_dali.cli:main"]},
 )

@@ -42,6 +42,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "EmaConfig",
+    "MixupConfig",
     "ModelConfig",
     "OptimConfig",
     "PolicyConfig",
@@ -195,6 +197,37 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class EmaConfig:
+    """An exponential moving average of the weights (timm's ``ModelEmaV3``; see :mod:`orderdp_dali.ema`).
+
+    ``decay``: the average's decay per update (``null``: no EMA, the default; ImageNet recipes use
+    0.9998-0.99998 per step); ``every``: update it every N optimizer steps (the decay applies per
+    update). It is validated beside the raw model (``val_top1_ema``, ...) and saved in checkpoints.
+    """
+
+    decay: Optional[float] = _opt(None, lo=0.0, hi=1.0, hi_open=True)
+    every: int = _opt(1, lo=1)
+
+
+@dataclass(frozen=True)
+class MixupConfig:
+    """Mixup / CutMix of the training batches (timm's ``Mixup``, its argument names; see
+    :mod:`orderdp_dali.mixing`). Off while both alphas are 0 (the default).
+
+    ``prob``: the chance a batch (``mode=batch``), pair or element is mixed; ``switch_prob``:
+    the chance of CutMix rather than Mixup when both alphas are set; ``correct_lam``: CutMix's
+    lambda from the clipped box's area. The mixed targets are smoothed by ``train.label_smoothing``.
+    """
+
+    mixup_alpha: float = _opt(0.0, lo=0.0)
+    cutmix_alpha: float = _opt(0.0, lo=0.0)
+    prob: float = _opt(1.0, lo=0.0, hi=1.0)
+    switch_prob: float = _opt(0.5, lo=0.0, hi=1.0)
+    mode: str = _opt("batch", choices=("batch", "pair", "elem"))
+    correct_lam: bool = True
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The loop: ``batch_size`` is per rank (global batch = batch_size x world size).
 
@@ -207,6 +240,10 @@ class TrainConfig:
     *died* is usually noticed at once, through its closed connection).
     ``compile``: ``torch.compile`` the model (in place, before DDP wraps it) with
     ``compile_mode``; checkpoints are the same either way.
+    ``ema``, ``mixup``: see :class:`EmaConfig`, :class:`MixupConfig`.
+    ``eval_flip``: validate on the mean logits of each image and its horizontal mirror.
+    ``tensorboard``: rank 0 also writes TensorBoard scalars to ``<output_dir>/tensorboard``
+    (the optional extra ``orderdp-dali[tensorboard]``).
     """
 
     epochs: int = _opt(90, lo=1)
@@ -225,6 +262,10 @@ class TrainConfig:
     dist_timeout_s: int = _opt(1800, lo=1)
     compile: bool = False
     compile_mode: str = _opt("default", choices=COMPILE_MODES)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    eval_flip: bool = False
+    tensorboard: bool = False
 
 
 @dataclass(frozen=True)
@@ -436,6 +477,12 @@ REMOVED_KEYS = {
                                "from the checkpoint's pipeline state",
 }
 
+# Keys users bring from other trainers that are spelled otherwise here, with where the setting lives.
+ELSEWHERE_KEYS = {
+    "train.mixup.label_smoothing": "the mixed targets are smoothed by train.label_smoothing (one setting for "
+                                   "mixed and unmixed targets); set that instead",
+}
+
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if data is None:
@@ -447,6 +494,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for key in data:
         if f"{prefix}{key}" in REMOVED_KEYS:
             raise ConfigError(f"{prefix}{key}: no longer a setting: {REMOVED_KEYS[prefix + key]}; remove it")
+        if f"{prefix}{key}" in ELSEWHERE_KEYS:
+            raise ConfigError(f"{prefix}{key}: not a setting: {ELSEWHERE_KEYS[prefix + key]}")
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(fields)}"
@@ -645,6 +694,7 @@ RUNTIME_KEYS = frozenset({
     "model.channels_last",
     "train.print_freq", "train.progress", "train.output_dir", "train.checkpoint", "train.save_every",
     "train.eval_every", "train.dist_timeout_s", "train.compile", "train.compile_mode", "train.deterministic",
+    "train.tensorboard",
 })
 
 

@@ -64,6 +64,7 @@ from orderdp_dali.checkpoint import (
 )
 from orderdp_dali.config import Config, load_config
 from orderdp_dali.data import DataSource, TarIndex, index_split, load_cifar, load_exclusion_list
+from orderdp_dali.ema import WeightEma
 from orderdp_dali.errors import (
     CheckpointError,
     ConfigError,
@@ -76,9 +77,11 @@ from orderdp_dali.errors import (
 from orderdp_dali.folder_lock import FolderLock
 from orderdp_dali.interrupts import signals_as_interrupts
 from orderdp_dali.lr_schedule import schedule_at, set_lr, set_momentum
+from orderdp_dali.mixing import BatchMixer, build_mixer, mixed_losses
 from orderdp_dali.models import build_model, compile_model, fixed_input_size
 from orderdp_dali.optim import build_optimizer
 from orderdp_dali.policies import make_policy
+from orderdp_dali.tta import flip_averaged
 
 if TYPE_CHECKING:  # the iterator pulls in DALI: imported where one is built
     from orderdp_dali.iterator import DALIPlanIterator
@@ -304,15 +307,25 @@ def train_one_epoch(
     epoch: int,
     cfg: Config,
     rt: Runtime,
+    *,
+    ema: Optional[WeightEma] = None,
+    mixer: Optional[BatchMixer] = None,
+    log_step: Optional[Callable[[int, torch.Tensor, float], None]] = None,
 ) -> Dict[str, Any]:
     """One pass over this rank's shard of the epoch's plan; returns the epoch's training metrics.
 
     Per-sample losses (``reduction="none"``) weighted by the plan's weights give the loss
-    to back-propagate; the unweighted losses go to the policy (``it.update``).
+    to back-propagate; the unweighted losses go to the policy (``it.update``). With a
+    ``mixer`` each sample's loss is against its own mixed target (:mod:`orderdp_dali.mixing`).
+    ``ema`` counts every optimizer step; ``log_step(step, loss, lr)`` is called every
+    ``train.print_freq`` steps.
     """
     from tqdm import tqdm
 
     model.train()
+    bare = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if mixer is not None:
+        mixer.begin_epoch(epoch)
     steps = len(it)  # known before the epoch runs: the schedule below uses it
     planned = len(it.plan)
     weighted_sum = torch.zeros((), device=rt.device)
@@ -340,8 +353,13 @@ def train_one_epoch(
         set_lr(optimizer, lr)
         if momentum is not None:  # schedule.cycle_momentum
             set_momentum(optimizer, momentum)
-        logits = _forward(model, batch["data"], cfg, rt)
-        losses = F.cross_entropy(logits, batch["label"], reduction="none", label_smoothing=cfg.train.label_smoothing)
+        if mixer is None:
+            logits = _forward(model, batch["data"], cfg, rt)
+            losses = F.cross_entropy(logits, batch["label"], reduction="none",
+                                     label_smoothing=cfg.train.label_smoothing)
+        else:
+            images, targets = mixer(batch["data"], batch["label"])
+            losses = mixed_losses(_forward(model, images, cfg, rt), targets.to(rt.device))
         loss = (losses * batch["weight"]).mean()
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -350,6 +368,8 @@ def train_one_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.step(bare)
         it.update(batch["index"], losses)
         n = int(batch["index"].shape[0])  # host tensor: no device sync
         weighted_sum += loss.detach() * n
@@ -362,6 +382,8 @@ def train_one_epoch(
         step += 1
         if step % cfg.train.print_freq == 0 or step == steps:
             _stop_on_nonfinite_loss(first_bad, epoch, cfg, rt)
+        if log_step is not None and step % cfg.train.print_freq == 0:
+            log_step(step, loss.detach(), lr)
         bar.update(1)
         if bar.disable is False and (step % cfg.train.print_freq == 0 or step == steps):
             # .item() waits for the device: only every print_freq steps, never per step.
@@ -424,32 +446,42 @@ def _stop_on_nonfinite_loss(first_bad: torch.Tensor, epoch: int, cfg: Config, rt
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, it: DALIPlanIterator, cfg: Config, rt: Runtime) -> Dict[str, float]:
+def evaluate(
+    model: nn.Module, it: DALIPlanIterator, cfg: Config, rt: Runtime, ema: Optional[nn.Module] = None
+) -> Dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean loss over the whole validation split, summed over ranks.
 
     ``model`` is the bare (non-DDP) model: validation shards are unpadded, so ranks may run
     different step counts, which a DDP forward (it broadcasts buffers) would not survive.
+    ``ema`` (the averaged weights) is validated on the same decoded batches, as ``val_*_ema``.
+    With ``train.eval_flip`` the logits are those of each image and its mirror, averaged.
     """
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=rt.device)  # top1, top5, loss, count
+    models = {"": model} if ema is None else {"": model, "_ema": ema}
+    sums = torch.zeros(len(models), 4, dtype=torch.float64, device=rt.device)  # top1, top5, loss, count
+    for m in models.values():
+        m.eval()
     for batch in it:
-        logits = _forward(model, batch["data"], cfg, rt)
         labels = batch["label"]
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top == labels[:, None]
-        sums[0] += hits[:, 0].sum()
-        sums[1] += hits.any(dim=1).sum()
-        sums[2] += F.cross_entropy(logits, labels, reduction="sum")
-        sums[3] += labels.shape[0]
+        for row, m in zip(sums, models.values()):
+            forward = lambda images, m=m: _forward(m, images, cfg, rt)  # noqa: E731
+            logits = flip_averaged(forward, batch["data"]) if cfg.train.eval_flip else forward(batch["data"])
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hits = top == labels[:, None]
+            row[0] += hits[:, 0].sum()
+            row[1] += hits.any(dim=1).sum()
+            row[2] += F.cross_entropy(logits, labels, reduction="sum")
+            row[3] += labels.shape[0]
     if rt.distributed:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-    top1, top5, loss, count = sums.tolist()
-    return {
-        "val_top1": 100.0 * top1 / max(count, 1.0),
-        "val_top5": 100.0 * top5 / max(count, 1.0),
-        "val_loss": loss / max(count, 1.0),
-        "val_samples": int(count),
-    }
+    metrics: Dict[str, float] = {}
+    for suffix, (top1, top5, loss, count) in zip(models, sums.tolist()):
+        metrics.update({
+            f"val_top1{suffix}": 100.0 * top1 / max(count, 1.0),
+            f"val_top5{suffix}": 100.0 * top5 / max(count, 1.0),
+            f"val_loss{suffix}": loss / max(count, 1.0),
+        })
+    metrics["val_samples"] = int(sums[0, 3].item())
+    return metrics
 
 
 def _sync_buffers(model: nn.Module, rt: Runtime) -> None:
@@ -519,14 +551,16 @@ class Resumed(NamedTuple):
     record: Optional[Dict[str, Any]]
     config: Dict[str, Any]
     changes: Dict[str, Tuple[Any, Any]]
+    steps_done: int = 0
 
 
 def _resume(
     path: Path, model: nn.Module, optimizer: Any, scaler: Any, it: DALIPlanIterator, fingerprint: str, cfg: Config,
-    allow_changes: bool = False,
+    allow_changes: bool = False, ema: Optional[WeightEma] = None,
 ) -> Resumed:
     """Load ``path`` into the training objects after checking that this run may continue it
-    (:func:`~orderdp_dali.checkpoint.check_resumable`: a changed recipe only with ``allow_changes``)."""
+    (:func:`~orderdp_dali.checkpoint.check_resumable`: a changed recipe only with ``allow_changes``).
+    An EMA the checkpoint lacks (switched on at this resume) starts from the resumed weights."""
     state = load_checkpoint(path)
     changes = check_resumable(state, path, fingerprint, it.policy, cfg.to_dict(), allow_changes)
     try:
@@ -534,6 +568,11 @@ def _resume(
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         it.load_state_dict(state["iterator"])
+        if ema is not None:
+            if state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
+            else:
+                ema.reset(model)
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"cannot resume from {path}: {first_line(e) or type(e).__name__}") from e
     epoch = int(state["epoch"])
@@ -541,7 +580,8 @@ def _resume(
         raise CheckpointError(f"{path}: iterator is at epoch {it.epoch} but the checkpoint says {epoch}")
     record = json.loads(state["record"]) if isinstance(state.get("record"), str) else None
     saved = state.get("config") if isinstance(state.get("config"), dict) else {}
-    return Resumed(epoch, [int(p) for p in state.get("planned", [])], record, saved, changes)
+    return Resumed(epoch, [int(p) for p in state.get("planned", [])], record, saved, changes,
+                   int(state.get("steps_done", 0)))
 
 
 def _config_changes_record(epoch: int, changes: Dict[str, Tuple[Any, Any]]) -> Dict[str, Any]:
@@ -587,6 +627,10 @@ class TrainingRun:
         self.phase = "start-up"  # named in the error if a peer rank dies
         self.run_id: Optional[str] = None  # made at a fresh start, kept by every resume (checkpoint.another_run)
         self._lock: Optional[FolderLock] = None
+        self.ema: Optional[WeightEma] = None  # train.ema
+        self.mixer: Optional[BatchMixer] = None  # train.mixup
+        self.tensorboard: Any = None  # train.tensorboard, rank 0
+        self.steps_done = 0  # optimizer steps trained in the run so far (TensorBoard's step axis)
 
     def __enter__(self) -> "TrainingRun":
         try:
@@ -614,6 +658,10 @@ class TrainingRun:
         self.rt = rt = init_runtime(cfg)
         if rt.is_main:  # the only rank that writes the folder; held until close(), dropped by the kernel on a crash
             self._lock = FolderLock(out).acquire()
+            if cfg.train.tensorboard:
+                from orderdp_dali.tensorboard_log import require_tensorboard
+
+                require_tensorboard()  # a missing package is an error now, before the data are indexed
         with self._guard():
             data = build_data(cfg)
             _refuse_one_class(data, cfg)
@@ -623,6 +671,9 @@ class TrainingRun:
             self.train_it, self.val_it = build_iterators(cfg, data, policy, rt)
             self.model, self.bare = build_model_for(cfg, data.num_classes, rt)
             self.optimizer = build_optimizer(cfg, self.bare)
+            if cfg.train.ema.decay is not None:  # from the same initial weights on every rank (see orderdp_dali.ema)
+                self.ema = WeightEma(self.bare, cfg.train.ema.decay, cfg.train.ema.every)
+            self.mixer = build_mixer(cfg, cfg.model.num_classes or data.num_classes, rt.rank)
             self.scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.train.amp == "fp16")
             seed_everything(cfg.train.seed, rt.rank, cfg.train.deterministic)
             self.fingerprint = data.train.fingerprint
@@ -634,8 +685,9 @@ class TrainingRun:
                 _refuse_other_run(out, ckpt, other)
             if ckpt is not None:
                 resumed = _resume(ckpt, self.bare, self.optimizer, self.scaler, self.train_it, self.fingerprint,
-                                  cfg, self.allow_changes)
+                                  cfg, self.allow_changes, self.ema)
                 start, self.planned, last_record = resumed.epoch, resumed.planned, resumed.record
+                self.steps_done = resumed.steps_done
                 if rt.is_main:
                     print(f"resumed from {ckpt}: continuing at epoch {start}", flush=True)
             elif rt.is_main and not self.overwrite:
@@ -652,9 +704,15 @@ class TrainingRun:
                 # config.json describes the run's first epochs; a resume with other settings adds config.<start>.json
                 record_config(out, cfg.to_dict(), start, None if resumed is None else resumed.config)
                 logged = any(r.get("epoch") == start - 1 and "kind" not in r for r in kept)
+                if cfg.train.tensorboard:  # drops what the interrupted run logged after its checkpoint
+                    from orderdp_dali.tensorboard_log import TensorBoardLog
+
+                    self.tensorboard = TensorBoardLog(out / "tensorboard", purge_step=self.steps_done)
                 if last_record is not None and not logged:
                     last_record.setdefault("run_id", self.run_id)
                     _append_metrics(out / METRICS, last_record)  # it stopped after the checkpoint, before the line
+                    if self.tensorboard is not None:
+                        self.tensorboard.epoch(self.steps_done, last_record)
                 if resumed is not None and resumed.changes:
                     _append_metrics(out / METRICS, _config_changes_record(start, resumed.changes))
             self.start_epoch = start
@@ -679,8 +737,12 @@ class TrainingRun:
             before = (ranking.snapshot(self.train_it.plan.indices, policy.scores.values, policy.scores.seen)
                       if policy.ranks_by_loss else None)
             cpu = time.process_time()  # every thread of this process, DALI's included
-            record.update(train_one_epoch(self.model, self.optimizer, self.scaler, self.train_it, epoch, cfg, rt))
+            record.update(train_one_epoch(self.model, self.optimizer, self.scaler, self.train_it, epoch, cfg, rt,
+                                          ema=self.ema, mixer=self.mixer, log_step=self._log_step()))
             record["cpu_time"] = time.process_time() - cpu
+            self.steps_done += record["steps"]
+            # the share of the training set no epoch has trained yet (the merged table, every rank alike)
+            record["never_trained"] = 1.0 - int(np.count_nonzero(policy.scores.seen)) / self.num_samples
             if before is not None:  # the iterator merged the epoch's losses into every rank's table at its end
                 trained = ranking.trained_count(record["planned"], record["samples"])
                 record.update(ranking.epoch_figures(before, policy.scores.values, trained))
@@ -695,17 +757,30 @@ class TrainingRun:
                     state = _checkpoint_state(epoch + 1, self.bare, self.optimizer, self.scaler, iterator_state, cfg,
                                               self.fingerprint, self.planned, record)
                     state["run_id"] = self.run_id  # which run this is: a resume into another folder compares it
+                    state["steps_done"] = self.steps_done
+                    state["ema"] = None if self.ema is None else self.ema.state_dict()
                     _save(state, out, epoch + 1, cfg)
             if self.val_it is not None and _should_evaluate(cfg, epoch):
                 self.phase = f"epoch {epoch} (validation)"
                 _sync_buffers(self.bare, rt)
+                if self.ema is not None:
+                    _sync_buffers(self.ema.module, rt)
                 t = time.perf_counter()
-                record.update(evaluate(self.bare, self.val_it, cfg, rt))
+                record.update(evaluate(self.bare, self.val_it, cfg, rt, None if self.ema is None else self.ema.module))
                 record["val_time"] = time.perf_counter() - t
             record["pipelines_built"] = sum(it.pipelines_built for it in (self.train_it, self.val_it) if it is not None)
             if rt.is_main:
                 _append_metrics(out / METRICS, record)
+                if self.tensorboard is not None:
+                    self.tensorboard.epoch(self.steps_done, record)
         return record
+
+    def _log_step(self) -> Optional[Callable[[int, torch.Tensor, float], None]]:
+        """Rank 0's per-step TensorBoard scalars (every train.print_freq steps: ``.item()`` waits for the device)."""
+        tb, done = self.tensorboard, self.steps_done
+        if tb is None:
+            return None
+        return lambda step, loss, lr: tb.step(done + step, loss.item(), lr)
 
     def close(self) -> None:
         """Release the pipelines, the output folder's lock and, if this run joined it, the process
@@ -715,6 +790,9 @@ class TrainingRun:
                 if it is not None:
                     it.close()
             self.train_it = self.val_it = None
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.tensorboard = None
             if self.rt is not None and self.rt.owns_process_group and dist.is_initialized():
                 dist.destroy_process_group()
         finally:

@@ -144,10 +144,10 @@ def stop_before(monkeypatch, epoch: int) -> None:
     """Make run_training stop (as if killed) when it reaches ``epoch``, after the previous checkpoint."""
     original = train_mod.train_one_epoch
 
-    def wrapper(model, optimizer, scaler, it, e, cfg, rt):
+    def wrapper(model, optimizer, scaler, it, e, cfg, rt, **extras):
         if e == epoch:
             raise RuntimeError("simulated stop")
-        return original(model, optimizer, scaler, it, e, cfg, rt)
+        return original(model, optimizer, scaler, it, e, cfg, rt, **extras)
 
     monkeypatch.setattr(train_mod, "train_one_epoch", wrapper)
 

@@ -122,10 +122,10 @@ def record_plans(monkeypatch, plans: Dict[int, Set[str]]) -> None:
     """Remember the files of each epoch's global plan, as the training loop sees it."""
     original = train_mod.train_one_epoch
 
-    def wrapper(model, optimizer, scaler, it, epoch, cfg, rt):
+    def wrapper(model, optimizer, scaler, it, epoch, cfg, rt, **extras):
         plans[epoch] = {str(it.index.paths[i]) for i in it.plan.indices.tolist()}
         assert len(plans[epoch]) == len(it.plan.indices)  # full policy: each sample once
-        return original(model, optimizer, scaler, it, epoch, cfg, rt)
+        return original(model, optimizer, scaler, it, epoch, cfg, rt, **extras)
 
     monkeypatch.setattr(train_mod, "train_one_epoch", wrapper)
 

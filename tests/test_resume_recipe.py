@@ -67,7 +67,7 @@ def test_a_recipe_change_is_refused_naming_the_key_and_both_values(change, old, 
     "data.num_threads=8", "data.prefetch=4", "train.progress=false", "train.print_freq=7",
     "train.output_dir=/elsewhere", "data.root=/moved/x", "data.cache_dir=/cache", "train.eval_every=0",
     "train.checkpoint=false", "train.save_every=2", "train.dist_timeout_s=60", "data.hw_decoder_load=0.3",
-    "train.compile=true", "train.deterministic=true", "model.channels_last=true",
+    "train.compile=true", "train.deterministic=true", "model.channels_last=true", "train.tensorboard=true",
     "train.epochs=9",  # more epochs: OrderDP's plans do not depend on the count
 ])
 def test_how_a_run_executes_may_change(change):

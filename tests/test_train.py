@@ -20,7 +20,8 @@ from orderdp_dali.config import load_config
 from orderdp_dali.data.cifar import load_cifar
 from orderdp_dali.errors import CheckpointError, DatasetError
 from orderdp_dali.models import build_model
-from orderdp_dali.train import build_data, build_optimizer, main, run_training
+from orderdp_dali.optim import build_optimizer
+from orderdp_dali.train import build_data, main, run_training
 
 N_TRAIN, N_VAL = 48, 12  # 3 classes x (16 train + 4 val)
 ORDERDP = "policy.params={random_len_ratio: 0.8, top_q_ratio: 0.5}"
@@ -83,11 +84,11 @@ def record_plans(monkeypatch, plans: Dict[int, np.ndarray], crash_at: int = -1) 
     """Wrap train_one_epoch to remember each epoch's global plan (and crash at ``crash_at``)."""
     original = train_mod.train_one_epoch
 
-    def wrapper(model, optimizer, scaler, it, epoch, cfg, rt):
+    def wrapper(model, optimizer, scaler, it, epoch, cfg, rt, **extras):
         if epoch == crash_at:
             raise RuntimeError("simulated crash")
         plans[epoch] = it.plan.indices.copy()
-        return original(model, optimizer, scaler, it, epoch, cfg, rt)
+        return original(model, optimizer, scaler, it, epoch, cfg, rt, **extras)
 
     monkeypatch.setattr(train_mod, "train_one_epoch", wrapper)
 
