@@ -173,4 +173,6 @@ class ArrayPlanIterator(DALIPlanIterator):
     def _make_pipeline(self, feed: Any, **kwargs: Any):
         from orderdp_dali.pipelines.cifar import cifar_pipeline
 
+        if feed.sized:
+            raise ValueError("progressive resizing (resolution=) needs JPEG samples; CIFAR keeps its 32x32 images")
         return cifar_pipeline(feed, **kwargs)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -77,6 +77,11 @@ class DALIPlanIterator:
             DALI start decoding it while the caller validates or checkpoints (default:
             ``train``). Score updates must therefore be made inside the epoch's loop.
         pipeline_config: crop size, normalisation, output dtype.
+        resolution: ``resolution(epoch) -> pixels``, each training epoch's crop (progressive
+            resizing, e.g. ``functools.partial(resolution_for_epoch, cfg=...)`` from
+            :mod:`orderdp_dali.progressive`); decided with the epoch's plan and handed to DALI
+            with every batch, so the one pipeline serves every size. ``None``: the pipeline
+            config's fixed crop. Needs augmentation (it sizes the random-resized crops).
 
     Sharding: training plans are padded by wrap-around to a multiple of ``world_size``
     (see :meth:`EpochPlan.shard`), so every rank yields the same number of batches. In
@@ -112,6 +117,7 @@ class DALIPlanIterator:
         prefetch_queue_depth: int = 2,
         prefetch_next_epoch: Optional[bool] = None,
         pipeline_config: Optional[Any] = None,
+        resolution: Optional[Callable[[int], int]] = None,
     ) -> None:
         if device == "auto":
             device = "gpu" if torch.cuda.is_available() else "cpu"
@@ -123,6 +129,8 @@ class DALIPlanIterator:
             raise ValueError(f"Invalid prefetch_queue_depth: {prefetch_queue_depth!r} (need an int >= 1)")
         env_rank, env_world = dist_info()
         train = policy is not None if train is None else bool(train)
+        if resolution is not None and not (train if augment is None else augment):
+            raise ValueError("resolution (progressive resizing) needs augmentation: it sizes the random-resized crops")
         self.source = PlanSource(
             len(index),
             policy,
@@ -133,6 +141,7 @@ class DALIPlanIterator:
             drop_last=drop_last,
             epoch=epoch,
             split=f"the index of {index.root}",
+            resolution=resolution,
         )
         self.scores = ScoreUpdates(policy, sync=sync_scores)
         self.index = index
@@ -176,6 +185,13 @@ class DALIPlanIterator:
     def epoch(self) -> int:
         """The epoch that the next (or current) iteration covers."""
         return self.source.epoch
+
+    @property
+    def resolution(self) -> Optional[int]:
+        """The training crop of :attr:`epoch` with progressive resizing, else ``None`` (the
+        pipeline config's fixed crop)."""
+        size_of = self.source.resolution
+        return None if size_of is None else int(size_of(self.epoch))
 
     @property
     def plan(self) -> EpochPlan:
@@ -315,7 +331,7 @@ class DALIPlanIterator:
         """The (unbuilt) DALI pipeline over ``feed``; ``kwargs`` are :func:`image_pipeline`'s."""
         from orderdp_dali.pipelines import image_pipeline
 
-        return image_pipeline(feed, read_files=not feed.samples.encoded, **kwargs)
+        return image_pipeline(feed, read_files=not feed.samples.encoded, sized=feed.sized, **kwargs)
 
     def _fresh_seed(self) -> int:
         """The seed of a pipeline built without a checkpoint: a pure function of (seed, rank,
@@ -328,7 +344,7 @@ class DALIPlanIterator:
         if self._runner is None:
             if self._samples is None:
                 self._samples = self._make_samples()
-            feed = BatchFeed(self._samples)
+            feed = BatchFeed(self._samples, sized=self.source.resolution is not None)
 
             def make(checkpoint: Optional[bytes]) -> Any:
                 return self._make_pipeline(
