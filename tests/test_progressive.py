@@ -265,3 +265,19 @@ def test_a_fixed_size_model_refuses_progressive(data, cache, tmp_path):
     with pytest.raises(ConfigError, match="data.progressive: timm/vit_tiny_patch16_224 takes only 224x224 inputs"):
         run_training(cfg, output_dir=tmp_path)
 
+
+
+# ------------------------------------------------------------------ the benchmark
+def test_resolution_benchmark_writes_its_figures(jpeg_split, tmp_path):
+    from orderdp_dali.bench import resolution_speed
+
+    code = resolution_speed.main(["--root", str(jpeg_split), "--small", "16", "--large", "32", "--repeats", "2",
+                                  "--warmup", "0", "--batch-size", "8", "--workers", "1", "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "resolution_speed_cpu.json").read_text())
+    assert set(result["loaders"]) == {"fed-16", "fed-32", "fixed-32"}
+    assert all(len(r["seconds"]) == 2 and r["images"] == result["planned"] for r in result["loaders"].values())
+    assert len(result["speedup"]["wall_per_round"]) == 2 and result["speedup"]["wall"]["median"] > 0
+    assert "--small 16" in result["command"]
+    assert "epoch time 32 px / 16 px" in (tmp_path / "resolution_speed_cpu.md").read_text()
+    assert resolution_speed.main(["--root", str(jpeg_split), "--small", "32", "--large", "32"]) == 2
