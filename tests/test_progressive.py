@@ -281,3 +281,37 @@ def test_resolution_benchmark_writes_its_figures(jpeg_split, tmp_path):
     assert "--small 16" in result["command"]
     assert "epoch time 32 px / 16 px" in (tmp_path / "resolution_speed_cpu.md").read_text()
     assert resolution_speed.main(["--root", str(jpeg_split), "--small", "32", "--large", "32"]) == 2
+
+
+# ------------------------------------------------------------------ FFCV's rungs
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# FFCV's published rn50 rungs (libffcv/ffcv-imagenet rn50_configs/rn50_<epochs>_epochs.yaml): epochs -> ramp
+FFCV_RAMPS = {16: (11, 13), 24: (17, 20), 32: (23, 27), 40: (29, 34), 88: (65, 76)}
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["full", "orderdp"])
+@pytest.mark.parametrize("epochs", sorted(FFCV_RAMPS))
+def test_rung_config_follows_ffcv_and_trains_an_epoch(epochs, pruned, data, cache, tmp_path):
+    path = CONFIGS / f"imagenet_r50_rung{epochs}{'_orderdp' if pruned else ''}.yaml"
+    cfg = load_config(path, [f"data.root={data}"])
+    start, end = FFCV_RAMPS[epochs]
+    assert cfg.train.epochs == epochs and cfg.model.name == "resnet50"
+    assert cfg.data.progressive == ProgressiveConfig(160, 192, start, end, 32)
+    sizes = resolution_schedule(cfg.data.progressive, epochs)
+    assert sizes == [ffcv_rule(e, 160, 192, start, end, 32) for e in range(epochs)] and sizes[-1] == 192
+    assert (cfg.data.val_resize, cfg.data.val_crop) == (293, 256)  # FFCV: 256 px at crop ratio 224/256
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.decay_norm_and_bias) == (
+        "sgd", 1.7, 1e-4, False)
+    assert cfg.train.label_smoothing == 0.1 and cfg.train.batch_size == 512
+    if pruned:
+        assert cfg.policy.name == "orderdp" and cfg.policy.params == {"random_len_ratio": 0.75, "top_q_ratio": 0.8}
+    else:
+        assert cfg.policy.name == "full"
+    # one epoch on the tiny data with the tiny model: the recipe's pipeline settings as they are
+    # (160 px crops, 293/256 validation), only the run's length and size scaled down
+    scaled = ("train.epochs=1", "data.val_resize=293", "data.progressive.start_epoch=0", "data.progressive.end_epoch=1",
+              "train.batch_size=16", "train.amp=none", "optim.lr=0.1", "schedule.warmup_epochs=0")
+    tiny = load_config(path, overrides(data, cache, *scaled))
+    (record,) = run_training(tiny, output_dir=tmp_path)
+    assert record["resolution"] == 160 and record["val_samples"] == 12 and np.isfinite(record["train_loss"])
+    assert record["planned"] == (48 if not pruned else 28)  # OrderDP keeps floor(0.8 * floor(0.75 * 48)) = 28
