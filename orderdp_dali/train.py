@@ -294,6 +294,9 @@ def build_model_for(cfg: Config, num_classes: int, rt: Runtime) -> Tuple[nn.Modu
     if fixed is not None and cfg.data.progressive is not None:
         raise ConfigError(f"data.progressive: {cfg.model.name} takes only {fixed[0]}x{fixed[1]} inputs, but "
                           "progressive resizing changes the training crop between epochs")
+    if fixed is not None and cfg.data.val_crop is not None and fixed != (cfg.data.val_crop, cfg.data.val_crop):
+        raise ConfigError(f"data.val_crop: {cfg.model.name} takes only {fixed[0]}x{fixed[1]} inputs, "
+                          f"validation would give it {cfg.data.val_crop}x{cfg.data.val_crop}")
     size = cfg.data.crop if cfg.data.dataset == "folder" else 32
     if fixed is not None and fixed != (size, size):
         raise ConfigError(

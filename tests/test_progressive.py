@@ -260,10 +260,14 @@ def test_a_resume_may_not_switch_progressive_on(progressive_run, data, cache, tm
                      resume=str(Path(out) / LAST))
 
 
-def test_a_fixed_size_model_refuses_progressive(data, cache, tmp_path):
+def test_a_fixed_size_model_refuses_progressive_or_another_val_crop(data, cache, tmp_path):
     cfg = load_config(None, overrides(data, cache, *PROGRESSIVE, "model.name=timm/vit_tiny_patch16_224"))
     with pytest.raises(ConfigError, match="data.progressive: timm/vit_tiny_patch16_224 takes only 224x224 inputs"):
         run_training(cfg, output_dir=tmp_path)
+    vit = ("model.name=timm/vit_tiny_patch16_224", "data.crop=224", "data.val_resize=256", "data.val_crop=192")
+    with pytest.raises(ConfigError, match="data.val_crop: timm/vit_tiny_patch16_224 takes only 224x224 inputs, "
+                                          "validation would give it 192x192"):
+        run_training(load_config(None, overrides(data, cache, *vit)), output_dir=tmp_path)
 
 
 
