@@ -144,6 +144,8 @@ class DaliPlanLoader:
     starts decoding when an epoch ends (``prefetch_next_epoch``), outside the timed epoch:
     DALI's own reader runs ahead into its next epoch in the same way, so neither gets a head
     start the other lacks. Set-up is measured apart (:func:`measure_pipeline_start`).
+    ``resolution``: each epoch's crop, fed with the batches (progressive resizing), instead of
+    the pipeline config's fixed crop.
     """
 
     name = "dali-plan"
@@ -159,6 +161,7 @@ class DaliPlanLoader:
         seed: int = 0,
         pipeline_config: Any = None,
         feed_only: bool = False,
+        resolution: Optional[Callable[[int], int]] = None,
     ) -> None:
         from orderdp_dali.iterator import DALIPlanIterator
 
@@ -175,6 +178,7 @@ class DaliPlanLoader:
             prefetch_next_epoch=True,
             pipeline_config=pipeline_config,
             pipeline=feed_only_pipeline(index.transform) if feed_only else None,
+            resolution=resolution,
         )
         self.iterator.start()  # the one pipeline, built before any timed epoch
 

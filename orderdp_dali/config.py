@@ -47,6 +47,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "PolicyConfig",
+    "ProgressiveConfig",
     "ScheduleConfig",
     "TrainConfig",
     "build_checked",
@@ -77,6 +78,20 @@ def _opt(default: Any, *, choices: Sequence[Any] = (), lo: Optional[float] = Non
 
 
 @dataclass(frozen=True)
+class ProgressiveConfig:
+    """Progressive resizing (FFCV's rule): the training crop ramps linearly from ``start_res`` at
+    ``start_epoch`` to ``end_res`` at ``end_epoch``, rounded to a multiple of ``step``; before the
+    ramp it is ``start_res``, after it ``end_res`` (see :func:`orderdp_dali.progressive.resolution_for_epoch`).
+    Small images early are cheap to decode, augment and train on; the end of training sees full size."""
+
+    start_res: int = _opt(160, lo=8, hi=4096)
+    end_res: int = _opt(192, lo=8, hi=4096)
+    start_epoch: int = _opt(0, lo=0)
+    end_epoch: int = _opt(0, lo=0)
+    step: int = _opt(32, lo=1, hi=4096)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the samples come from and how DALI reads them.
 
@@ -96,6 +111,12 @@ class DataConfig:
     list's classes (line i = class i). ``val_labels_csv``: the split folder ``val_split`` is
     flat and Kaggle's ``LOC_val_solution.csv`` labels it. These files are relative to
     ``root`` (see :mod:`orderdp_dali.data.file_lists`).
+    ``val_resize`` / ``val_crop``: validation resizes the shorter side to ``val_resize`` and
+    takes the center ``val_crop`` square (default ``crop``: unchanged behaviour); set them apart
+    to validate at another resolution than the training crop (FFCV validates at 256).
+    ``progressive``: progressive resizing of the training crop, one size per epoch (see
+    :class:`ProgressiveConfig`; off by default: every epoch trains at ``crop``). The size is
+    fed to the one pipeline with each batch, so no pipeline is rebuilt for it.
     ``rescan``: walk the class folders (index the shards) even when the index cache in
     ``cache_dir`` looks current. The cache notices added, removed and renamed files by their
     folders' mtimes and ctimes; on a file system whose ctimes cannot be trusted, a folder whose
@@ -108,6 +129,8 @@ class DataConfig:
     val_split: str = "val"
     crop: int = _opt(224, lo=1, hi=4096)
     val_resize: int = _opt(256, lo=1, hi=8192)
+    val_crop: Optional[int] = _opt(None, lo=1, hi=4096)
+    progressive: Optional[ProgressiveConfig] = None
     augment: bool = True
     dtype: str = _opt("float32", choices=("float32", "float16"))
     hw_decoder_load: float = _opt(0.65, lo=0.0, hi=1.0)
@@ -505,11 +528,25 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if name not in data:
             continue
         key = prefix + name
-        if dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = _build(hints[name], data[name], key + ".")
+        section = _section_type(hints[name])
+        if section is not None:
+            optional = section is not hints[name]
+            kwargs[name] = None if optional and data[name] is None else _build(section, data[name], key + ".")
         else:
             kwargs[name] = _check_value(key, data[name], hints[name], f.metadata)
     return cls(**kwargs)
+
+
+def _section_type(hint: Any) -> Optional[type]:
+    """The dataclass of a nested section: ``hint`` itself, or ``X`` of ``Optional[X]`` (a section
+    that is off when null); ``None`` for a plain value."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) is Union:
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return None
 
 
 def _check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
@@ -583,8 +620,7 @@ CUSTOM_MODELS = ("tiny", "cifar_resnet18", "cifar_resnet34", "cifar_resnet50", "
 def _check_cross_fields(cfg: Config) -> None:
     if not cfg.data.root:
         raise ConfigError("data.root: required (the dataset folder), e.g. data.root=/datasets/imagenet")
-    if cfg.data.dataset in ("folder", "tar") and cfg.data.val_resize < cfg.data.crop:
-        raise ConfigError(f"data.val_resize: {cfg.data.val_resize} is smaller than data.crop={cfg.data.crop}")
+    _check_resolution_keys(cfg.data, cfg.train)
     _check_file_list_keys(cfg.data)
     _check_model_name(cfg.model.name)
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
@@ -608,6 +644,33 @@ def _check_cross_fields(cfg: Config) -> None:
             f"schedule.milestones: need non-negative epochs in increasing order, got {list(sched.milestones)}"
         )
     _check_policy(cfg.policy, cfg.train)
+
+
+def _check_resolution_keys(data: DataConfig, train: TrainConfig) -> None:
+    """Validation crop within its resize; a progressive ramp that fits the run and its step."""
+    images = data.dataset in ("folder", "tar")
+    if not images and (data.val_crop is not None or data.progressive is not None):
+        key = "data.val_crop" if data.val_crop is not None else "data.progressive"
+        raise ConfigError(f"{key}: only for JPEG datasets (data.dataset=folder or tar); {data.dataset} keeps its "
+                          "32x32 images")
+    if images:
+        val_crop, name = (data.crop, "data.crop") if data.val_crop is None else (data.val_crop, "data.val_crop")
+        if data.val_resize < val_crop:
+            raise ConfigError(f"data.val_resize: {data.val_resize} is smaller than {name}={val_crop}")
+    p = data.progressive
+    if p is None:
+        return
+    if not data.augment:
+        raise ConfigError("data.progressive: needs data.augment=true (it sizes the random-resized crops of training)")
+    if p.end_epoch <= p.start_epoch:
+        raise ConfigError(f"data.progressive.end_epoch: {p.end_epoch} must be after "
+                          f"data.progressive.start_epoch={p.start_epoch} (the ramp's last epoch)")
+    if p.end_epoch > train.epochs:
+        raise ConfigError(f"data.progressive.end_epoch: {p.end_epoch} exceeds train.epochs={train.epochs}")
+    for key in ("start_res", "end_res"):
+        if getattr(p, key) % p.step:
+            raise ConfigError(f"data.progressive.{key}: {getattr(p, key)} is not a multiple of "
+                              f"data.progressive.step={p.step}")
 
 
 def _check_file_list_keys(data: DataConfig) -> None:
@@ -698,14 +761,19 @@ RUNTIME_KEYS = frozenset({
 })
 
 
+# Mappings compared as one value: a policy's own parameters, sections that may be null.
+WHOLE_KEYS = frozenset({"policy.params", "data.progressive"})
+
+
 def flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
     """Nested sections as one level of dotted keys: ``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}``.
 
-    ``policy.params`` is kept whole (its keys depend on the policy)."""
+    ``policy.params`` is kept whole (its keys depend on the policy), and so is an optional section
+    (``data.progressive``): null and a mapping then compare as one key."""
     flat: Dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and dotted != "policy.params":
+        if isinstance(value, Mapping) and dotted not in WHOLE_KEYS:
             flat.update(flatten(value, dotted + "."))
         else:
             flat[dotted] = value

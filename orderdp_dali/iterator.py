@@ -103,6 +103,12 @@ class DALIPlanIterator:
         pipeline: the DALI pipeline factory (:data:`PipelineFactory`); default: the one the
             source's ``transform`` needs (:func:`default_pipeline`). A benchmark passes its
             own (e.g. reading without decoding).
+        resolution: ``resolution(epoch) -> pixels``, each training epoch's crop (progressive
+            resizing, e.g. ``functools.partial(resolution_for_epoch, cfg=...)`` from
+            :mod:`orderdp_dali.progressive`); decided with the epoch's plan and handed to DALI
+            with every batch, so the one pipeline serves every size. ``None``: the pipeline
+            config's fixed crop. Needs augmentation (it sizes the random-resized crops) and
+            JPEG samples; the factory is then called with ``sized=True``.
 
     Sharding: training plans are padded by wrap-around to a multiple of ``world_size``
     (see :meth:`EpochPlan.shard`), so every rank yields the same number of batches. In
@@ -138,6 +144,7 @@ class DALIPlanIterator:
         prefetch_next_epoch: Optional[bool] = None,
         pipeline_config: Optional[Any] = None,
         pipeline: Optional[PipelineFactory] = None,
+        resolution: Optional[Callable[[int], int]] = None,
     ) -> None:
         if device == "auto":
             device = "gpu" if torch.cuda.is_available() else "cpu"
@@ -149,6 +156,11 @@ class DALIPlanIterator:
             raise ValueError(f"Invalid prefetch_queue_depth: {prefetch_queue_depth!r} (need an int >= 1)")
         env_rank, env_world = dist_info()
         train = policy is not None if train is None else bool(train)
+        if resolution is not None and not (train if augment is None else augment):
+            raise ValueError("resolution (progressive resizing) needs augmentation: it sizes the random-resized crops")
+        if resolution is not None and index.transform == "arrays":
+            raise ValueError("resolution (progressive resizing) needs JPEG samples; array sources (CIFAR) keep their "
+                             "own image size")
         self.source = PlanSource(
             len(index),
             policy,
@@ -159,6 +171,7 @@ class DALIPlanIterator:
             drop_last=drop_last,
             epoch=epoch,
             split=f"the index of {index.root}",
+            resolution=resolution,
         )
         self.scores = ScoreUpdates(policy, sync=sync_scores)
         self.index = index
@@ -204,6 +217,13 @@ class DALIPlanIterator:
     def epoch(self) -> int:
         """The epoch that the next (or current) iteration covers."""
         return self.source.epoch
+
+    @property
+    def resolution(self) -> Optional[int]:
+        """The training crop of :attr:`epoch` with progressive resizing, else ``None`` (the
+        pipeline config's fixed crop)."""
+        size_of = self.source.resolution
+        return None if size_of is None else int(size_of(self.epoch))
 
     @property
     def plan(self) -> EpochPlan:
@@ -340,7 +360,8 @@ class DALIPlanIterator:
         if self._runner is None:
             if self._samples is None:
                 self._samples = self.index.make_samples()
-            feed = BatchFeed(self._samples)
+            feed = BatchFeed(self._samples, sized=self.source.resolution is not None)
+            sized = {"sized": True} if feed.sized else {}  # progressive resizing: per-sample sizes
 
             def make(checkpoint: Optional[bytes]) -> Any:
                 return self.pipeline(
@@ -354,6 +375,7 @@ class DALIPlanIterator:
                     prefetch_queue_depth=self.prefetch_queue_depth,
                     checkpoint=checkpoint,
                     config=self.pipeline_config,
+                    **sized,
                 )
 
             self._runner = PipelineRunner(make, feed, OUTPUTS)

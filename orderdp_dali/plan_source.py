@@ -12,7 +12,7 @@ a new plan is just the next pass of its feed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
@@ -36,6 +36,8 @@ class EpochBatches:
             then holds ``batch_size + 1``), because BatchNorm cannot train on one sample and
             dropping it would train on less than the plan; a shard of a single sample has no
             step at all (nothing to merge it into).
+        resolution: the epoch's training crop in pixels (progressive resizing), decided with
+            the plan; ``None``: the pipeline's fixed crop.
 
     Example (``batch_size`` 4, ``merge_single``): 9 samples are batches of 4 and 5, 10 are
     4, 4 and 2, 1 is no batch.
@@ -46,6 +48,7 @@ class EpochBatches:
     weights: np.ndarray
     batch_size: int
     merge_single: bool = False
+    resolution: Optional[int] = None
 
     @property
     def steps(self) -> int:
@@ -86,6 +89,8 @@ class PlanSource:
         drop_last: drop each rank's last partial batch.
         epoch: the first epoch.
         split: how error messages name the samples (e.g. the index's folder).
+        resolution: ``resolution(epoch) -> pixels``, each epoch's training crop (progressive
+            resizing, see :mod:`orderdp_dali.progressive`); ``None``: the pipeline's fixed crop.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class PlanSource:
         drop_last: bool = False,
         epoch: int = 0,
         split: str = "the split",
+        resolution: Optional[Callable[[int], int]] = None,
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"Invalid batch_size: {batch_size!r} (need an int >= 1)")
@@ -114,6 +120,7 @@ class PlanSource:
         self.pad = bool(pad)
         self.drop_last = bool(drop_last)
         self._epoch = check_epoch(epoch)
+        self.resolution = resolution
         self._plan: Optional[EpochPlan] = None
         self._shard: Optional[EpochPlan] = None
 
@@ -162,8 +169,9 @@ class PlanSource:
     def _cut(self, shard: EpochPlan) -> EpochBatches:
         steps = num_steps(len(shard), self.batch_size, self.drop_last)
         used = steps * self.batch_size if self.drop_last else len(shard)
+        res = None if self.resolution is None else int(self.resolution(self._epoch))
         return EpochBatches(self._epoch, shard.indices[:used], shard.weights[:used], self.batch_size,
-                            self._merge_single)
+                            self._merge_single, res)
 
     def batches(self) -> EpochBatches:
         """This epoch's batches.
@@ -200,16 +208,25 @@ class BatchFeed:
     labels, indices, weights), and ``StopIteration`` after the last one, which ends
     DALI's epoch. A request for another epoch index than the announced pass is an error
     rather than a silently wrong batch.
+
+    ``sized=True`` (progressive resizing) adds a fifth output: each sample's output size
+    ``[height, width]`` (float32, the pass's :attr:`EpochBatches.resolution`), which the
+    pipeline's ``fn.resize`` takes as its per-sample ``size``: the crop changes between
+    epochs without a pipeline rebuilt.
     """
 
-    def __init__(self, samples: Samples, batches: Optional[EpochBatches] = None, epoch_idx: int = 0) -> None:
+    def __init__(self, samples: Samples, batches: Optional[EpochBatches] = None, epoch_idx: int = 0,
+                 sized: bool = False) -> None:
         self.samples = samples
         self.batches = batches
         self.epoch_idx = epoch_idx
+        self.sized = bool(sized)
         self._stopped = False
 
     def begin(self, batches: EpochBatches, epoch_idx: int) -> None:
         """Serve ``batches`` as DALI epoch ``epoch_idx`` from now on."""
+        if self.sized and batches.resolution is None:
+            raise ValueError(f"epoch {batches.epoch}'s batches have no resolution, but this feed sizes every batch")
         self.batches = batches
         self.epoch_idx = int(epoch_idx)
         self._stopped = False
@@ -218,7 +235,7 @@ class BatchFeed:
         """End the current pass early: every further request raises ``StopIteration``."""
         self._stopped = True
 
-    def __call__(self, info: Any) -> Tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, info: Any) -> Tuple[Any, ...]:
         if self.batches is None:
             raise RuntimeError("the pipeline asked for a batch before any pass was begun")
         if info.epoch_idx != self.epoch_idx:
@@ -231,4 +248,7 @@ class BatchFeed:
             raise StopIteration
         indices, weights = self.batches.batch(step)
         # Unit weights are a stride-0 view (see unit_weights): hand DALI a dense batch.
-        return self.samples.fetch(indices), self.samples.labels[indices], indices, np.ascontiguousarray(weights)
+        batch = (self.samples.fetch(indices), self.samples.labels[indices], indices, np.ascontiguousarray(weights))
+        if self.sized:
+            batch += (np.full((len(indices), 2), self.batches.resolution, dtype=np.float32),)
+        return batch

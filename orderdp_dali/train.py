@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -217,7 +218,8 @@ def build_data(cfg: Config) -> Data:
             f"class folders differ between {train.root} and {val.root} (only in train: {only_train[:5]}, only in "
             f"val: {only_val[:5]}): labels would not match; give both splits the same class folders"
         )
-    pipe = ImagePipelineConfig(crop=d.crop, val_resize=d.val_resize, dtype=d.dtype, hw_decoder_load=d.hw_decoder_load)
+    pipe = ImagePipelineConfig(crop=d.crop, val_resize=d.val_resize, val_crop=d.val_crop, dtype=d.dtype,
+                               hw_decoder_load=d.hw_decoder_load)
     return Data(train, val, len(train.classes), pipe)
 
 
@@ -235,6 +237,11 @@ def build_iterators(cfg: Config, data: Data, policy: Any, rt: Runtime
         prefetch_queue_depth=cfg.data.prefetch,
         pipeline_config=data.pipeline_config,
     )
+    resolution = None
+    if cfg.data.progressive is not None:  # each epoch's crop, decided with its plan (and so resumed with it)
+        from orderdp_dali.progressive import resolution_for_epoch
+
+        resolution = functools.partial(resolution_for_epoch, cfg=cfg.data.progressive)
     train_it = DALIPlanIterator(
         data.train,
         policy,
@@ -243,6 +250,7 @@ def build_iterators(cfg: Config, data: Data, policy: Any, rt: Runtime
         augment=cfg.data.augment,
         seed=cfg.train.seed,
         drop_last=cfg.data.drop_last,
+        resolution=resolution,
         **common,
     )
     val_it = None
@@ -260,6 +268,12 @@ def build_model_for(cfg: Config, num_classes: int, rt: Runtime) -> Tuple[nn.Modu
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     bare = build_model(cfg.model.name, cfg.model.num_classes or num_classes).to(rt.device)
     fixed = fixed_input_size(bare)
+    if fixed is not None and cfg.data.progressive is not None:
+        raise ConfigError(f"data.progressive: {cfg.model.name} takes only {fixed[0]}x{fixed[1]} inputs, but "
+                          "progressive resizing changes the training crop between epochs")
+    if fixed is not None and cfg.data.val_crop is not None and fixed != (cfg.data.val_crop, cfg.data.val_crop):
+        raise ConfigError(f"data.val_crop: {cfg.model.name} takes only {fixed[0]}x{fixed[1]} inputs, "
+                          f"validation would give it {cfg.data.val_crop}x{cfg.data.val_crop}")
     size = cfg.data.crop if cfg.data.dataset == "folder" else 32
     if fixed is not None and fixed != (size, size):
         raise ConfigError(
@@ -328,6 +342,7 @@ def train_one_epoch(
         mixer.begin_epoch(epoch)
     steps = len(it)  # known before the epoch runs: the schedule below uses it
     planned = len(it.plan)
+    resolution = it.resolution  # this epoch's training crop with progressive resizing
     weighted_sum = torch.zeros((), device=rt.device)
     step_t = torch.zeros((), dtype=torch.long, device=rt.device)
     first_bad = torch.full((), -1, dtype=torch.long, device=rt.device)
@@ -410,6 +425,7 @@ def train_one_epoch(
         "pipeline_start_s": it.last_pass.get("start_s"),
         "pipeline_prestarted": it.last_pass.get("prestarted"),
         "pipeline_built": it.last_pass.get("built"),
+        **({"resolution": resolution} if resolution is not None else {}),
         **({"gpu_memory": memory} if memory is not None else {}),
     }
 

@@ -48,20 +48,22 @@ def plan_pipeline_def(
     )
 
 
-def batch_source(feed: Callable, sample_layout: Optional[str] = None):
-    """The feed's four batch outputs: (uint8 samples, int64 labels, int64 indices, float weights).
+def batch_source(feed: Callable, sample_layout: Optional[str] = None, sized: bool = False):
+    """The feed's batch outputs: (uint8 samples, int64 labels, int64 indices, float weights),
+    plus float ``[height, width]`` output sizes per sample when ``sized`` (progressive resizing).
 
     ``feed(batch_info)`` runs in the training process (no worker processes) and returns
     whole batches; the last one of a pass may be smaller than the batch size.
     """
-    kwargs = {} if sample_layout is None else {"layout": [sample_layout, "", "", ""]}
+    dtypes = [types.UINT8, types.INT64, types.INT64, types.FLOAT] + ([types.FLOAT] if sized else [])
+    kwargs = {} if sample_layout is None else {"layout": [sample_layout] + [""] * (len(dtypes) - 1)}
     return fn.external_source(
         source=feed,
-        num_outputs=4,
+        num_outputs=len(dtypes),
         batch=True,
         batch_info=True,
         parallel=False,
-        dtype=[types.UINT8, types.INT64, types.INT64, types.FLOAT],
+        dtype=dtypes,
         **kwargs,
     )
 
@@ -83,6 +85,7 @@ def plan_pipeline(
     prefetch_queue_depth: int = 2,
     sample_layout: Optional[str] = None,
     checkpoint: Optional[bytes] = None,
+    sized: bool = False,
 ) -> Pipeline:
     """Build (not start) a plan-fed pipeline whose outputs are (images, labels, indices, weights).
 
@@ -96,6 +99,8 @@ def plan_pipeline(
         sample_layout: the layout of the source's samples (e.g. ``"HWC"`` for arrays).
         checkpoint: DALI's serialized checkpoint (``Pipeline.checkpoint()``) to build from:
             the random operators' state and the source's epoch and iteration are restored.
+        sized: the source yields each sample's output size too (progressive resizing), and
+            the pipeline calls ``transform(samples, sizes)``.
 
     Labels and weights come out on the images' device, sample indices on the CPU.
     """
@@ -109,8 +114,12 @@ def plan_pipeline(
         prefetch_queue_depth=prefetch_queue_depth,
     )
     def _pipeline():
-        samples, labels, indices, weights = batch_source(source, sample_layout)
-        images = transform(samples)
+        if sized:
+            samples, labels, indices, weights, sizes = batch_source(source, sample_layout, sized=True)
+            images = transform(samples, sizes)
+        else:
+            samples, labels, indices, weights = batch_source(source, sample_layout)
+            images = transform(samples)
         labels, weights = to_device(device, labels, weights)
         return images, labels, indices, weights
 

@@ -10,7 +10,7 @@ A100/H100/H200) and augments on the GPU; ``device="cpu"`` runs DALI's CPU-only m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
@@ -35,10 +35,16 @@ MIXED_DECODER_BUFFERS = {
 
 @dataclass(frozen=True)
 class ImagePipelineConfig:
-    """Augmentation and output settings (ImageNet defaults: crop 224, val resize 256)."""
+    """Augmentation and output settings (ImageNet defaults: crop 224, val resize 256).
+
+    ``crop`` is the training crop (unless sizes come with each batch, see :func:`image_pipeline`'s
+    ``sized``); validation resizes the shorter side to ``val_resize`` and center-crops
+    ``val_crop`` (default ``crop``).
+    """
 
     crop: int = 224
     val_resize: int = 256
+    val_crop: Optional[int] = None
     random_area: Tuple[float, float] = (0.08, 1.0)
     random_aspect_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
     mean: Tuple[float, ...] = IMAGENET_MEAN
@@ -60,8 +66,10 @@ class ImagePipelineConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.crop, int) or self.crop < 1:
             raise ValueError(f"Invalid crop: {self.crop!r} (need an int >= 1)")
-        if not isinstance(self.val_resize, int) or self.val_resize < self.crop:
-            raise ValueError(f"Invalid val_resize: {self.val_resize!r} (need an int >= crop={self.crop})")
+        if self.val_crop is not None and (not isinstance(self.val_crop, int) or self.val_crop < 1):
+            raise ValueError(f"Invalid val_crop: {self.val_crop!r} (need an int >= 1, or None for crop)")
+        if not isinstance(self.val_resize, int) or self.val_resize < self.eval_crop:
+            raise ValueError(f"Invalid val_resize: {self.val_resize!r} (need an int >= val_crop={self.eval_crop})")
         lo, hi = self.random_area
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"Invalid random_area: {self.random_area!r} (need 0 < min <= max <= 1)")
@@ -75,12 +83,19 @@ class ImagePipelineConfig:
         if not 0 <= self.hw_decoder_load <= 1:
             raise ValueError(f"Invalid hw_decoder_load: {self.hw_decoder_load!r} (need a number in [0, 1])")
 
+    @property
+    def eval_crop(self) -> int:
+        """The validation crop: ``val_crop``, else ``crop``."""
+        return self.crop if self.val_crop is None else self.val_crop
 
-def decode_and_augment(jpegs, *, train: bool, device: str, config: ImagePipelineConfig):
+
+def decode_and_augment(jpegs, *, train: bool, device: str, config: ImagePipelineConfig, size: Any = None):
     """Decode encoded images and apply the train or val transform (inside a pipeline definition).
 
     Shared by :func:`image_pipeline` and the benchmark's ``fn.readers.file`` pipeline, so
-    the loader comparison runs exactly the same operators.
+    the loader comparison runs exactly the same operators. ``size``: a per-sample
+    ``[height, width]`` input (a DataNode from the source) that replaces ``config.crop`` as the
+    training crop's output size, so each batch may have its own (progressive resizing).
     """
     decoder = "mixed" if device == "gpu" else "cpu"
     tuning = {}
@@ -97,14 +112,17 @@ def decode_and_augment(jpegs, *, train: bool, device: str, config: ImagePipeline
             random_aspect_ratio=list(config.random_aspect_ratio),
             num_attempts=100,
         )
-        images = fn.resize(images, resize_x=config.crop, resize_y=config.crop)
+        if size is None:
+            images = fn.resize(images, resize_x=config.crop, resize_y=config.crop)
+        else:
+            images = fn.resize(images, size=size)  # an argument input: per sample, read on the CPU
         mirror = fn.random.coin_flip(probability=config.flip_probability)
         crop = None
     else:
         images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **tuning)
         images = fn.resize(images, resize_shorter=config.val_resize)
         mirror = 0
-        crop = (config.crop, config.crop)
+        crop = (config.eval_crop, config.eval_crop)
     return fn.crop_mirror_normalize(
         images,
         crop=crop,
@@ -123,6 +141,7 @@ def image_pipeline(
     device: str = "cpu",
     config: ImagePipelineConfig = ImagePipelineConfig(),
     read_files: bool = True,
+    sized: bool = False,
     **settings: Any,
 ) -> Pipeline:
     """Build (not start) a classification pipeline whose outputs are (images, labels, indices, weights).
@@ -135,6 +154,10 @@ def image_pipeline(
         device: ``"gpu"`` (mixed decoding, needs ``device_id``) or ``"cpu"``.
         read_files: the source yields file paths to read (True) or the encoded images
             themselves (False: tar shards, see :mod:`orderdp_dali.data.tar`).
+        sized: the source yields a fifth output, each sample's ``[height, width]`` training
+            crop (progressive resizing, :class:`~orderdp_dali.plan_source.BatchFeed`'s
+            ``sized``), used instead of ``config.crop``; batches of one pipeline may then differ
+            in size. Ignored by evaluation (``train=False``), which takes no sizes.
         settings: ``batch_size`` and the other pipeline settings of
             :func:`~orderdp_dali.pipelines.common.plan_pipeline`.
 
@@ -142,8 +165,8 @@ def image_pipeline(
     device, sample indices on the CPU.
     """
 
-    def read_decode_augment(paths):
+    def read_decode_augment(paths, size=None):
         jpegs = fn.io.file.read(paths, dont_use_mmap=not config.use_mmap) if read_files else paths
-        return decode_and_augment(jpegs, train=train, device=device, config=config)
+        return decode_and_augment(jpegs, train=train, device=device, config=config, size=size)
 
-    return plan_pipeline(source, read_decode_augment, device=device, **settings)
+    return plan_pipeline(source, read_decode_augment, device=device, sized=sized, **settings)
