@@ -70,7 +70,7 @@ def measure_resolutions(
         "fed_vs_fixed": fixed-large time / fed-large time (about 1: feeding sizes is free), ...}``.
     """
     from orderdp_dali.pipelines import ImagePipelineConfig
-    from orderdp_dali.sample_index import SampleIndex
+    from orderdp_dali.data.folder import SampleIndex
 
     if not 0 < small < large:
         raise ValueError(f"need 0 < small < large, got small={small}, large={large}")

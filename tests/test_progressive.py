@@ -197,13 +197,13 @@ def record_inputs(monkeypatch, shapes: Dict[int, set], crash_at: int = -1) -> No
     """Wrap train_one_epoch to record the image sizes each epoch's model saw (and crash at ``crash_at``)."""
     original = train_mod.train_one_epoch
 
-    def wrapper(model, optimizer, scaler, it, epoch, cfg, rt):
+    def wrapper(model, optimizer, scaler, it, epoch, cfg, rt, **extras):
         if epoch == crash_at:
             raise RuntimeError("simulated crash")
         shapes[epoch] = set()
         hook = model.register_forward_pre_hook(lambda m, args: shapes[epoch].add(tuple(args[0].shape[2:])))
         try:
-            return original(model, optimizer, scaler, it, epoch, cfg, rt)
+            return original(model, optimizer, scaler, it, epoch, cfg, rt, **extras)
         finally:
             hook.remove()
 

@@ -51,7 +51,7 @@ BAD_REASONS = {
     "too_large": "the header declares more pixels than the decoders accept",
     "decode_error": "full decode failed",
     "missing": "named by the file list or labels CSV, but not in the folder",
-    # tar shards (orderdp_dali.tar_shards): the path is <shard>.tar/<member>
+    # tar shards (orderdp_dali.data.tar): the path is <shard>.tar/<member>
     "not_a_tar": "not an uncompressed tar file",
     "missing_label": "an image without its .cls member",
     "missing_image": "a .cls member without an image",

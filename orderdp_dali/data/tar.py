@@ -104,7 +104,7 @@ class TarIndex:
     """Samples of one tar split: sample ``i`` is ``sizes[i]`` bytes at ``offsets[i]`` of shard
     ``shards[shard_ids[i]]`` (member ``members[i]``), class ``labels[i]``.
 
-    Used like :class:`~orderdp_dali.sample_index.SampleIndex` (``len``, ``labels``,
+    Used like :class:`~orderdp_dali.data.folder.SampleIndex` (``len``, ``labels``,
     ``classes``, ``root``, ``fingerprint``); :class:`~orderdp_dali.iterator.DALIPlanIterator`
     reads it through :meth:`make_samples`. ``shard_mtimes``: each shard's mtime in whole
     seconds when it was indexed (stat'ed now when empty), for the fingerprint.
@@ -153,7 +153,7 @@ class TarIndex:
     @property
     def fingerprint(self) -> str:
         """Class names, shard and member names, labels, sample sizes and shard mtimes
-        (:func:`~orderdp_dali.sample_index.content_fingerprint`): identifies the dataset in checkpoints."""
+        (:func:`~orderdp_dali.data.fingerprints.content_fingerprint`): identifies the dataset in checkpoints."""
         if "fingerprint" not in self._memo:
             mtimes = self.shard_mtimes or tuple(os.stat(self.root / s).st_mtime_ns // NS for s in self.shards)
             per_sample = np.asarray(mtimes, dtype=np.int64)[self.shard_ids] if len(self) else np.zeros(0, np.int64)
@@ -294,7 +294,7 @@ def _assemble(root: Path, shards: Sequence[str], found: Sequence[ShardListing], 
 
 def read_shard_classes(root: Path) -> Optional[Tuple[str, ...]]:
     """Class names from ``classes.txt`` in ``root`` or its parent, or None: the classes-file
-    format of ``data.classes_file`` (:func:`~orderdp_dali.file_lists.read_classes_file`)."""
+    format of ``data.classes_file`` (:func:`~orderdp_dali.data.file_lists.read_classes_file`)."""
     for folder in (root, root.parent):
         path = folder / CLASSES_FILE
         if path.is_file():
@@ -378,7 +378,7 @@ class TarSamples:
 
     def find_broken(self, indices: np.ndarray) -> Optional[Tuple[int, str, str]]:
         """The first of ``indices`` whose bytes cannot be decoded: (index, "<shard>, key <key>", reason),
-        else the first too large for PIL (see :func:`~orderdp_dali.samples.first_broken`)."""
+        else the first too large for PIL (see :func:`~orderdp_dali.data.images.first_broken`)."""
         def check(i: int) -> Tuple[str, Optional[Tuple[str, str]]]:
             where = self.index.describe(i)
             try:
