@@ -128,3 +128,16 @@ def test_one_mixed_decoder_pipeline_resumes_the_same_crops_and_flips(index):
     for want, got in zip(expected, again):
         assert want.keys() == got.keys() and all(torch.equal(want[i], got[i]) for i in want)
     assert any(not torch.equal(expected[0][i], expected[1][i]) for i in expected[0]), "epochs draw new crops"
+
+
+def test_progressive_sizes_reach_the_mixed_decoder_pipeline_without_a_rebuild(index):
+    """Progressive resizing on the GPU path: each epoch's crop, fed per batch to the GPU resize,
+    is the size of that epoch's images, and the one pipeline serves every size."""
+    sizes = [16, 24, 40]
+    train = dataclasses.replace(RAW, crop=24)
+    with _iterator(index, WeightedPlan(len(index), seed=2), "gpu", train, train=True, sync_scores=False,
+                   resolution=lambda epoch: sizes[epoch % len(sizes)]) as it:
+        for epoch, size in enumerate(sizes):
+            shapes = {tuple(batch["data"].shape[1:]) for batch in it}
+            assert shapes == {(3, size, size)}, (epoch, shapes)
+        assert it.pipelines_built == 1
