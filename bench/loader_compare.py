@@ -61,10 +61,11 @@ import numpy as np
 from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.bench.baseline_loaders import DaliReaderLoader, PerSampleWorkerLoader, TorchvisionLoader
 from orderdp_dali.bench.config import LOADER_NAMES
+from orderdp_dali.bench.figures import spread
 from orderdp_dali.bench.loader_timing import compare, measure_pipeline_start, round_ratios
 from orderdp_dali.bench.machine import environment, load_average, usable_cpus
 from orderdp_dali.bench.plan_loader import DaliPlanLoader, FixedPlan, orderdp_plan
-from orderdp_dali.bench.report import LOADER_FIGURES, loader_lines, spread
+from orderdp_dali.bench.report import LOADER_FIGURES, loader_lines
 from orderdp_dali.data.folder import SampleIndex
 from orderdp_dali.plan import EpochPlan
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from orderdp_dali.bench.figures import spread
 from orderdp_dali.bench.machine import Usage
 from orderdp_dali.bench.plan_loader import FixedPlan
-from orderdp_dali.bench.report import spread
 
 __all__ = ["compare", "measure_pipeline_start", "round_ratios"]
 

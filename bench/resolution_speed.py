@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from orderdp_dali.atomic import write_text_atomic
+from orderdp_dali.bench.figures import spread
 from orderdp_dali.bench.loader_timing import compare
 from orderdp_dali.bench.machine import environment, load_average, usable_cpus
 from orderdp_dali.bench.plan_loader import DaliPlanLoader, orderdp_plan
-from orderdp_dali.bench.report import spread
 from orderdp_dali.plan import EpochPlan
 
 __all__ = ["DEFAULT_DATA", "measure_resolutions", "render_markdown", "get_args_parser", "main"]
