@@ -38,6 +38,10 @@ set-up (build and first scheduling; start to first batch) and, when nothing star
 epoch early, the start of a pass on the built pipeline are measured apart. The same
 ratios from CPU seconds stand beside (steadier on a shared machine). ``orderdp-dali bench``
 runs this comparison in ``mode: loader`` or ``both``.
+
+This module runs the comparison and its command line; the loaders are in
+:mod:`~orderdp_dali.bench.plan_loader` (ours) and :mod:`~orderdp_dali.bench.baseline_loaders`
+(the others), the round-robin timing in :mod:`~orderdp_dali.bench.loader_timing`.
 """
 from __future__ import annotations
 
@@ -50,17 +54,20 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from orderdp_dali.atomic import write_text_atomic
+from orderdp_dali.bench.baseline_loaders import DaliReaderLoader, PerSampleWorkerLoader, TorchvisionLoader
 from orderdp_dali.bench.config import LOADER_NAMES
-from orderdp_dali.bench.machine import Usage, environment, load_average, usable_cpus
-from orderdp_dali.bench.report import LOADER_FIGURES, loader_lines, spread
+from orderdp_dali.bench.figures import spread
+from orderdp_dali.bench.loader_timing import compare, measure_pipeline_start, round_ratios
+from orderdp_dali.bench.machine import environment, load_average, usable_cpus
+from orderdp_dali.bench.plan_loader import DaliPlanLoader, FixedPlan, orderdp_plan
+from orderdp_dali.bench.report import LOADER_FIGURES, loader_lines
 from orderdp_dali.data.folder import SampleIndex
 from orderdp_dali.plan import EpochPlan
-from orderdp_dali.policies.base import Policy
 
 __all__ = [
     "LOADERS",
@@ -88,343 +95,6 @@ FEED_TILE = 10  # feeding alone runs ~20x faster than decoding: longer passes, s
 # The same request as configs/bench_loader_cpu.yaml, so both reuse one generated folder.
 DEFAULT_DATA = {"out_dir": "data/bench_imagenet_like", "mode": "imagenet-like", "num_classes": 10,
                 "train_per_class": 300, "val_per_class": 20, "seed": 0}
-
-
-class FixedPlan(Policy):
-    """A policy that returns the same plan every epoch (benchmarks time one plan repeatedly).
-
-    Not registered in :data:`~orderdp_dali.policies.POLICIES`: it is a timing fixture, not a
-    pruning method.
-    """
-
-    name = "fixed-plan"
-
-    def __init__(self, num_samples: int, plan: EpochPlan) -> None:
-        super().__init__(num_samples)
-        if len(plan) and (plan.indices.min() < 0 or plan.indices.max() >= num_samples):
-            raise ValueError(f"plan indices must lie in [0, {num_samples})")
-        self._plan = plan
-
-    def select(self, epoch: int) -> EpochPlan:
-        return EpochPlan(epoch, self._plan.indices, self._plan.weights)
-
-
-def orderdp_plan(
-    num_samples: int, random_len_ratio: float = 0.75, top_q_ratio: float = 0.8, seed: int = 0
-) -> EpochPlan:
-    """An OrderDP plan after one epoch of (random) scores: the realistic pruned plan to time.
-
-    With the ImageNet ResNet-50 reference ratios (0.75, 0.8) it keeps 60% of the samples.
-    ``random_len_ratio = top_q_ratio = 1`` gives every sample (a full epoch, random order).
-    """
-    from orderdp_dali.policies import make_policy
-
-    policy = make_policy(
-        "orderdp", num_samples, random_len_ratio=random_len_ratio, top_q_ratio=top_q_ratio, seed=seed
-    )
-    rng = np.random.default_rng([seed, 1234])
-    policy.update(np.arange(num_samples), rng.random(num_samples).astype(np.float32))
-    return policy.select(1)
-
-
-def _sync(device: str) -> None:
-    if device == "gpu":
-        import torch
-
-        torch.cuda.synchronize()
-
-
-class DaliPlanLoader:
-    """This library's iterator over a fixed plan; one :meth:`epoch` = one pass over the plan.
-
-    ``feed_only`` swaps decoding and augmentation for the byte count of the file bytes, so
-    only the feeding path is timed: main-process batch source, ``fn.io.file.read``,
-    conversion to torch. The pipeline is built here (:meth:`DALIPlanIterator.start`), as
-    :class:`DaliReaderLoader` builds its own on construction. As in training, the next epoch
-    starts decoding when an epoch ends (``prefetch_next_epoch``), outside the timed epoch:
-    DALI's own reader runs ahead into its next epoch in the same way, so neither gets a head
-    start the other lacks. Set-up is measured apart (:func:`measure_pipeline_start`).
-    ``resolution``: each epoch's crop, fed with the batches (progressive resizing), instead of
-    the pipeline config's fixed crop.
-    """
-
-    name = "dali-plan"
-
-    def __init__(
-        self,
-        index: SampleIndex,
-        plan: EpochPlan,
-        *,
-        batch_size: int,
-        workers: int,
-        device: str = "cpu",
-        seed: int = 0,
-        pipeline_config: Any = None,
-        feed_only: bool = False,
-        resolution: Optional[Callable[[int], int]] = None,
-    ) -> None:
-        from orderdp_dali.iterator import DALIPlanIterator
-
-        self.device = device
-        self.samples = len(plan)
-        self.iterator = DALIPlanIterator(
-            index,
-            FixedPlan(len(index), plan),
-            batch_size,
-            device=device,
-            num_threads=workers,
-            seed=seed,
-            sync_scores=False,
-            prefetch_next_epoch=True,
-            pipeline_config=pipeline_config,
-            pipeline=feed_only_pipeline(index.transform) if feed_only else None,
-            resolution=resolution,
-        )
-        self.iterator.start()  # the one pipeline, built before any timed epoch
-
-    def epoch(self) -> int:
-        n = 0
-        for batch in self.iterator:
-            n += int(batch["index"].shape[0])
-        _sync(self.device)
-        return n
-
-    def close(self) -> None:
-        self.iterator.close()
-
-
-def _bytes_only(encoded_files):
-    """Feeding-only graphs end here: one cheap dense output per sample (its byte count) instead of decoding."""
-    return encoded_files.shape()
-
-
-def feed_only_pipeline(transform: str):
-    """A pipeline factory for :class:`~orderdp_dali.iterator.DALIPlanIterator` that reads a
-    ``transform`` source's samples and ends in their byte count instead of decoding them."""
-
-    def make(feed: Any, *, train: bool, config: Any, **settings: Any):
-        from nvidia.dali import fn
-
-        from orderdp_dali.pipelines.common import plan_pipeline
-
-        def read_only(samples):  # tar shards hand over the bytes themselves
-            return _bytes_only(samples if transform == "encoded" else
-                               fn.io.file.read(samples, dont_use_mmap=not config.use_mmap))
-
-        return plan_pipeline(feed, read_only, **settings)
-
-    return make
-
-
-class PerSampleFiles:
-    """The feeding path this library replaced, for comparison: a per-sample callback in
-    DALI's spawned worker processes returning (file bytes, label, index, weight), one file
-    per call (picklable).
-
-    Positions past the plan up to a whole batch repeat the last sample (per-sample mode
-    only emits whole batches); :class:`PerSampleWorkerLoader` does not count them.
-    """
-
-    def __init__(self, paths: Sequence[str], labels: np.ndarray, plan: EpochPlan, batch_size: int) -> None:
-        self.paths = list(paths)
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.indices = plan.indices
-        self.weights = plan.weights
-        self.padded = -(-len(plan) // batch_size) * batch_size
-
-    def __call__(self, info: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        if info.idx_in_epoch >= self.padded:
-            raise StopIteration
-        pos = min(info.idx_in_epoch, len(self.indices) - 1)
-        i = int(self.indices[pos])
-        data = np.fromfile(self.paths[i], dtype=np.uint8)
-        return data, np.array(self.labels[i]), np.array(i, dtype=np.int64), np.array(self.weights[pos])
-
-
-class PerSampleWorkerLoader:
-    """Feeding only, the replaced way: ``external_source(parallel=True)`` per sample, ``workers`` processes."""
-
-    name = "per-sample-feed"
-
-    def __init__(self, index: SampleIndex, plan: EpochPlan, *, batch_size: int, workers: int, device: str = "cpu",
-                 seed: int = 0, pipeline_config: Any = None) -> None:
-        from nvidia.dali import fn, pipeline_def, types
-
-        self.samples = len(plan)
-        feed = PerSampleFiles([str(index.path(i)) for i in range(len(index))], index.labels, plan, batch_size)
-
-        @pipeline_def(batch_size=batch_size, num_threads=workers, device_id=None, seed=seed,
-                      py_num_workers=workers, py_start_method="spawn")
-        def per_sample_pipeline():
-            data, labels, indices, weights = fn.external_source(
-                source=feed, num_outputs=4, batch=False, parallel=True,
-                dtype=[types.UINT8, types.INT64, types.INT64, types.FLOAT],
-            )
-            return _bytes_only(data), labels, indices, weights
-
-        self.pipe = per_sample_pipeline()
-        self.pipe.build()
-        self._fresh = True
-
-    def epoch(self) -> int:
-        if not self._fresh:
-            self.pipe.reset()
-        self._fresh = False
-        n = 0
-        while True:
-            try:
-                out = self.pipe.run()
-            except StopIteration:
-                return n
-            n += min(len(out[0]), self.samples - n)
-
-    def close(self) -> None:
-        self.pipe = None
-
-
-class DaliReaderLoader:
-    """DALI's ``fn.readers.file`` over the plan's files (plan order), same decode and augmentation
-    (or, with ``feed_only``, the same the byte count of the bytes as the feeding-only plan loader)."""
-
-    name = "dali-reader"
-
-    def __init__(
-        self,
-        index: SampleIndex,
-        plan: EpochPlan,
-        *,
-        batch_size: int,
-        workers: int,
-        device: str = "cpu",
-        seed: int = 0,
-        pipeline_config: Any = None,
-        feed_only: bool = False,
-    ) -> None:
-        from nvidia.dali import fn, pipeline_def
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
-        from orderdp_dali.pipelines.image import ImagePipelineConfig, decode_and_augment
-
-        cfg = pipeline_config or ImagePipelineConfig()
-        files = [str(index.path(int(i))) for i in plan.indices]
-        labels = [int(index.labels[int(i)]) for i in plan.indices]
-        self.device = device
-        self.samples = len(plan)
-
-        @pipeline_def(
-            batch_size=batch_size,
-            num_threads=workers,
-            device_id=0 if device == "gpu" else None,
-            seed=seed,
-        )
-        def reader_pipeline():
-            jpegs, label = fn.readers.file(
-                files=files, labels=labels, random_shuffle=False, pad_last_batch=True, name="Reader"
-            )
-            if feed_only:
-                return _bytes_only(jpegs), label
-            images = decode_and_augment(jpegs, train=True, device=device, config=cfg)
-            return images, label
-
-        pipe = reader_pipeline()
-        pipe.build()
-        self.iterator = DALIGenericIterator(
-            pipe,
-            ["data", "label"],
-            reader_name="Reader",
-            last_batch_policy=LastBatchPolicy.PARTIAL,
-            auto_reset=False,
-        )
-        self._fresh = True
-
-    def epoch(self) -> int:
-        # DALI's iterator schedules runs after the last batch, so the reader decodes its next
-        # epoch's first batches after this epoch's timing ends (measured: about 0.25 CPU-s
-        # right after each epoch here); the plan loader starts its next epoch early too.
-        if not self._fresh:
-            self.iterator.reset()
-        self._fresh = False
-        n = 0
-        for out in self.iterator:
-            n += int(out[0]["data"].shape[0])
-        _sync(self.device)
-        return n
-
-    def close(self) -> None:
-        self.iterator = None
-
-
-class TorchvisionLoader:
-    """``ImageFolder`` + ``DataLoader`` (the research release's loader), the plan as the sampler."""
-
-    name = "torchvision"
-
-    def __init__(
-        self,
-        index: SampleIndex,
-        plan: EpochPlan,
-        *,
-        batch_size: int,
-        workers: int,
-        device: str = "cpu",
-        seed: int = 0,
-        pipeline_config: Any = None,
-    ) -> None:
-        import torch
-        from torch.utils.data import DataLoader
-        from torchvision import datasets, transforms
-
-        from orderdp_dali.pipelines import ImagePipelineConfig
-
-        cfg = pipeline_config or ImagePipelineConfig()
-        transform = transforms.Compose(
-            [
-                transforms.RandomResizedCrop(
-                    cfg.crop, scale=tuple(cfg.random_area), ratio=tuple(cfg.random_aspect_ratio)
-                ),
-                transforms.RandomHorizontalFlip(cfg.flip_probability),
-                transforms.ToTensor(),
-                transforms.Normalize([m / 255.0 for m in cfg.mean], [s / 255.0 for s in cfg.std]),
-            ]
-        )
-        dataset = datasets.ImageFolder(str(index.root), transform=transform)
-        _check_same_samples(index, dataset)
-        self.device = device
-        self.samples = len(plan)
-        generator = torch.Generator()
-        generator.manual_seed(seed)
-        self.loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=plan.indices.tolist(),  # the plan, in plan order
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=device == "gpu",
-            generator=generator,
-        )
-
-    def epoch(self) -> int:
-        n = 0
-        for images, labels in self.loader:
-            if self.device == "gpu":
-                images = images.cuda(non_blocking=True)
-                labels = labels.cuda(non_blocking=True)
-            n += int(images.shape[0])
-        _sync(self.device)
-        return n
-
-    def close(self) -> None:
-        self.loader = None
-
-
-def _check_same_samples(index: SampleIndex, dataset: Any) -> None:
-    """ImageFolder must enumerate the same files in the same order, or the plans differ."""
-    theirs = [os.path.relpath(p, index.root) for p, _ in dataset.samples]
-    if len(theirs) != len(index) or any(a != b for a, b in zip(theirs, index.paths.tolist())):
-        raise RuntimeError(
-            f"torchvision ImageFolder and SampleIndex disagree on the samples of {index.root}; "
-            "the loaders would not read the same plan"
-        )
 
 
 def _feeding(cls: type) -> Callable[..., Any]:
@@ -465,109 +135,6 @@ def tar_copy(index: SampleIndex, shard_size: int = SHARD_SIZE) -> Any:
         pass
     folder_to_shards(split_dir.parent, split_dir.parent / "tar", shard_size=shard_size, splits=[split_dir.name])
     return TarIndex.scan(shards)
-
-
-def compare(
-    loaders: Mapping[str, Any],
-    *,
-    warmup: int = 1,
-    repeats: int = 3,
-    progress: Optional[Callable[[str], None]] = None,
-) -> Dict[str, Dict[str, Any]]:
-    """Time one epoch of every loader per round, rotating the order each round.
-
-    Args:
-        loaders: name -> object with ``epoch() -> images`` and ``samples``.
-        warmup: untimed rounds first (worker spawn, page cache, allocator warm-up).
-        repeats: timed rounds.
-        progress: called with a one-line status before each epoch.
-
-    Returns:
-        name -> ``{"images", "seconds": [...], "cpu_seconds": [...], "images_per_s": [...],
-        "median", "min", "max" (of images/s), "median_seconds", "cpu_ms_per_image"}``, per
-        round in round order.
-    """
-    if repeats < 1:
-        raise ValueError(f"Invalid repeats: {repeats!r} (need >= 1)")
-    if warmup < 0:
-        raise ValueError(f"Invalid warmup: {warmup!r} (need >= 0)")
-    names = list(loaders)
-    times: Dict[str, List[float]] = {k: [] for k in names}
-    cpus: Dict[str, List[float]] = {k: [] for k in names}
-    for rnd in range(warmup + repeats):
-        k = rnd % len(names)
-        for name in names[k:] + names[:k]:
-            if progress:
-                progress(f"{name}: {'warm-up' if rnd < warmup else f'round {rnd - warmup + 1}/{repeats}'}")
-            with Usage() as used:
-                n = loaders[name].epoch()
-            if n != loaders[name].samples:
-                raise RuntimeError(f"loader {name} produced {n} images, its plan holds {loaders[name].samples}")
-            if rnd >= warmup:
-                times[name].append(used.wall_s)
-                cpus[name].append(used.cpu_s)
-    out: Dict[str, Dict[str, Any]] = {}
-    for name in names:
-        images = loaders[name].samples
-        rates = [images / t for t in times[name]]
-        stat = spread(rates)
-        out[name] = {
-            "images": images,
-            "seconds": times[name],
-            "cpu_seconds": cpus[name],
-            "images_per_s": rates,
-            "median": stat["median"],
-            "min": stat["min"],
-            "max": stat["max"],
-            "median_seconds": spread(times[name])["median"],
-            "cpu_ms_per_image": 1000.0 * spread(cpus[name])["median"] / max(1, images),
-        }
-    return out
-
-
-def _per_round(a: Mapping[str, Any], b: Mapping[str, Any], cpu: bool = False) -> List[float]:
-    """Per-round ratios of ``a``'s rate to ``b``'s (images per second, or per CPU-second)."""
-    if not cpu:
-        return [x / y for x, y in zip(a["images_per_s"], b["images_per_s"])]
-    return [(a["images"] / ca) / (b["images"] / cb)
-            for ca, cb in zip(a["cpu_seconds"], b["cpu_seconds"]) if ca > 0 and cb > 0]
-
-
-def measure_pipeline_start(index: Any, plan: Any, *, repeats: int, batch_size: int, workers: int, device: str,
-                           seed: int, pipeline_config: Any) -> Dict[str, Any]:
-    """What starting costs, medians over ``repeats``: the run's one-time pipeline set-up (build
-    and first scheduling; start to first batch, on a fresh iterator each time) and the start
-    of an epoch's pass on the built pipeline when nothing started it early (``reset()`` and
-    first scheduling; start to first batch)."""
-    from orderdp_dali.iterator import DALIPlanIterator
-
-    def make() -> DALIPlanIterator:
-        return DALIPlanIterator(index, FixedPlan(len(index), plan), batch_size, device=device, num_threads=workers,
-                                seed=seed, sync_scores=False, prefetch_next_epoch=False,
-                                pipeline_config=pipeline_config)
-
-    builds, firsts, passes, pass_firsts = [], [], [], []
-    for _ in range(repeats):
-        it = make()
-        try:
-            t0 = time.perf_counter()
-            batches = iter(it)
-            next(batches)
-            firsts.append(time.perf_counter() - t0)
-            builds.append(it.pipeline_build_s)
-            for _ in batches:  # finish the epoch: the pipeline is reset, nothing prefetched
-                pass
-            t0 = time.perf_counter()
-            batches = iter(it)
-            next(batches)
-            pass_firsts.append(time.perf_counter() - t0)
-            passes.append(it.last_pass["start_s"])
-            batches.close()
-        finally:
-            it.close()
-    return {"build_and_schedule_s": spread(builds)["median"], "start_to_first_batch_s": spread(firsts)["median"],
-            "pass_start_s": spread(passes)["median"], "pass_start_to_first_batch_s": spread(pass_firsts)["median"],
-            "epochs": repeats}
 
 
 def _tiled(plan: EpochPlan, times: int) -> EpochPlan:
@@ -657,8 +224,8 @@ def run_loader_comparison(
         cpu_round[key] = [(cp / cf) / kept for cp, cf in zip(p["cpu_seconds"], f["cpu_seconds"]) if cf > 0]
     for key, (a, b) in RATIOS.items():
         if a in stats and b in stats:
-            per_round[key] = _per_round(stats[a], stats[b])
-            cpu_round[key] = _per_round(stats[a], stats[b], cpu=True)
+            per_round[key] = round_ratios(stats[a], stats[b])
+            cpu_round[key] = round_ratios(stats[a], stats[b], cpu=True)
     figures = {k: spread(v)["median"] for k, v in per_round.items()}
     cpu_figures = {k: spread(v)["median"] for k, v in cpu_round.items()}
     start = None

@@ -1,6 +1,6 @@
 """The benchmark's PNG plots (matplotlib, Agg backend: no display needed).
 
-Each function takes the plain per-epoch records of a run (see :mod:`orderdp_dali.bench.report`)
+Each function takes the plain per-epoch records of a run (see :mod:`orderdp_dali.bench.figures`)
 and writes one PNG. With several seeds a policy's curve is the mean over seeds.
 """
 from __future__ import annotations
@@ -130,7 +130,7 @@ def plot_efficiency_vs_epoch_size(
 ) -> Path:
     """The efficiency the cost fit projects (``b N / (a + b N)``) against samples per rank and epoch,
     with each policy's measured median (and interquartile range) at its full-data epoch size."""
-    from orderdp_dali.bench.report import IMAGENET_RANKS, IMAGENET_TRAIN, projected_efficiency
+    from orderdp_dali.bench.figures import IMAGENET_RANKS, IMAGENET_TRAIN, projected_efficiency
 
     a, b = fit["a_s"], fit["b_s_per_sample"]
     imagenet = IMAGENET_TRAIN / IMAGENET_RANKS
@@ -191,8 +191,8 @@ def write_all(
         runs: ``[{"policy", "seed", "epochs": [records]}]``.
         out_dir: the run folder.
         orderdp_sizes: ``(n, s, q)`` of the OrderDP policy, for the inclusion plot.
-        fit, summary: :func:`~orderdp_dali.bench.report.fit_epoch_cost` and
-            :func:`~orderdp_dali.bench.report.summarize`, for the efficiency plot (skipped without a fit).
+        fit, summary: :func:`~orderdp_dali.bench.figures.fit_epoch_cost` and
+            :func:`~orderdp_dali.bench.figures.summarize`, for the efficiency plot (skipped without a fit).
     """
     out_dir = Path(out_dir)
     written = [

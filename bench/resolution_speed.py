@@ -15,7 +15,7 @@ Three loaders read the *same* plan (an OrderDP plan keeping 60%) through the rea
   run without progressive resizing runs, to show that feeding the size costs nothing.
 
 Each round runs one epoch of every loader, the order rotating, after an untimed warm-up
-round (:func:`~orderdp_dali.bench.loader_compare.compare`); the figures are medians of the
+round (:func:`~orderdp_dali.bench.loader_timing.compare`); the figures are medians of the
 per-round ratios, from wall time and from CPU seconds (steadier on a shared machine). The
 model's share of the saving (about ``(large / small)^2`` fewer FLOPs for a ResNet) is not
 measured here: only decode + augment.
@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from orderdp_dali.atomic import write_text_atomic
-from orderdp_dali.bench.loader_compare import DaliPlanLoader, compare, orderdp_plan
+from orderdp_dali.bench.figures import spread
+from orderdp_dali.bench.loader_timing import compare
 from orderdp_dali.bench.machine import environment, load_average, usable_cpus
-from orderdp_dali.bench.report import spread
+from orderdp_dali.bench.plan_loader import DaliPlanLoader, orderdp_plan
 from orderdp_dali.plan import EpochPlan
 
 __all__ = ["DEFAULT_DATA", "measure_resolutions", "render_markdown", "get_args_parser", "main"]

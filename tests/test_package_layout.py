@@ -19,12 +19,6 @@ MAX_LINES = 600
 # Modules allowed over MAX_LINES for now, each to be split (issue 20, item 4): empty this list.
 TOO_LONG_FOR_NOW = {
     "orderdp_dali.train",  # the run, builders, loop, checkpoint glue and command line: split by job next
-    "orderdp_dali.config",  # 660 lines of dataclasses and their checks
-    # Not split yet on the data-layer branch (issue 20): the synthetic renderers of make_data,
-    # the replaced per-sample loaders of loader_compare and the tables of report can move out.
-    "orderdp_dali.make_data",
-    "orderdp_dali.bench.loader_compare",
-    "orderdp_dali.bench.report",
 }
 
 
