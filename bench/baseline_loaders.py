@@ -84,7 +84,7 @@ class PerSampleWorkerLoader:
 
 class DaliReaderLoader:
     """DALI's ``fn.readers.file`` over the plan's files (plan order), same decode and augmentation
-    (or, with ``feed_only``, the same the byte count of the bytes as the feeding-only plan loader)."""
+    (or, with ``feed_only``, only the bytes' count, as the feeding-only plan loader gives)."""
 
     name = "dali-reader"
 
