@@ -69,8 +69,8 @@ def measure_resolutions(
         ``{"loaders": compare()'s per-loader figures, "speedup": fed-large time / fed-small time,
         "fed_vs_fixed": fixed-large time / fed-large time (about 1: feeding sizes is free), ...}``.
     """
-    from orderdp_dali.pipelines import ImagePipelineConfig
     from orderdp_dali.data.folder import SampleIndex
+    from orderdp_dali.pipelines import ImagePipelineConfig
 
     if not 0 < small < large:
         raise ValueError(f"need 0 < small < large, got small={small}, large={large}")
