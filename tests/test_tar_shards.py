@@ -13,7 +13,7 @@ from conftest import write_jpeg_folder
 
 from orderdp_dali import DALIPlanIterator, SampleIndex, make_policy
 from orderdp_dali.check_data import check_dataset
-from orderdp_dali.check_data import main as check_main
+from orderdp_dali.cli.check_data import main as check_main
 from orderdp_dali.config import load_config
 from orderdp_dali.data import tar as ts
 from orderdp_dali.data.exclusions import load_exclusion_list
