@@ -15,8 +15,10 @@ setup(
     python_requires=">=3.9",
     packages=[
         "orderdp_dali",
+        "orderdp_dali.cli",
         "orderdp_dali.data",
         "orderdp_dali.policies",
+        "orderdp_dali.training",
         "orderdp_dali.pipelines",
         "orderdp_dali.bench",
     ],

@@ -8,7 +8,7 @@
 
 The bench config (:mod:`orderdp_dali.bench.config`) names the dataset, one training recipe,
 the policies and the seeds. For each seed, every policy gets its own
-:class:`~orderdp_dali.train.TrainingRun` (model, optimizer, iterator) in this process, and
+:class:`~orderdp_dali.training.TrainingRun` (model, optimizer, iterator) in this process, and
 the runs take turns epoch by epoch: epoch e of every policy before epoch e+1 of any, the
 order rotating each epoch and seed. A change in machine load then lands on every policy
 alike, and each policy's epoch is compared with the full-data epoch of the same round
@@ -23,29 +23,24 @@ set-up is reported apart (``setup`` of each run).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import gc
 import json
 import logging
 import os
-import shlex
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.bench import report as report_mod
-from orderdp_dali.bench.config import BenchConfig, entry, load_bench_config, recipe_config, task_bench
+from orderdp_dali.bench.config import BenchConfig, entry, recipe_config, task_bench
 from orderdp_dali.bench.machine import environment, load_average
-from orderdp_dali.errors import ConfigError, DatasetError
-from orderdp_dali.folder_lock import LOCK_NAME, FolderLock
-from orderdp_dali.interrupts import signals_as_interrupts
+from orderdp_dali.errors import DatasetError
 
-__all__ = ["ensure_dataset", "run_policies", "run_bench", "run_study", "main", "get_args_parser", "turn_order"]
+__all__ = ["ensure_dataset", "run_policies", "run_bench", "run_study", "turn_order"]
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +148,7 @@ def turn_order(policies: Sequence[str], turn: int) -> List[str]:
 
 def _warmup(first: Any, run_dir: Path, progress: Progress) -> Dict[str, Any]:
     """An untimed 1-epoch full-data run: imports, allocator, page cache, DALI's first start."""
-    from orderdp_dali.train import run_training
+    from orderdp_dali.training import run_training
 
     wcfg = first.override("train.epochs=1", "train.eval_every=0", "schedule.warmup_epochs=0",
                           "policy.name=full", "policy.params={}")
@@ -179,7 +174,7 @@ def _run_seed(bench: BenchConfig, cfgs: Mapping[str, Any], seed_index: int, prog
         scheduling, done before any timed epoch). ``on_round(records, setup)`` is called after
         every round of epochs, with the records so far.
     """
-    from orderdp_dali.train import TrainingRun
+    from orderdp_dali.training import TrainingRun
 
     policies = list(cfgs)
     epochs = {p: cfgs[p].train.epochs for p in policies}  # an entry may train fewer epochs than another
@@ -292,7 +287,7 @@ def _recipe_summary(cfg: Any) -> Dict[str, Any]:
 
 def _split_sizes(root: Path, bench: BenchConfig) -> Dict[str, Any]:
     """The dataset as the runs will index it: ``build_data`` of the recipe (folders, lists, shards, CIFAR)."""
-    from orderdp_dali.train import build_data
+    from orderdp_dali.training import build_data
 
     cfg = recipe_config(bench, next(iter(bench.policies)), bench.seeds[0], "", str(root))
     try:
@@ -403,86 +398,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="orderdp-dali bench",
-        description="Compare pruning policies end to end (same model, data, seed and recipe) and write a report.",
-    )
-    p.add_argument("--config", help="bench YAML (see configs/bench_*.yaml)")
-    p.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. seeds=[0,1,2] train.epochs=3 policies=[full,orderdp]"
-    )
-    p.add_argument("--out", help="run folder (default: <output_root>/<name>-<timestamp>); an existing one that "
-                   "holds files is refused unless --overwrite")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an --out folder that already holds a bench, replacing its results and report")
-    p.add_argument("--print-config", action="store_true", help="print the resolved bench config as JSON and exit")
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The ``orderdp-dali bench`` command: 0 when the bench ends, 2 for bad settings or data, 130 / 143
-    after SIGINT / SIGTERM (what was measured so far stays in results.json)."""
-    args = get_args_parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    command = "orderdp-dali bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    with signals_as_interrupts("orderdp-dali bench") as signalled:
-        try:
-            bench = load_bench_config(args.config, args.overrides)
-            if args.print_config:
-                print(json.dumps(bench.to_dict(), indent=2))
-                return 0
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            run_dir = Path(args.out) if args.out else Path(bench.output_root) / f"{bench.name}-{stamp}"
-            with FolderLock(run_dir, setting="--out"):  # one bench per folder, for as long as it runs
-                if not args.overwrite:
-                    _refuse_used_folder(run_dir)
-                if bench.tasks:
-                    results = run_study(bench, run_dir, sys.stdout, command)
-                else:
-                    results = run_bench(bench, run_dir, sys.stdout, command)
-        except (ConfigError, DatasetError) as e:
-            print(f"orderdp-dali bench: error: {e}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print(f"orderdp-dali bench: interrupted ({signalled.name})", file=sys.stderr)
-            return signalled.exit_code
-    if bench.tasks:
-        for task, sub in results["tasks"].items():
-            print(f"\n## {task}\n")
-            _print_results(sub)
-        print(f"report: {run_dir / 'report.md'}  (total {results['total_s']:.0f} s)")
-        return 0
-    _print_results(results)
-    print(f"report: {run_dir / 'report.md'}  (total {results['total_s']:.0f} s)")
-    return 0
-
-
-def _refuse_used_folder(run_dir: Path) -> None:
-    """A bench writes results.json, report.md, plots and train/ into its folder: never over an earlier
-    bench's (or anything else's) files without being asked to."""
-    held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME) if run_dir.is_dir() else []
-    if held:
-        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-        raise ConfigError(f"--out: {run_dir} already holds files ({shown}); choose another --out, or pass "
-                          "--overwrite to write the new bench over them")
-
-
-def _print_results(results: Mapping[str, Any]) -> None:
-    """The tables of one bench's results on stdout."""
-    print()
-    if results.get("summary"):
-        print(report_mod.format_table(results["summary"]))
-        print()
-        print("\n".join(report_mod.format_time_to_accuracy(results.get("time_to_accuracy"))))
-        print()
-        print("\n".join(report_mod.format_fit(results.get("fit"))))
-        print()
-    if results.get("loader"):
-        print("\n".join(report_mod.loader_lines(results["loader"])))
-        print()

@@ -42,7 +42,6 @@ sample that broke a pipeline); tar shards are checked member by member (:func:`c
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import mmap
@@ -50,7 +49,6 @@ import os
 import re
 import sys
 import time
-from collections import Counter
 from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,14 +65,13 @@ from typing import (
 from tqdm import tqdm
 
 from orderdp_dali.atomic import write_text_atomic
-from orderdp_dali.data.file_lists import index_for_check, missing_files
+from orderdp_dali.data.file_lists import missing_files
 from orderdp_dali.data.folder import MAX_UNNAMED_CLASSES
 from orderdp_dali.data.images import (
     BAD_REASONS,
     check_bytes,
     check_file,
     is_utf8,
-    printable,
 )
 from orderdp_dali.data.tar import read_shard_classes
 from orderdp_dali.data.tar_format import (
@@ -95,8 +92,6 @@ __all__ = [
     "Finding",
     "check_dataset",
     "check_tar_dataset",
-    "get_args_parser",
-    "main",
     "write_report",
 ]
 
@@ -446,101 +441,3 @@ def check_tar_dataset(root: Path, splits: Dict[str, Path], *, deep: bool, worker
     report.warnings.sort(key=lambda f: f.path)
     report.seconds = time.perf_counter() - t0
     return report
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="orderdp-dali check-data",
-        description="Find empty class folders and unreadable, truncated or non-image files in an "
-                    "ImageNet-layout folder. Exit code: 0 clean, 1 problems found, 2 usage error.",
-    )
-    p.add_argument("root", metavar="ROOT", help="dataset root (with train/ val/) or one split folder")
-    p.add_argument("--deep", action="store_true", help="decode every image fully (slow; default: header check)")
-    p.add_argument("--workers", type=int, default=None,
-                   help=f"parallel workers (default: {os.cpu_count()}); processes with --deep, threads without")
-    p.add_argument("--output", metavar="FILE",
-                   help="write the bad-file list: JSON if FILE ends in .json, else '<reason>\\t<path>' lines")
-    p.add_argument("--split", nargs="+", metavar="NAME",
-                   help="split folders to check (default: train val, those present)")
-    p.add_argument("--file-list", metavar="LIST",
-                   help="check the files of this list ('<path> <label>' lines, paths relative to ROOT) instead of "
-                        "ROOT's class folders")
-    p.add_argument("--classes-file", metavar="FILE", help="with --file-list: its class names, one a line")
-    p.add_argument("--val-labels-csv", metavar="CSV",
-                   help="ROOT is a flat validation folder: check the images this LOC_val_solution.csv lists")
-    p.add_argument("--strict", action="store_true", help="count warnings (e.g. a PNG named .JPEG) as bad files")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def _say(text: str) -> None:
-    """Print a summary line; names that are not valid UTF-8 are shown with \\xNN escapes."""
-    print(printable(text))
-
-
-def _print_summary(report: CheckReport, listed: int = 20) -> None:
-    kind = "full decode" if report.deep else "header check"
-    splits = ", ".join(s or "." for s in report.splits)
-    rate = report.num_files / report.seconds if report.seconds > 0 else float("inf")
-    _say(f"check-data: {report.root} (splits: {splits}; {kind})")
-    _say(f"  {report.num_files} image files checked in {report.seconds:.1f} s ({rate:.0f} files/s)")
-    for title, items in (("bad files", report.bad), ("warnings", report.warnings)):
-        counts = Counter(f.reason for f in items)
-        _say(
-            f"  {title}: {len(items)}"
-            + (f" ({', '.join(f'{r} {n}' for r, n in sorted(counts.items()))})" if items else "")
-        )
-        for f in items[:listed]:
-            rel = f"{f.split}/{f.relpath}" if f.split else f.relpath
-            _say(f"    {rel}: {f.reason}" + (f" ({f.detail})" if f.detail else ""))
-        if len(items) > listed:
-            _say(f"    ... and {len(items) - listed} more")
-    if report.empty_classes:
-        _say(f"  empty class folders: {len(report.empty_classes)}: {', '.join(report.empty_classes[:listed])}")
-    for split, lacking in report.class_mismatch.items():
-        _say(f"  split {split!r} lacks {len(lacking)} class folder(s) the others have "
-             f"(labels would shift): {', '.join(lacking[:listed])}")
-    _say("  result: " + ("clean" if report.ok else "PROBLEMS FOUND"))
-
-
-def _listed_index(args: argparse.Namespace) -> Optional[Any]:
-    """The index of ``--file-list`` / ``--val-labels-csv``, or None to walk ROOT's class folders."""
-    if not (args.file_list or args.val_labels_csv):
-        if args.classes_file:
-            raise DatasetError("--classes-file: only with --file-list")
-        return None
-    if args.split:
-        raise DatasetError("--split: not with --file-list or --val-labels-csv (ROOT is the folder they list)")
-    return index_for_check(args.root, args.file_list, args.classes_file, args.val_labels_csv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    try:
-        args = get_args_parser().parse_args(argv)
-    except SystemExit as e:  # argparse already printed the message (or --help)
-        return int(e.code or 0)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.workers is not None and args.workers < 1:
-        print(f"orderdp-dali check-data: error: --workers must be an integer >= 1, got {args.workers}", file=sys.stderr)
-        return 2
-    try:
-        index = _listed_index(args)
-        report = check_dataset(
-            args.root, deep=args.deep, workers=args.workers, progress=not args.no_progress,
-            splits=args.split, strict=args.strict, index=index,
-        )
-    except (DatasetError, ValueError) as e:
-        print(f"orderdp-dali check-data: error: {e}", file=sys.stderr)
-        return 2
-    _print_summary(report)
-    if args.output:
-        try:
-            out = write_report(report, args.output)
-        except OSError as e:
-            print(f"orderdp-dali check-data: error: cannot write {args.output}: {e}", file=sys.stderr)
-            return 2
-        print(f"  wrote the bad-file list to {out}")
-    return 0 if report.ok else 1

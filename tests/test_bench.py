@@ -77,7 +77,8 @@ def _table_rows(md: str, header_start: str):
 
 @pytest.mark.slow  # whole bench runs (seconds); the pure parts below stay in the fast tier
 def test_harness_interleaves_policies_and_reports_paired_figures(tmp_path, tiny_dataset, capsys, monkeypatch):
-    from orderdp_dali.bench.run import main, turn_order
+    from orderdp_dali.bench.run import turn_order
+    from orderdp_dali.cli.bench import main
     from orderdp_dali.train import TrainingRun
 
     calls = []
@@ -162,7 +163,7 @@ def test_harness_interleaves_policies_and_reports_paired_figures(tmp_path, tiny_
 def test_named_entries_train_their_own_epochs_and_get_time_to_accuracy(tmp_path, tiny_dataset, capsys):
     """Two entries of one policy (full for 3 and for 2 epochs, its schedule ending at its own
     last epoch) beside OrderDP: the short entry is compared on totals, not paired epoch by epoch."""
-    from orderdp_dali.bench.run import main
+    from orderdp_dali.cli.bench import main
     from orderdp_dali.lr_schedule import lr_at, progress
 
     training = {"data": {"crop": 32, "val_resize": 36, "num_threads": 1}, "model": {"name": "tiny"},
@@ -226,7 +227,7 @@ def test_study_tasks_merge_into_the_base_config_and_errors_name_the_task():
 
 @pytest.mark.slow
 def test_a_study_runs_each_task_as_its_own_bench(tmp_path, tiny_dataset, capsys):
-    from orderdp_dali.bench.run import main
+    from orderdp_dali.cli.bench import main
 
     cfg = _tiny_config(tmp_path, tiny_dataset, policies={"full": {}, "rs2": {"keep_ratio": 0.5}},
                        tasks={"first": {"training": {"train": {"epochs": 2}}},
@@ -473,7 +474,7 @@ def test_bench_config_errors_name_the_key(tmp_path, override, message):
 
 
 def test_bench_seed_beyond_32_bits_is_one_line_not_a_traceback(tmp_path, capsys):
-    from orderdp_dali.bench.run import main
+    from orderdp_dali.cli.bench import main
 
     assert main(["--config", str(_tiny_config(tmp_path, tmp_path)), "seeds=[4294967296]",
                  "--out", str(tmp_path / "out")]) == 2

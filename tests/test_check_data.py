@@ -14,7 +14,8 @@ from typing import Dict, Tuple
 import pytest
 from PIL import Image
 
-from orderdp_dali.check_data import check_dataset, main, write_report
+from orderdp_dali.check_data import check_dataset, write_report
+from orderdp_dali.cli.check_data import main
 from orderdp_dali.data.exclusions import load_exclusion_list
 from orderdp_dali.errors import DatasetError
 from orderdp_dali.make_data import make_dataset

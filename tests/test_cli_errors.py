@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from orderdp_dali.cli import describe_import_error
-from orderdp_dali.train import describe_error
+from orderdp_dali.cli.errors import describe_error
 
 ONE_GIB_KB = 1024 * 1024  # address space too small for libtorch's segments, enough for Python and numpy
 
@@ -51,3 +51,19 @@ def test_describe_import_error_names_the_package_and_the_remedy():
     assert describe_import_error(other).startswith("cannot import torch (ImportError: libcudart.so.12: cannot open")
     # a lazy import during a run (DALI at the first pipeline) reaches train's error line the same way
     assert describe_error(mapped) == (1, describe_import_error(mapped))
+
+
+def test_each_command_chooses_which_errors_are_its_usage_errors():
+    """One describe_error for every command: train counts bad settings, data and checkpoints as usage
+    errors (exit 2), check-data any ValueError, make-shards ValueError and OSError too."""
+    from orderdp_dali.cli.errors import EXIT_FAILED, EXIT_USAGE
+    from orderdp_dali.errors import CheckpointError
+
+    assert describe_error(CheckpointError("x.pth: damaged")) == (EXIT_USAGE, "x.pth: damaged")
+    bad = ValueError("--shard-size must be >= 1\nsecond line")
+    assert describe_error(bad) == (EXIT_FAILED, "ValueError: --shard-size must be >= 1 (run with --debug for the "
+                                                "traceback)")
+    assert describe_error(bad, usage=(ValueError,)) == (EXIT_USAGE, str(bad))
+    gone = FileNotFoundError(2, "No such file or directory", "/no/src")
+    assert describe_error(gone) == (EXIT_FAILED, "No such file or directory (/no/src)")
+    assert describe_error(gone, usage=(ValueError, OSError)) == (EXIT_USAGE, str(gone))

@@ -14,6 +14,7 @@ from conftest import write_jpeg_folder
 from train_helpers import PALETTE, overrides, write_colour_dataset
 
 from orderdp_dali import check_data
+from orderdp_dali.cli import check_data as check_data_cli
 from orderdp_dali.config import load_config
 from orderdp_dali.data.exclusions import load_exclusion_list
 from orderdp_dali.data.file_lists import (
@@ -277,7 +278,7 @@ def test_check_data_on_a_file_list_finds_bad_and_missing_files(tmp_path, capsys)
     (root / "train.txt").write_text("\n".join(lines) + "\n")
     (root / "train" / "class_1" / "001.JPEG").write_bytes(b"not a jpeg at all")
     out = tmp_path / "bad.txt"
-    code = check_data.main([str(root / "train"), "--file-list", str(root / "train.txt"), "--output", str(out),
+    code = check_data_cli.main([str(root / "train"), "--file-list", str(root / "train.txt"), "--output", str(out),
                             "--no-progress", "--workers", "1"])
     assert code == 1
     printed = capsys.readouterr().out
@@ -293,12 +294,12 @@ def test_check_data_on_a_flat_val_folder(tmp_path, capsys):
     flat, csv_file = _flat(tmp_path, 3)
     (flat / "ILSVRC2012_val_00000002.JPEG").unlink()
     out = tmp_path / "bad.json"
-    code = check_data.main([str(flat), "--val-labels-csv", str(csv_file), "--output", str(out), "--no-progress"])
+    code = check_data_cli.main([str(flat), "--val-labels-csv", str(csv_file), "--output", str(out), "--no-progress"])
     assert code == 1
     report = json.loads(out.read_text())
     assert report["num_files"] == 2
     assert [(f["relpath"], f["reason"]) for f in report["bad_files"]] == [("ILSVRC2012_val_00000002.JPEG", "missing")]
-    assert check_data.main([str(flat), "--classes-file", str(csv_file), "--no-progress"]) == 2
+    assert check_data_cli.main([str(flat), "--classes-file", str(csv_file), "--no-progress"]) == 2
     assert "--classes-file: only with --file-list" in capsys.readouterr().err
 
 
@@ -349,7 +350,7 @@ def test_a_huge_label_without_classes_file_is_an_error_naming_the_line(tmp_path)
     with pytest.raises(DatasetError, match=r"l\.txt line 2: label 9{26} is too large for a class index"):
         index_file_list(tmp_path / "l.txt", split)
     args = ["--file-list", str(tmp_path / "l.txt"), "--no-progress"]
-    assert check_data.main([str(split), *args]) == 2  # check-data refuses it with the same message
+    assert check_data_cli.main([str(split), *args]) == 2  # check-data refuses it with the same message
 
 
 def test_a_listed_fifo_is_refused_before_training_opens_it(tmp_path):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from orderdp_dali.cli.make_data import main
 from orderdp_dali.errors import DatasetError
-from orderdp_dali.make_data import MANIFEST_NAME, PARTIAL_NAME, class_styles, main, make_dataset, read_manifest
+from orderdp_dali.make_data import MANIFEST_NAME, PARTIAL_NAME, class_styles, make_dataset, read_manifest
 
 
 def _files(split_dir: Path) -> dict:

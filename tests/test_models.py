@@ -15,12 +15,12 @@ import torch
 from train_helpers import overrides
 
 from orderdp_dali import cli
-from orderdp_dali import train as train_mod
 from orderdp_dali.checkpoint import LAST, load_checkpoint
 from orderdp_dali.config import load_config
 from orderdp_dali.errors import ConfigError
 from orderdp_dali.models import build_model, check_timm_name, compile_model, fixed_input_size
 from orderdp_dali.train import Runtime, build_model_for, main, run_training
+from orderdp_dali.training import loop as loop_mod
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), owns_process_group=False)
@@ -142,14 +142,14 @@ def test_compiled_model_runs_through_dynamo_and_keeps_plain_state_dict_keys(data
 
 def stop_before(monkeypatch, epoch: int) -> None:
     """Make run_training stop (as if killed) when it reaches ``epoch``, after the previous checkpoint."""
-    original = train_mod.train_one_epoch
+    original = loop_mod.train_one_epoch
 
     def wrapper(model, optimizer, scaler, it, e, cfg, rt, **extras):
         if e == epoch:
             raise RuntimeError("simulated stop")
         return original(model, optimizer, scaler, it, e, cfg, rt, **extras)
 
-    monkeypatch.setattr(train_mod, "train_one_epoch", wrapper)
+    monkeypatch.setattr(loop_mod, "train_one_epoch", wrapper)
 
 
 @pytest.mark.slow

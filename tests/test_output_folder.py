@@ -235,7 +235,7 @@ def test_remove_stale_temporaries_matches_write_atomic_names_only(tmp_path):
 
 # ------------------------------------------------------- bench --out
 def test_bench_refuses_an_out_folder_that_holds_a_bench_unless_overwrite(tmp_path, monkeypatch, capsys):
-    from orderdp_dali.bench import run as bench_run
+    from orderdp_dali.cli import bench as bench_cli
 
     config = tmp_path / "bench.yaml"
     config.write_text(f"name: tiny\ndataset: {{root: {tmp_path / 'data'}}}\npolicies: {{full: {{}}}}\n")
@@ -245,17 +245,17 @@ def test_bench_refuses_an_out_folder_that_holds_a_bench_unless_overwrite(tmp_pat
     (out / "report.md").write_text("# the old report\n")
     kept = files(out)
     ran = []
-    monkeypatch.setattr(bench_run, "run_bench", lambda bench, run_dir, *a: ran.append(run_dir) or {
+    monkeypatch.setattr(bench_cli, "run_bench", lambda bench, run_dir, *a: ran.append(run_dir) or {
         "total_s": 0.0, "runs": []})
-    assert bench_run.main(["--config", str(config), "--out", str(out)]) == 2
+    assert bench_cli.main(["--config", str(config), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"orderdp-dali bench: error: --out: {out} already holds files (report.md, results.json); "
                    "choose another --out, or pass --overwrite to write the new bench over them")
     assert files(out) == kept and ran == []
-    assert bench_run.main(["--config", str(config), "--out", str(out), "--overwrite"]) == 0
+    assert bench_cli.main(["--config", str(config), "--out", str(out), "--overwrite"]) == 0
     assert ran == [out] and files(out) == kept  # the stand-in bench wrote nothing; the lock file is gone
-    assert bench_run.main(["--config", str(config), "--out", str(tmp_path / "new")]) == 0
+    assert bench_cli.main(["--config", str(config), "--out", str(tmp_path / "new")]) == 0
     assert ran[-1] == tmp_path / "new"
     with FolderLock(tmp_path / "busy", setting="--out"):
-        assert bench_run.main(["--config", str(config), "--out", str(tmp_path / "busy")]) == 2
+        assert bench_cli.main(["--config", str(config), "--out", str(tmp_path / "busy")]) == 2
     assert f"--out: {tmp_path / 'busy'} is in use by another run (PID {os.getpid()}" in capsys.readouterr().err

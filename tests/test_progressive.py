@@ -16,13 +16,13 @@ import torch
 from train_helpers import overrides
 
 from orderdp_dali import DALIPlanIterator, SampleIndex
-from orderdp_dali import train as train_mod
 from orderdp_dali.checkpoint import LAST, load_checkpoint
 from orderdp_dali.config import Config, ConfigError, ProgressiveConfig, config_changes, load_config
 from orderdp_dali.pipelines import ImagePipelineConfig
 from orderdp_dali.policies import make_policy
 from orderdp_dali.progressive import resolution_for_epoch, resolution_schedule
 from orderdp_dali.train import run_training
+from orderdp_dali.training import loop as loop_mod
 
 SMALL = ImagePipelineConfig(crop=16, val_resize=20)
 
@@ -195,7 +195,7 @@ EXPECTED = [16, 16, 24, 32]
 
 def record_inputs(monkeypatch, shapes: Dict[int, set], crash_at: int = -1) -> None:
     """Wrap train_one_epoch to record the image sizes each epoch's model saw (and crash at ``crash_at``)."""
-    original = train_mod.train_one_epoch
+    original = loop_mod.train_one_epoch
 
     def wrapper(model, optimizer, scaler, it, epoch, cfg, rt, **extras):
         if epoch == crash_at:
@@ -207,7 +207,7 @@ def record_inputs(monkeypatch, shapes: Dict[int, set], crash_at: int = -1) -> No
         finally:
             hook.remove()
 
-    monkeypatch.setattr(train_mod, "train_one_epoch", wrapper)
+    monkeypatch.setattr(loop_mod, "train_one_epoch", wrapper)
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,8 @@ def test_orderdp_training_records_carry_the_figures(data, cache, tmp_path):
     the epoch (recomputed here from full copies of it), and OrderDP keeps above-mean scores."""
     from scipy.stats import spearmanr
 
-    from orderdp_dali.train import METRICS, TrainingRun
+    from orderdp_dali.checkpoint import METRICS
+    from orderdp_dali.train import TrainingRun
 
     cfg = _train_cfg(data, cache, "train.epochs=4", "policy.name=orderdp",
                      "policy.params={random_len_ratio: 0.8, top_q_ratio: 0.5}")

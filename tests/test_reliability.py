@@ -42,6 +42,8 @@ from orderdp_dali.errors import DecodeError
 from orderdp_dali.iterator import DALIPlanIterator
 from orderdp_dali.pipelines import ImagePipelineConfig
 from orderdp_dali.train import run_training
+from orderdp_dali.training import loop as loop_mod
+from orderdp_dali.training import run as run_mod
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["data.crop=16", "data.val_resize=16"]
@@ -120,14 +122,14 @@ def make_cfg(root: Path, cache: Path, *extra: str):
 
 def record_plans(monkeypatch, plans: Dict[int, Set[str]]) -> None:
     """Remember the files of each epoch's global plan, as the training loop sees it."""
-    original = train_mod.train_one_epoch
+    original = loop_mod.train_one_epoch
 
     def wrapper(model, optimizer, scaler, it, epoch, cfg, rt, **extras):
         plans[epoch] = {str(it.index.paths[i]) for i in it.plan.indices.tolist()}
         assert len(plans[epoch]) == len(it.plan.indices)  # full policy: each sample once
         return original(model, optimizer, scaler, it, epoch, cfg, rt, **extras)
 
-    monkeypatch.setattr(train_mod, "train_one_epoch", wrapper)
+    monkeypatch.setattr(loop_mod, "train_one_epoch", wrapper)
 
 
 # ------------------------------------------------------- 1. bad files (fuzz)
@@ -546,12 +548,13 @@ def test_a_rank_failing_mid_epoch_stops_the_other_with_a_clear_message(failure, 
     (DecodeError("cannot decode sample 3 (x.JPEG): timed out reading"), False),
 ])
 def test_which_errors_mean_a_peer_failed(error, peer):
-    assert train_mod._is_peer_failure(error) is peer
+    assert run_mod._is_peer_failure(error) is peer
 
 
 def test_process_group_gets_the_configured_timeout(colours, cache, monkeypatch):
     seen = {}
-    monkeypatch.setattr(train_mod.dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, **kw: seen.update(backend=backend, **kw))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     rt = train_mod.init_runtime(make_cfg(colours, cache, "train.dist_timeout_s=7"))

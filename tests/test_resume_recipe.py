@@ -190,18 +190,18 @@ def test_a_rerun_epoch_drops_its_stale_change_record_and_the_epoch_before_is_log
     """Epoch 1, trained with an allowed change, checkpoints and then dies before its metrics line:
     the change's line (epoch 1) must not pass for epoch 1's record on the next resume. Re-running
     epoch 1 from its kept checkpoint with the first recipe drops the change's records with it."""
-    import orderdp_dali.train as train_mod
+    from orderdp_dali.training import run as run_mod
 
     out = tmp_path / "run"
     run_training(cfg(data, cache, "train.epochs=1", "train.save_every=1"), output_dir=out)
-    real_append = train_mod._append_metrics
+    real_append = run_mod._append_metrics
 
     def dies_before_epoch_1s_line(path, record):
         if record.get("epoch") == 1 and "kind" not in record:
             raise RuntimeError("simulated crash after the checkpoint")
         real_append(path, record)
 
-    monkeypatch.setattr(train_mod, "_append_metrics", dies_before_epoch_1s_line)
+    monkeypatch.setattr(run_mod, "_append_metrics", dies_before_epoch_1s_line)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_training(cfg(data, cache, "train.epochs=2", "train.save_every=1", "optim.lr=0.1"), output_dir=out,
                      resume="auto", allow_changes=True)

@@ -12,9 +12,10 @@ import torch
 from train_helpers import overrides, write_colour_dataset
 
 from orderdp_dali.checkpoint import LAST, load_checkpoint
+from orderdp_dali.cli.errors import describe_error
 from orderdp_dali.config import load_config
 from orderdp_dali.errors import ConfigError, DatasetError, DecodeError, NonFiniteLossError
-from orderdp_dali.train import describe_error, main, run_training
+from orderdp_dali.train import main, run_training
 
 ORDERDP = "policy.params={random_len_ratio: 0.8, top_q_ratio: 0.75}"
 
@@ -115,7 +116,7 @@ def test_the_cli_prints_one_line_and_the_traceback_only_on_request(data, cache, 
     def broken(*a, **kw):
         raise RuntimeError("something internal\nwith a second line")
 
-    monkeypatch.setattr("orderdp_dali.train.run_training", broken)
+    monkeypatch.setattr("orderdp_dali.cli.train.run_training", broken)  # where the command looks it up
     assert main(overrides(data, cache)) == 1
     err = capsys.readouterr().err.strip()
     assert err == "orderdp-dali train: error: RuntimeError: something internal (run with --debug for the traceback)"

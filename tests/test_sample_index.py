@@ -351,6 +351,7 @@ def test_a_fifo_or_device_named_like_an_image_is_left_out_and_never_opened(tmp_p
 def test_names_that_are_not_utf8_are_errors_naming_them_and_excludable(tmp_path):
     """Issue 22.12: such a name passed check-data and failed in the fingerprint with UnicodeEncodeError."""
     from orderdp_dali import check_data
+    from orderdp_dali.cli import check_data as check_data_cli
 
     root = write_jpeg_folder(tmp_path / "ds" / "train", classes=2, per_class=2)
     bad_file = root / "class_00" / os.fsdecode(b"caf\xe9.JPEG")
@@ -370,4 +371,4 @@ def test_names_that_are_not_utf8_are_errors_naming_them_and_excludable(tmp_path)
     os.rename(root / "class_01", root / os.fsdecode(b"class_\xff"))
     with pytest.raises(DatasetError, match=r"class folder .*class_\\xff.* not valid UTF-8: rename it .*every split"):
         SampleIndex.scan(root, cache_dir=tmp_path / "c", exclude=listed)
-    assert check_data.main([str(root), "--no-progress", "--workers", "1"]) == 1  # printed, no UnicodeEncodeError
+    assert check_data_cli.main([str(root), "--no-progress", "--workers", "1"]) == 1  # printed, no UnicodeEncodeError

@@ -13,7 +13,7 @@ from conftest import write_jpeg_folder
 
 from orderdp_dali import DALIPlanIterator, SampleIndex, make_policy
 from orderdp_dali.check_data import check_dataset
-from orderdp_dali.check_data import main as check_main
+from orderdp_dali.cli.check_data import main as check_main
 from orderdp_dali.config import load_config
 from orderdp_dali.data import tar as ts
 from orderdp_dali.data.exclusions import load_exclusion_list
@@ -93,7 +93,7 @@ def test_validation_split_uses_the_training_classes_and_build_data_selects_tar(p
 
 def test_make_data_format_tar_writes_shards_of_the_generated_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("ORDERDP_DALI_CACHE", str(tmp_path / "cache"))
-    from orderdp_dali.make_data import main
+    from orderdp_dali.cli.make_data import main
 
     out = tmp_path / "gen"
     assert main([str(out), "--classes", "3", "--train-per-class", "5", "--val-per-class", "2", "--workers", "1",

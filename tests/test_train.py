@@ -14,7 +14,6 @@ import pytest
 import torch
 from train_helpers import overrides, write_colour_dataset
 
-from orderdp_dali import train as train_mod
 from orderdp_dali.checkpoint import LAST, load_checkpoint, save_checkpoint
 from orderdp_dali.config import load_config
 from orderdp_dali.data.cifar import load_cifar
@@ -22,6 +21,7 @@ from orderdp_dali.errors import CheckpointError, DatasetError
 from orderdp_dali.models import build_model
 from orderdp_dali.optim import build_optimizer
 from orderdp_dali.train import build_data, main, run_training
+from orderdp_dali.training import loop as loop_mod
 
 N_TRAIN, N_VAL = 48, 12  # 3 classes x (16 train + 4 val)
 ORDERDP = "policy.params={random_len_ratio: 0.8, top_q_ratio: 0.5}"
@@ -48,6 +48,10 @@ POLICY_RUNS = {
 }
 
 
+CHECKPOINT_KEYS = ["version", "epoch", "model", "optimizer", "scaler", "iterator", "config", "dataset", "planned",
+                   "record", "run_id", "steps_done", "ema"]
+
+
 @pytest.mark.parametrize("policy", sorted(POLICY_RUNS))
 def test_each_policy_trains_validates_logs_and_checkpoints(policy, data, cache, tmp_path):
     extra, planned = POLICY_RUNS[policy]
@@ -69,6 +73,11 @@ def test_each_policy_trains_validates_logs_and_checkpoints(policy, data, cache, 
     assert records[-1]["fraction_saved"] == pytest.approx(1 - sum(r["planned"] for r in records) / (2 * N_TRAIN))
 
     state = load_checkpoint(tmp_path / LAST)
+    assert list(state) == CHECKPOINT_KEYS  # the saver's keys and their order, as version 1 has them
+    assert state["version"] == 1 and state["run_id"] == records[0]["run_id"] and state["ema"] is None
+    assert state["steps_done"] == sum(r["steps"] for r in records)
+    before_validation = {k: v for k, v in records[-1].items() if not k.startswith("val_") and k != "pipelines_built"}
+    assert json.loads(state["record"]) == json.loads(json.dumps(before_validation))
     assert state["epoch"] == 2 and state["config"] == cfg.to_dict()
     assert state["planned"] == [r["planned"] for r in records]
     assert state["iterator"]["epoch"] == 2 and state["iterator"]["policy"]["policy"] == policy
@@ -82,7 +91,7 @@ def test_each_policy_trains_validates_logs_and_checkpoints(policy, data, cache, 
 # ------------------------------------------------- loss, crash and resume
 def record_plans(monkeypatch, plans: Dict[int, np.ndarray], crash_at: int = -1) -> None:
     """Wrap train_one_epoch to remember each epoch's global plan (and crash at ``crash_at``)."""
-    original = train_mod.train_one_epoch
+    original = loop_mod.train_one_epoch
 
     def wrapper(model, optimizer, scaler, it, epoch, cfg, rt, **extras):
         if epoch == crash_at:
@@ -90,7 +99,7 @@ def record_plans(monkeypatch, plans: Dict[int, np.ndarray], crash_at: int = -1) 
         plans[epoch] = it.plan.indices.copy()
         return original(model, optimizer, scaler, it, epoch, cfg, rt, **extras)
 
-    monkeypatch.setattr(train_mod, "train_one_epoch", wrapper)
+    monkeypatch.setattr(loop_mod, "train_one_epoch", wrapper)
 
 
 # Random crops and flips stay on: the checkpoint's DALI pipeline state makes the resumed run's

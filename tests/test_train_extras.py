@@ -27,6 +27,7 @@ from orderdp_dali.mixing import BatchMixer, mixed_losses
 from orderdp_dali.models import build_model
 from orderdp_dali.optim import build_optimizer
 from orderdp_dali.train import Runtime, evaluate, run_training
+from orderdp_dali.training import loop as loop_mod
 from orderdp_dali.tta import flip_averaged
 
 ORDERDP = "policy.params={random_len_ratio: 0.8, top_q_ratio: 0.5}"
@@ -94,14 +95,14 @@ def test_an_interrupted_run_resumes_the_same_ema_bit_for_bit(data, cache, tmp_pa
     cfg = make_cfg(data, cache, *RESUME)
     ref_records = run_training(cfg, output_dir=tmp_path / "ref")
 
-    original = train_mod.train_one_epoch
+    original = loop_mod.train_one_epoch
 
     def crash_at_2(model, optimizer, scaler, it, epoch, cfg, rt, **extras):
         if epoch == 2:
             raise RuntimeError("simulated crash")
         return original(model, optimizer, scaler, it, epoch, cfg, rt, **extras)
 
-    monkeypatch.setattr(train_mod, "train_one_epoch", crash_at_2)
+    monkeypatch.setattr(loop_mod, "train_one_epoch", crash_at_2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_training(cfg, output_dir=tmp_path / "cut")
     monkeypatch.undo()
@@ -204,7 +205,7 @@ def test_mixing_probability_and_lambda_follow_the_settings():
 def test_the_scores_are_each_sample_mixed_target_loss(data, cache, tmp_path, monkeypatch):
     """One full-data epoch: every sample trained once, so its score is the loss against its own mixed target."""
     seen: Dict[str, list] = {"losses": [], "targets": []}
-    original = train_mod.mixed_losses
+    original = loop_mod.mixed_losses
 
     def spy(logits, targets):
         losses = original(logits, targets)
@@ -212,7 +213,7 @@ def test_the_scores_are_each_sample_mixed_target_loss(data, cache, tmp_path, mon
         seen["targets"].append(targets.clone())
         return losses
 
-    monkeypatch.setattr(train_mod, "mixed_losses", spy)
+    monkeypatch.setattr(loop_mod, "mixed_losses", spy)
     indices: List[torch.Tensor] = []
     original_update = DALIPlanIterator.update
 
