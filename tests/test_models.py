@@ -235,3 +235,17 @@ def test_compile_benchmark_times_eager_and_compiled_steps_in_pairs(tmp_path, cap
     assert r["speedup"] == pytest.approx(r["eager_step_s"] / r["compiled_step_s"])
     assert r["compile_s"] > 0
     assert "eager/compiled" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dataset", ["folder", "tar"])
+def test_fixed_input_size_is_checked_against_the_crop_of_jpeg_datasets(dataset):
+    """Tar shards are cropped to data.crop like class folders (they were once taken for 32x32 arrays)."""
+    from orderdp_dali.training.builders import build_model_for
+    from orderdp_dali.training.runtime import Runtime
+
+    rt = Runtime(0, 1, 0, torch.device("cpu"), False)
+    vit = ["model.name=timm/vit_tiny_patch16_224", f"data.dataset={dataset}", "data.root=unused"]
+    model, bare = build_model_for(load_config(None, [*vit, "data.crop=224"]), 3, rt)
+    assert model is bare
+    with pytest.raises(ConfigError, match=r"the data are 32x32; set data.crop=224"):
+        build_model_for(load_config(None, [*vit, "data.crop=32"]), 3, rt)

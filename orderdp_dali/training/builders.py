@@ -139,11 +139,12 @@ def build_model_for(cfg: Config, num_classes: int, rt: Runtime) -> Tuple[nn.Modu
     if fixed is not None and cfg.data.val_crop is not None and fixed != (cfg.data.val_crop, cfg.data.val_crop):
         raise ConfigError(f"data.val_crop: {cfg.model.name} takes only {fixed[0]}x{fixed[1]} inputs, "
                           f"validation would give it {cfg.data.val_crop}x{cfg.data.val_crop}")
-    size = cfg.data.crop if cfg.data.dataset == "folder" else 32
+    jpeg = cfg.data.dataset in ("folder", "tar")  # cropped to data.crop; CIFAR's arrays stay 32x32
+    size = cfg.data.crop if jpeg else 32
     if fixed is not None and fixed != (size, size):
         raise ConfigError(
             f"model.name: {cfg.model.name} takes only {fixed[0]}x{fixed[1]} inputs and the data are {size}x{size}"
-            + (f"; set data.crop={fixed[0]} (and data.val_resize >= it)" if cfg.data.dataset == "folder" else "")
+            + (f"; set data.crop={fixed[0]} (and data.val_resize >= it)" if jpeg else "")
         )
     if cfg.model.channels_last:
         bare = bare.to(memory_format=torch.channels_last)
