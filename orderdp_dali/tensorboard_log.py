@@ -16,7 +16,10 @@ from typing import Any, Mapping, Union
 
 from orderdp_dali.errors import ConfigError
 
-__all__ = ["EPOCH_SCALARS", "TensorBoardLog", "require_tensorboard"]
+__all__ = ["EPOCH_SCALARS", "TENSORBOARD_DIR", "TensorBoardLog", "require_tensorboard"]
+
+#: The event files' folder in a run's output folder.
+TENSORBOARD_DIR = "tensorboard"
 
 #: TensorBoard tag -> the epoch record's field (``metrics.jsonl``) it plots; absent fields are skipped.
 EPOCH_SCALARS = {
@@ -56,8 +59,8 @@ class TensorBoardLog:
 
     Args:
         log_dir: the event files' folder.
-        purge_step: the step a resumed run continues from; events an earlier writer logged at
-            or after it are dropped (0 for a fresh run).
+        purge_step: the first step a resumed run logs (its checkpoint's steps + 1); events an
+            earlier writer logged at or after it are dropped (0 for a fresh run).
 
     Raises:
         ConfigError: the ``tensorboard`` package is not installed.

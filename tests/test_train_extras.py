@@ -333,3 +333,26 @@ def test_two_ranks_keep_one_ema_mix_and_only_rank_0_writes_tensorboard(data, cac
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
     state = load_checkpoint(out / LAST)
     assert state["ema"]["steps"] == state["steps_done"] == sum(r["steps"] for r in lines)
+
+
+def test_tensorboard_after_a_resume_and_an_overwrite_shows_each_epoch_once(data, cache, tmp_path):
+    """A resume keeps the finished epochs' points (the last one sits at the checkpoint's step) and
+    drops nothing else; --overwrite removes the replaced run's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def scalars(tag):
+        acc = EventAccumulator(str(tmp_path / "tensorboard"))
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+    args = ("policy.name=orderdp", ORDERDP, "train.tensorboard=true", "train.print_freq=1")
+    first = run_training(make_cfg(data, cache, "train.epochs=1", *args), output_dir=tmp_path)
+    rest = run_training(make_cfg(data, cache, "train.epochs=3", *args), output_dir=tmp_path, resume="auto")
+    records = first + rest
+    ends = np.cumsum([r["steps"] for r in records]).tolist()
+    assert scalars("val/top1") == [(s, pytest.approx(r["val_top1"])) for s, r in zip(ends, records)]
+    assert [s for s, _ in scalars("step/loss")] == list(range(1, ends[-1] + 1))
+
+    again = run_training(make_cfg(data, cache, "train.epochs=1", *args), output_dir=tmp_path, overwrite=True)
+    assert scalars("val/top1") == [(again[0]["steps"], pytest.approx(again[0]["val_top1"]))]
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1

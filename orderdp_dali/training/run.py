@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -47,6 +48,7 @@ from orderdp_dali.folder_lock import FolderLock
 from orderdp_dali.mixing import BatchMixer, build_mixer
 from orderdp_dali.optim import build_optimizer
 from orderdp_dali.policies import make_policy
+from orderdp_dali.tensorboard_log import TENSORBOARD_DIR
 from orderdp_dali.training import loop
 from orderdp_dali.training.builders import Data, build_data, build_iterators, build_model_for
 from orderdp_dali.training.checkpointing import RunCheckpoints
@@ -167,15 +169,18 @@ class TrainingRun:
                 # The log first: a damaged line refuses the resume before anything is rewritten. Another
                 # run's lines (--overwrite) all go, and so do its config records.
                 kept = trim_metrics(out / METRICS, 0 if other is not None else start)
-                if other is not None:
+                if other is not None or (self.overwrite and resumed is None):
                     _drop_config_records(out)
+                    shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)  # the replaced run's curves
                 # config.json describes the run's first epochs; a resume with other settings adds config.<start>.json
                 record_config(out, cfg.to_dict(), start, None if resumed is None else resumed.config)
                 logged = any(r.get("epoch") == start - 1 and "kind" not in r for r in kept)
-                if cfg.train.tensorboard:  # drops what the interrupted run logged after its checkpoint
+                if cfg.train.tensorboard:
                     from orderdp_dali.tensorboard_log import TensorBoardLog
 
-                    self.tensorboard = TensorBoardLog(out / "tensorboard", purge_step=self.steps_done)
+                    # Steps 1..steps_done are the checkpoint's, its last epoch's figures included (logged at
+                    # steps_done); what the interrupted run logged after them is dropped.
+                    self.tensorboard = TensorBoardLog(out / TENSORBOARD_DIR, purge_step=self.steps_done + 1)
                 if last_record is not None and not logged:
                     last_record.setdefault("run_id", self.run_id)
                     _append_metrics(out / METRICS, last_record)  # it stopped after the checkpoint, before the line
