@@ -435,6 +435,7 @@ class DALIPlanIterator:
                 "epoch": self.epoch,
                 "epoch_idx": saved.epoch_idx,
                 "checkpoint": torch.frombuffer(bytearray(saved.checkpoint), dtype=torch.uint8),
+                "graph": self._pipeline_graph(),
             }
         return {
             "version": ITERATOR_STATE_VERSION,
@@ -484,6 +485,11 @@ class DALIPlanIterator:
             reason = f"the checkpoint holds no DALI pipeline state for rank {self.rank}"
         elif int(pipelines[self.rank]["epoch"]) != epoch:
             return None  # saved for another epoch than the one continued (an epoch set by hand)
+        elif pipelines[self.rank].get("graph", self._pipeline_graph()) != self._pipeline_graph():
+            # DALI restores a checkpoint only into the operator graph that wrote it
+            saved, now = pipelines[self.rank]["graph"], self._pipeline_graph()
+            changed = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k) != v)
+            reason = f"the checkpoint's DALI pipeline has other operators ({changed})"
         if reason is not None:
             if self.rank == 0 and self.train:
                 log.warning("%s: augmentation goes on from fresh pipeline seeds at epoch %d "
@@ -493,6 +499,10 @@ class DALIPlanIterator:
         checkpoint = entry["checkpoint"]
         data = checkpoint.numpy().tobytes() if isinstance(checkpoint, torch.Tensor) else bytes(checkpoint)
         return PipelineState(data, int(entry["epoch_idx"]))
+
+    def _pipeline_graph(self) -> Dict[str, bool]:
+        """What decides the pipeline's operators (not their arguments): saved beside its checkpoint."""
+        return {"augment": self.augment, "sized": self.source.resolution is not None}
 
     def close(self) -> None:
         """Drop the pipeline (DALI's threads end with it); the iterator builds a new one if used again."""

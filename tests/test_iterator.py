@@ -3,6 +3,7 @@
 Each epoch must yield exactly its plan's shard: no sample missing, none repeated, labels
 and weights belonging to their index, across epochs whose plans differ in size.
 """
+import logging
 import os
 from collections import Counter
 
@@ -489,3 +490,23 @@ def test_the_next_epoch_is_fed_to_dali_as_soon_as_an_epoch_ends(index, monkeypat
         seen, _, _ = run_epoch(it, index)
         assert it.last_pass["prestarted"] is True
         assert seen == expected.tolist()
+
+
+@pytest.mark.parametrize("change", ["augment", "resolution"])
+def test_a_state_from_another_pipeline_graph_resumes_from_fresh_seeds(index, change, caplog):
+    """A recipe change let through on resume (--allow-changes) that changes the pipeline's operators
+    (augmentation on or off, progressive resizing on): DALI cannot restore the old graph's
+    checkpoint into the new one, so the iterator says so and draws fresh crops; plans still resume."""
+    full = lambda: make_policy_full(len(index))  # noqa: E731
+    with make_iterator(index, full(), train=True) as it:
+        _epoch_pixels(it)
+        state = it.state_dict()
+        plan = it.plan.indices.copy()
+    kwargs = {"augment": False} if change == "augment" else {"resolution": lambda epoch: 24}
+    with caplog.at_level(logging.WARNING), make_iterator(index, full(), train=True, **kwargs) as resumed:
+        resumed.load_state_dict(state)
+        np.testing.assert_array_equal(resumed.plan.indices, plan)
+        pixels = _epoch_pixels(resumed)
+    assert sorted(pixels) == sorted(plan.tolist())
+    assert f"other operators ({'augment True -> False' if change == 'augment' else 'sized False -> True'})" \
+        in caplog.text
