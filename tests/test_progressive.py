@@ -307,6 +307,7 @@ def test_rung_config_follows_ffcv_and_trains_an_epoch(epochs, pruned, data, cach
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.decay_norm_and_bias) == (
         "sgd", 1.7, 1e-4, False)
     assert cfg.train.label_smoothing == 0.1 and cfg.train.batch_size == 512
+    assert cfg.train.eval_flip  # FFCV's lr_tta
     if pruned:
         assert cfg.policy.name == "orderdp" and cfg.policy.params == {"random_len_ratio": 0.75, "top_q_ratio": 0.8}
     else:
