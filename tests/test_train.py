@@ -335,3 +335,14 @@ def test_a_last_batch_of_one_sample_trains_with_batchnorm(data, cache, tmp_path)
     cfg = make_cfg(data, cache, "model.name=resnet18", "train.batch_size=47", "train.epochs=1", "train.eval_every=0")
     (record,) = run_training(cfg, output_dir=tmp_path)
     assert record["steps"] == 1 and record["samples"] == record["planned"] == N_TRAIN
+
+
+def test_ranking_figures_read_the_table_the_plan_was_chosen_from(data, cache, tmp_path):
+    """Under policy.params.score_lag=1 epoch 1's plan is chosen from the initial table (the
+    release's random second epoch): its ranking figures see no stored score, although the
+    current table holds epoch 0's losses."""
+    lag = "policy.params={random_len_ratio: 0.8, top_q_ratio: 0.5, score_lag: 1}"
+    records = run_training(make_cfg(data, cache, "train.epochs=3", "policy.name=orderdp", lag), output_dir=tmp_path)
+    assert [r["ranking_kept_unseen"] for r in records[:2]] == [r["planned"] for r in records[:2]]
+    assert records[1]["ranking_score_ratio"] is None and records[1]["ranking_spearman"] is None
+    assert records[2]["ranking_uniform_unseen"] < records[2]["planned"]  # epoch 2: epoch 0's scores

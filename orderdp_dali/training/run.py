@@ -205,9 +205,10 @@ class TrainingRun:
             record = {"epoch": epoch, "policy": cfg.policy.name, "world_size": rt.world_size,
                       "plan_sha1": _plan_sha1(self.train_it.plan), "run_id": self.run_id}
             # Whether the ranking ranks (orderdp_dali.ranking): the planned samples' stored scores as
-            # the plan was chosen, copied before training and compared after it, outside the timed epoch.
+            # the plan was chosen (the lagged table under policy.params.score_lag), copied before
+            # training and compared after it, outside the timed epoch.
             policy = self.train_it.policy
-            before = (ranking.snapshot(self.train_it.plan.indices, policy.scores.values, policy.scores.seen)
+            before = (ranking.snapshot(self.train_it.plan.indices, *policy.peek_scores_for(epoch))
                       if policy.ranks_by_loss else None)
             cpu = time.process_time()  # every thread of this process, DALI's included
             record.update(loop.train_one_epoch(self.model, self.optimizer, self.scaler, self.train_it, epoch, cfg, rt,
