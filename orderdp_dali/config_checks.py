@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import typing
 from typing import Union
 
@@ -142,6 +143,9 @@ def _check_policy(policy: PolicyConfig, train: TrainConfig) -> None:
     try:  # the policy validates its own values; 10^6 samples stands in for the dataset
         make_policy(policy.name, 1_000_000, seed=train.seed, num_epochs=train.epochs, **policy.params)
     except (TypeError, ValueError) as e:
+        named = re.match(r"Invalid (\w+): (.*)", str(e), re.S)  # the policies' "Invalid <param>: <value> (...)"
+        if named and named.group(1) in policy.params:
+            raise ConfigError(f"policy.params.{named.group(1)}: {named.group(2)}") from None
         raise ConfigError(f"policy.params: {e}") from None
 
 

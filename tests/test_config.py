@@ -213,3 +213,13 @@ def test_a_config_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value) == f"config file {path} is not UTF-8 text: byte 0xe9 at line 2; save the file as UTF-8"
+
+
+@pytest.mark.parametrize("params, message", [
+    ("{random_len_ratio: 1.5}", r"^policy\.params\.random_len_ratio: 1\.5 \(need a number in \(0, 1\]\)$"),
+    ("{score_lag: -1}", r"^policy\.params\.score_lag: -1 \(need an int >= 0"),
+    ("{initial_score: .nan}", r"^policy\.params\.initial_score: nan \(need a finite number\)$"),
+])
+def test_a_bad_policy_value_names_its_full_key(params, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["data.root=x", "policy.name=orderdp", f"policy.params={params}"])

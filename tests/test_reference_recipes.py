@@ -69,6 +69,24 @@ def test_reference_config_trains_one_epoch_on_the_cpu(path, tmp_path):
         assert record["planned"] == 48
 
 
+
+def test_torch_steps_with_too_few_steps_is_a_config_error_naming_the_keys(tmp_path):
+    """torch's OneCycleLR needs >= 2 steps and a warm-up step; a run too short for it stops at its
+    first step with the keys named (exit 2), not a ValueError from the schedule."""
+    from orderdp_dali.errors import ConfigError
+
+    data = write_colour_dataset(tmp_path / "data")
+    cfg = load_config(REFERENCE[0], [
+        f"data.root={data}", f"data.cache_dir={tmp_path / 'cache'}", "data.dataset=folder", "data.crop=32",
+        "data.val_resize=32", "data.num_threads=1", "model.name=tiny", "model.channels_last=false",
+        "train.device=cpu", "train.batch_size=64", "train.epochs=1", "train.progress=false",
+        "schedule.name=onecycle", "schedule.torch_steps=true",
+    ])
+    with pytest.raises(ConfigError, match=r"^schedule: .*schedule\.torch_steps=True.*1 steps in epoch 0 of 1\): "
+                                          r"train longer, or set schedule\.torch_steps=false$"):
+        run_training(cfg, output_dir=tmp_path / "out")
+
+
 # --------------------------------------------------------------- never trained
 def never_trained_share(n: int, r: float, t: float, epochs: int, score_lag: int, initial_score: float,
                         seed: int = 0) -> float:

@@ -88,7 +88,12 @@ def train_one_epoch(
         except StopIteration:
             break
         data_time += time.perf_counter() - t
-        lr, momentum = schedule_at(cfg.schedule, cfg.optim.lr, cfg.train.epochs, epoch, step, steps)
+        try:
+            lr, momentum = schedule_at(cfg.schedule, cfg.optim.lr, cfg.train.epochs, epoch, step, steps)
+        except ValueError as e:  # torch_steps: too few steps for the phases (known only once the plan is)
+            raise ConfigError(f"schedule: {e} (schedule.torch_steps={cfg.schedule.torch_steps}, schedule.pct_start="
+                              f"{cfg.schedule.pct_start}, {steps} steps in epoch {epoch} of {cfg.train.epochs}): "
+                              "train longer, or set schedule.torch_steps=false") from None
         set_lr(optimizer, lr)
         if momentum is not None:  # schedule.cycle_momentum
             set_momentum(optimizer, momentum)
