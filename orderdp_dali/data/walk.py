@@ -30,7 +30,6 @@ from orderdp_dali.errors import DatasetError
 __all__ = [
     "SplitWalk",
     "file_stamps",
-    "find_classes",
     "is_dir_entry",
     "walk_split",
 ]
@@ -219,12 +218,3 @@ def _walk_class(walk: SplitWalk, cls: str, split_key: Tuple[int, int]) -> List[T
         stack.extend((os.path.join(rel_dir, d), inside) for d in sorted(subdirs, reverse=True))
     listed.sort(key=lambda d: d[0])  # sorted(os.walk(...)): by folder path ("a" < "a b" < "a/x")
     return [(f"{d}{os.sep}{n}", size, mtime) for d, images in listed for n, size, mtime in images]  # os.path.join
-
-
-def find_classes(split_dir: Path) -> List[str]:
-    """Class folder names in ImageFolder order (sorted directory names, symlinks followed)."""
-    with os.scandir(split_dir) as it:
-        classes = sorted(e.name for e in it if is_dir_entry(e))
-    if not classes:
-        raise DatasetError(f"no class folders in {split_dir}")
-    return classes
