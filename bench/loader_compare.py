@@ -64,6 +64,7 @@ from orderdp_dali.bench.config import LOADER_NAMES
 from orderdp_dali.bench.figures import spread
 from orderdp_dali.bench.loader_timing import compare, measure_pipeline_start, round_ratios
 from orderdp_dali.bench.machine import environment, load_average, usable_cpus
+from orderdp_dali.bench.outputs import train_folder, write_results
 from orderdp_dali.bench.plan_loader import DaliPlanLoader, FixedPlan, orderdp_plan
 from orderdp_dali.bench.report import LOADER_FIGURES, loader_lines
 from orderdp_dali.data.folder import SampleIndex
@@ -316,13 +317,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     say = lambda s: print(f"[loader] {s}", file=sys.stderr, flush=True)  # noqa: E731
-    if args.root:
-        train = Path(args.root)
-    else:
-        from orderdp_dali.make_data import make_dataset
-
-        say(f"data: {DEFAULT_DATA['out_dir']} (generated on first use)")
-        train = make_dataset(**DEFAULT_DATA) / "train"
+    train = train_folder(args.root, DEFAULT_DATA, say)
     load_before = load_average()
     result = run_loader_comparison(
         str(train),
@@ -350,11 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         write_text_atomic(Path(args.json), json.dumps(result, indent=2) + "\n")
     if args.out:
-        stem = Path(args.out) / f"loader_compare_{result['device']}"
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-        write_text_atomic(stem.with_suffix(".md"), text)
-        print(f"written: {stem}.json, {stem}.md")
+        write_results(args.out, "loader_compare", result, text)
     return 0
 
 

@@ -23,16 +23,14 @@ measured here: only decode + augment.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from orderdp_dali.atomic import write_text_atomic
 from orderdp_dali.bench.figures import spread
 from orderdp_dali.bench.loader_timing import compare
 from orderdp_dali.bench.machine import environment, load_average, usable_cpus
+from orderdp_dali.bench.outputs import train_folder, write_results
 from orderdp_dali.bench.plan_loader import DaliPlanLoader, orderdp_plan
 from orderdp_dali.plan import EpochPlan
 
@@ -176,13 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"resolution_speed: error: need 0 < --small < --large, got {args.small} and {args.large}",
               file=sys.stderr)
         return 2
-    if args.root:
-        train = Path(args.root)
-    else:
-        from orderdp_dali.make_data import make_dataset
-
-        say(f"data: {DEFAULT_DATA['out_dir']} (generated on first use)")
-        train = make_dataset(**DEFAULT_DATA) / "train"
+    train = train_folder(args.root, DEFAULT_DATA, say)
     load_before = load_average()
     result = measure_resolutions(str(train), small=args.small, large=args.large, batch_size=args.batch_size,
                                  workers=args.workers, device=args.device, warmup=args.warmup,
@@ -194,11 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = render_markdown(result)
     print(text)
     if args.out:
-        stem = Path(args.out) / f"resolution_speed_{result['device']}"
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-        write_text_atomic(stem.with_suffix(".md"), text)
-        print(f"written: {stem}.json, {stem}.md")
+        write_results(args.out, "resolution_speed", result, text)
     return 0
 
 
