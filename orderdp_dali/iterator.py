@@ -475,7 +475,7 @@ class DALIPlanIterator:
     def _own_pipeline_state(self, pipelines: Any, epoch: int) -> Optional[PipelineState]:
         """This rank's saved pipeline state for ``epoch``, or ``None`` (said once, by rank 0, when
         a run resumes without it)."""
-        reason = None
+        reason, now = None, self._pipeline_graph()
         if not pipelines:
             reason = "the checkpoint holds no DALI pipeline state (saved by an older version)"
         elif len(pipelines) != self.world_size:
@@ -485,9 +485,9 @@ class DALIPlanIterator:
             reason = f"the checkpoint holds no DALI pipeline state for rank {self.rank}"
         elif int(pipelines[self.rank]["epoch"]) != epoch:
             return None  # saved for another epoch than the one continued (an epoch set by hand)
-        elif pipelines[self.rank].get("graph", self._pipeline_graph()) != self._pipeline_graph():
+        elif pipelines[self.rank].get("graph", now) != now:  # states saved before the graph was recorded: as now
             # DALI restores a checkpoint only into the operator graph that wrote it
-            saved, now = pipelines[self.rank]["graph"], self._pipeline_graph()
+            saved = pipelines[self.rank]["graph"]
             changed = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k) != v)
             reason = f"the checkpoint's DALI pipeline has other operators ({changed})"
         if reason is not None:
